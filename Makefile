@@ -1,0 +1,51 @@
+# jwtkeymap developer entry points. `make demo` and `make test` set everything up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help deps venv tools demo test test-fast lint fmt bench controlplane-up controlplane-down e2e clean
+
+help: ## Show the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk).
+	@hack/install-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtualenv with the package and test tools.
+
+tools: ## Build or fetch kube-apiserver, etcd, kubectl and helm (cached outside the repo).
+	@hack/envtest/install.sh
+
+demo: deps venv ## Run the whole flow on a throwaway PostgreSQL, no cluster needed.
+	$(BIN)/jwtkeymap demo
+
+lint: venv ## ruff (lint + format check) and mypy (strict on core).
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy
+
+test: deps venv tools lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy), control plane.
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: venv ## Unit tests only.
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: deps venv ## Benchmarks (figures, not pass/fail).
+	$(BIN)/python bench/core.py
+
+fmt: venv ## Format the code.
+	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench
+
+clean: ## Remove the virtualenv and caches.
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the system packages the tests and the demo use, only those missing.
+# Debian/Ubuntu: PostgreSQL, Redis, nginx, etcd and wrk from the distribution.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "deps: system packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "deps: need root (or sudo) to install: ${need[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# Debian's postinst scripts try to start services; nothing here wants them running.
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+echo "deps: done"

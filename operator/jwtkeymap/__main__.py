@@ -1,0 +1,5 @@
+"""Allow ``python -m jwtkeymap``."""
+
+from jwtkeymap.cli import main
+
+main()

@@ -1,0 +1,266 @@
+"""Caches: a bounded LRU with per-entry TTLs, and the mapping cache built on it.
+
+Entries are tagged values (``Mapped``, ``Unmapped``, ``Inactive``), never in-band
+sentinel strings (W3). Keys are ``MappingIdentity`` tuples, so the components can
+never run into each other the way ``f"{name}:{value}"`` did (W2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.keys import KeyIdentity
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclasses.dataclass(slots=True)
+class CacheStats:
+    """Counters a metrics exporter can read."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    invalidations: int = 0
+
+
+class LRUCache(Generic[K, V]):
+    """A bounded least-recently-used map whose entries expire after their own TTL."""
+
+    def __init__(self, max_entries: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max = max_entries
+        self._clock = clock
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self.stats = CacheStats()
+        self.on_remove: Callable[[K, V], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: K) -> V | None:
+        """Return the live value for ``key`` (refreshing its recency), or None."""
+        item = self._data.get(key)
+        if item is None:
+            self.stats.misses += 1
+            return None
+        deadline, value = item
+        if deadline <= self._clock.monotonic():
+            self._remove(key)
+            self.stats.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.stats.hits += 1
+        return value
+
+    def put(self, key: K, value: V, ttl: float) -> None:
+        """Store ``value`` for ``ttl`` seconds; a TTL of 0 or less stores nothing."""
+        if ttl <= 0:
+            self.pop(key)
+            return
+        if key in self._data:
+            self._remove(key)
+        self._data[key] = (self._clock.monotonic() + ttl, value)
+        while len(self._data) > self._max:
+            oldest = next(iter(self._data))
+            self._remove(oldest)
+            self.stats.evictions += 1
+
+    def pop(self, key: K) -> V | None:
+        """Remove ``key``; return its value if it was present."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        self._remove(key)
+        return item[1]
+
+    def clear(self) -> None:
+        """Remove everything."""
+        if self.on_remove is not None:
+            for key, (_, value) in list(self._data.items()):
+                self.on_remove(key, value)
+        self._data.clear()
+
+    def keys(self) -> list[K]:
+        """A snapshot of the keys, least recently used first."""
+        return list(self._data)
+
+    def _remove(self, key: K) -> None:
+        _, value = self._data.pop(key)
+        if self.on_remove is not None:
+            self.on_remove(key, value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mapped:
+    """An active mapping to a key. ``scope`` is the issuer of the row that matched."""
+
+    mapping_id: str
+    scope: str
+    key: KeyIdentity
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inactive:
+    """A mapping exists for the identity but is switched off."""
+
+    mapping_id: str
+    scope: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unmapped:
+    """No mapping exists for the identity."""
+
+
+Entry = Mapped | Inactive | Unmapped
+
+
+def _retrieve(task: asyncio.Future[Entry]) -> None:
+    # Mark a failed flight's exception as seen: its callers already got it.
+    if not task.cancelled():
+        task.exception()
+
+
+UNMAPPED = Unmapped()
+
+
+class MappingCache:
+    """Identity → entry, with invalidation by identity or by key, and single flight.
+
+    Invalidations bump a generation counter; a load that started before an
+    invalidation still answers its waiters but is not stored, so a row that
+    changed during the query can never be cached stale.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        positive_ttl: float,
+        negative_ttl: float,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._lru: LRUCache[MappingIdentity, Entry] = LRUCache(max_entries, clock)
+        self._lru.on_remove = self._unindex
+        self.positive_ttl = positive_ttl
+        self.negative_ttl = negative_ttl
+        self._by_claim: dict[tuple[str, str], set[str]] = {}
+        self._by_key: dict[str, set[MappingIdentity]] = {}
+        self._flights: dict[MappingIdentity, asyncio.Future[Entry]] = {}
+        self.generation = 0
+        self.loads = 0
+
+    @property
+    def stats(self) -> CacheStats:
+        """Hit, miss, eviction and invalidation counters."""
+        return self._lru.stats
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def get(self, identity: MappingIdentity) -> Entry | None:
+        """Return the cached entry for a token's identity, or None."""
+        return self._lru.get(identity)
+
+    def put(self, identity: MappingIdentity, entry: Entry) -> None:
+        """Cache ``entry`` with the TTL of its kind."""
+        ttl = self.positive_ttl if isinstance(entry, Mapped) else self.negative_ttl
+        self._lru.put(identity, entry, ttl)
+        if identity in self._lru:
+            self._by_claim.setdefault((identity.claim_name, identity.claim_value), set()).add(
+                identity.issuer
+            )
+            if isinstance(entry, Mapped):
+                self._by_key.setdefault(entry.key.fingerprint, set()).add(identity)
+
+    async def get_or_load(
+        self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]]
+    ) -> Entry:
+        """Return the cached entry, or run ``load`` once for all concurrent callers.
+
+        The load runs in its own task, so a caller that gives up (a client that
+        disconnects) never cancels the query the other callers are waiting on.
+        """
+        entry = self._lru.get(identity)
+        if entry is not None:
+            return entry
+        flight = self._flights.get(identity)
+        if flight is None:
+            flight = asyncio.ensure_future(self._load(identity, load, self.generation))
+            flight.add_done_callback(_retrieve)
+            self._flights[identity] = flight
+        return await asyncio.shield(flight)
+
+    async def _load(
+        self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]], generation: int
+    ) -> Entry:
+        try:
+            self.loads += 1
+            entry = await load()
+            if generation == self.generation:
+                self.put(identity, entry)
+            return entry
+        finally:
+            self._flights.pop(identity, None)
+
+    def invalidate(self, issuer: str, claim_name: str, claim_value: str) -> int:
+        """Evict what a change to this mapping row could affect; return the count.
+
+        A global row (issuer ``""``) answers tokens from every issuer, so its
+        change evicts the claim under every issuer.
+        """
+        self.generation += 1
+        issuers = self._by_claim.get((claim_name, claim_value), set())
+        targets = list(issuers) if issuer == "" else [issuer] if issuer in issuers else []
+        removed = 0
+        for iss in targets:
+            if self._lru.pop(MappingIdentity(iss, claim_name, claim_value)) is not None:
+                removed += 1
+        self._lru.stats.invalidations += removed
+        return removed
+
+    def invalidate_key(self, key_fingerprint: str) -> int:
+        """Evict every entry that maps to the key with this fingerprint."""
+        self.generation += 1
+        removed = 0
+        for identity in list(self._by_key.get(key_fingerprint, ())):
+            if self._lru.pop(identity) is not None:
+                removed += 1
+        self._lru.stats.invalidations += removed
+        return removed
+
+    def clear(self) -> None:
+        """Evict everything (used when the invalidation channel is lost)."""
+        self.generation += 1
+        count = len(self._lru)
+        self._lru.clear()
+        self._by_claim.clear()
+        self._by_key.clear()
+        self._lru.stats.invalidations += count
+
+    def _unindex(self, identity: MappingIdentity, entry: Entry) -> None:
+        claim = (identity.claim_name, identity.claim_value)
+        issuers = self._by_claim.get(claim)
+        if issuers is not None:
+            issuers.discard(identity.issuer)
+            if not issuers:
+                del self._by_claim[claim]
+        if isinstance(entry, Mapped):
+            fp = entry.key.fingerprint
+            ids = self._by_key.get(fp)
+            if ids is not None:
+                ids.discard(identity)
+                if not ids:
+                    del self._by_key[fp]

@@ -1,0 +1,128 @@
+"""Claims: reading the identifying claim out of a token and canonicalising it.
+
+LiteLLM turned any claim into a string with ``str()`` (``True`` became ``"True"``,
+lists became their Python repr) and accepted ``""`` as an identity (W4). Here a
+claim names a client only if it is a non-empty string or an integer, rendered
+canonically; everything else is refused explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from collections.abc import Mapping
+from typing import Any, Final
+
+from jwtkeymap.core.errors import ClaimInvalid, ClaimMissing
+
+MAX_CLAIM_VALUE_LENGTH: Final = 1024
+_ESCAPED_DOT: Final = "\x00"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MappingIdentity:
+    """The identity a mapping is keyed by. Issuer ``""`` means "any trusted issuer"."""
+
+    issuer: str
+    claim_name: str
+    claim_value: str
+
+    def as_global(self) -> MappingIdentity:
+        """The same claim, without an issuer scope."""
+        return dataclasses.replace(self, issuer="")
+
+    def to_json(self) -> dict[str, str]:
+        """A JSON-ready dict, as used on the invalidation bus."""
+        return {
+            "issuer": self.issuer,
+            "claim_name": self.claim_name,
+            "claim_value": self.claim_value,
+        }
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """Split a dot path; ``\\.`` escapes a literal dot. No prefix is special."""
+    if not path:
+        raise ValueError("claim path is empty")
+    parts = tuple(
+        p.replace(_ESCAPED_DOT, ".") for p in path.replace("\\.", _ESCAPED_DOT).split(".")
+    )
+    if any(not p for p in parts):
+        raise ValueError(f"claim path {path!r} has an empty segment")
+    return parts
+
+
+def extract(claims: Mapping[str, Any], path: str) -> Any:
+    """Return the value at ``path`` in ``claims``; raise ClaimMissing when absent or null."""
+    node: Any = claims
+    for part in split_path(path):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ClaimMissing(f"Required claim '{path}' is missing from the JWT")
+        node = node[part]
+    if node is None:
+        raise ClaimMissing(f"Required claim '{path}' is missing from the JWT")
+    return node
+
+
+def canonicalize(value: Any, *, field: str, casefold: bool = False) -> str:
+    """Render a claim value as the canonical string a mapping stores.
+
+    Non-empty strings are kept as they are (optionally case-folded), integers
+    become their decimal form. Booleans, floats, arrays and objects are refused:
+    each has more than one plausible string form, and guessing would merge
+    distinct clients.
+    """
+    if isinstance(value, bool):
+        raise ClaimInvalid(f"Claim '{field}' is a boolean; expected a string or an integer")
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        kind = {list: "an array", dict: "an object", float: "a number with a fraction"}.get(
+            type(value), f"a {type(value).__name__}"
+        )
+        raise ClaimInvalid(f"Claim '{field}' is {kind}; expected a string or an integer")
+    if not value:
+        raise ClaimInvalid(f"Claim '{field}' is an empty string")
+    if len(value) > MAX_CLAIM_VALUE_LENGTH:
+        raise ClaimInvalid(f"Claim '{field}' is longer than {MAX_CLAIM_VALUE_LENGTH} characters")
+    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ClaimInvalid(f"Claim '{field}' contains characters that cannot be stored")
+    text: str = value
+    return unicodedata.normalize("NFKC", text).casefold() if casefold else text
+
+
+def identity_from_claims(
+    claims: Mapping[str, Any], *, issuer: str, field: str, casefold: bool = False
+) -> MappingIdentity:
+    """Build the mapping identity of a token; raise ClaimMissing or ClaimInvalid."""
+    value = canonicalize(extract(claims, field), field=field, casefold=casefold)
+    return MappingIdentity(issuer=issuer, claim_name=field, claim_value=value)
+
+
+def optional_string(claims: Mapping[str, Any], path: str | None) -> str | None:
+    """Read an optional identity claim (team, user, org) as a string, or None."""
+    if not path:
+        return None
+    try:
+        return canonicalize(extract(claims, path), field=path)
+    except (ClaimMissing, ClaimInvalid):
+        return None
+
+
+def matches(claims: Mapping[str, Any], path: str, expected: str) -> bool:
+    """Tell whether a claim equals ``expected``, contains it (list) or lists it (scope string)."""
+    try:
+        value = extract(claims, path)
+    except ClaimMissing:
+        return False
+    if isinstance(value, str):
+        return value == expected or expected in value.split()
+    if isinstance(value, list):
+        return expected in value
+    return False
+
+
+def sanitize_for_message(value: str, limit: int = 64) -> str:
+    """Make a client-supplied value safe to echo in an error message."""
+    cleaned = "".join(c if c.isprintable() and c not in "'\"\\" else "?" for c in value)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"

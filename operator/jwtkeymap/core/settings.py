@@ -1,0 +1,249 @@
+"""Settings: one pydantic-settings model, from a YAML file and ``JWTKEYMAP_*`` variables.
+
+Precedence, highest first: explicit keyword arguments (CLI flags), environment
+variables, the YAML file, defaults. Unknown fields are errors, so a typo in a
+security setting never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from jwtkeymap.core.claims import split_path
+from jwtkeymap.core.errors import ConfigError
+
+# Asymmetric algorithms only: a verifier that holds public keys must never accept
+# an HMAC token (that is the "public key as HMAC secret" confusion attack).
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "jwtkeymap_config_file", default=None
+)
+
+
+class Behavior(enum.StrEnum):
+    """What happens to a client whose claim has no mapping."""
+
+    FALLBACK_TEAM_MAPPING = "fallback_team_mapping"
+    REJECT = "reject"
+    AUTO_REGISTER = "auto_register"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IssuerSettings(_Strict):
+    """One trusted token issuer."""
+
+    issuer: str = Field(min_length=1)
+    jwks_url: str | None = None
+    public_keys: list[str] = Field(default_factory=list)
+    audience: str | list[str] | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    leeway_seconds: float = Field(default=30, ge=0, le=600)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"unsupported algorithm(s) {bad}: only asymmetric algorithms are allowed "
+                f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        if bool(self.jwks_url) == bool(self.public_keys):
+            raise ValueError("exactly one of jwks_url or public_keys is required")
+        return self
+
+
+class AdminRule(_Strict):
+    """Tokens whose claim matches are proxy admins and bypass the mapping."""
+
+    claim: str = Field(min_length=1)
+    value: str = Field(min_length=1)
+
+
+class KeyDefaults(_Strict):
+    """Template for the limits of an auto-registered key."""
+
+    models: list[str] = Field(default_factory=list)
+    max_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = None
+    tpm_limit: int | None = Field(default=None, ge=0)
+    rpm_limit: int | None = Field(default=None, ge=0)
+    key_alias: str = "jwt-{claim_value}"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("key_alias")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        try:
+            value.format(claim_name="n", claim_value="v", issuer="i")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                "key_alias may use only {claim_name}, {claim_value} and {issuer}"
+            ) from exc
+        return value
+
+
+class AutoRegisterSettings(_Strict):
+    """How auto-registered keys are bounded."""
+
+    team_id_claim: str | None = None
+    team_id_default: str | None = None
+    user_id_claim: str | None = "sub"
+    org_id_claim: str | None = None
+    key_defaults: KeyDefaults = Field(default_factory=KeyDefaults)
+
+
+class Settings(BaseSettings):
+    """Every setting of jwtkeymap; the same model for the CLI, resolver and operator."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="JWTKEYMAP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    database_url: str | None = Field(default=None, repr=False)
+    claim_field: str = Field(
+        default="sub", validation_alias=AliasChoices("claim_field", "jwt_client_id_field")
+    )
+    unregistered_client_behavior: Behavior = Behavior.FALLBACK_TEAM_MAPPING
+    positive_ttl_seconds: float = Field(default=300, ge=0)
+    negative_ttl_seconds: float = Field(default=30, ge=0)
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    casefold_claim: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    issuers: list[IssuerSettings] = Field(default_factory=list)
+    admin: AdminRule | None = None
+    auto_register: AutoRegisterSettings = Field(default_factory=AutoRegisterSettings)
+
+    # Token verification.
+    token_cache_max_entries: int = Field(default=100_000, ge=1)
+    token_cache_ttl_seconds: float = Field(default=300, ge=0)
+    jwks_min_refresh_seconds: float = Field(default=30, ge=0)
+    jwks_max_age_seconds: float = Field(default=3600, ge=1)
+    oidc_userinfo_url: str | None = None
+    oidc_userinfo_ttl_seconds: float = Field(default=60, ge=0)
+
+    # Database.
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=4, ge=1)
+    db_timeout_seconds: float = Field(default=5, gt=0)
+    invalidation_channel: str = Field(default="jwtkeymap_invalidate", pattern=r"^[a-z_][a-z0-9_]*$")
+    stale_while_disconnected_seconds: float = Field(default=0, ge=0)
+    redis_url: str | None = Field(default=None, repr=False)
+
+    # Resolver (sidecar).
+    listen: str = "0.0.0.0:8080"
+    upstream: str | None = None
+    strip_authorization: bool = False
+    shutdown_grace_seconds: float = Field(default=20, ge=0)
+
+    # Operator.
+    allowed_claim_names: list[str] = Field(default_factory=list)
+    drift_interval_seconds: float = Field(default=300, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias_loses(cls, data: Any) -> Any:
+        # The deprecated name is accepted, but when both are given the new one wins.
+        if isinstance(data, dict) and "claim_field" in data and "jwt_client_id_field" in data:
+            data = {k: v for k, v in data.items() if k != "jwt_client_id_field"}
+        return data
+
+    @field_validator("claim_field")
+    @classmethod
+    def _valid_path(cls, value: str) -> str:
+        split_path(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value or None
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> Settings:
+        names = [i.issuer for i in self.issuers]
+        if len(names) != len(set(names)):
+            raise ValueError("issuers: each issuer may appear only once")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, then environment, then the YAML file given to ``load_settings``."""
+        path = _config_file.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def issuer(self, name: str) -> IssuerSettings | None:
+        """Return the trusted issuer called ``name``, if any."""
+        return next((i for i in self.issuers if i.issuer == name), None)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """Render a pydantic error as one line per field, naming each field."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` and the environment; raise ConfigError on any problem."""
+    path = Path(config_file) if config_file else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist")
+    token = _config_file.set(path)
+    try:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(**clean)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {format_validation_error(exc)}") from exc
+    except (OSError, ValueError) as exc:  # YAML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+    finally:
+        _config_file.reset(token)

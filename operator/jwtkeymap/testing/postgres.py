@@ -1,0 +1,174 @@
+"""A throwaway PostgreSQL cluster: initdb + pg_ctl in a temp dir, on a free port.
+
+PostgreSQL refuses to run as root, so when we are root the server runs as an
+unprivileged OS user (``postgres`` if it exists, else one we create).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RUN_AS_CANDIDATES = ("postgres", "jwtkeymap-pg")
+
+
+class PostgresNotInstalled(RuntimeError):
+    """The PostgreSQL server binaries are not on this machine."""
+
+
+def find_bindir() -> Path:
+    """Locate the newest PostgreSQL server binaries (initdb, pg_ctl)."""
+    env = os.environ.get("PG_BINDIR")
+    candidates = [env] if env else []
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True
+    )
+    which = shutil.which("initdb")
+    if which:
+        candidates.append(str(Path(which).parent))
+    for c in candidates:
+        if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
+            return Path(c)
+    raise PostgresNotInstalled(
+        "PostgreSQL server binaries not found: run `make deps` "
+        "(or `apt-get install -y postgresql`), or set JWTKEYMAP_TEST_DATABASE_URL"
+    )
+
+
+def free_port() -> int:
+    """Return a currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_as_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in RUN_AS_CANDIDATES:
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    name = RUN_AS_CANDIDATES[-1]
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+    )
+    return name
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL server for one test session or one demo run."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.bindir = find_bindir()
+        self.port = port or free_port()
+        self.user = _run_as_user()
+        self.root = Path(tempfile.mkdtemp(prefix="jwtkeymap-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.running = False
+
+    @property
+    def url(self) -> str:
+        """Admin URL of the ``postgres`` database (trust auth, loopback only)."""
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        """URL of ``database`` on this server."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str) -> list[str]:
+        if self.user is None:
+            return list(args)
+        return ["runuser", "-u", self.user, "--", *args]
+
+    def init(self) -> None:
+        """Create the cluster (fast settings: no fsync, this data is disposable)."""
+        if self.user is not None:
+            shutil.chown(self.root, user=self.user)
+        subprocess.run(
+            self._cmd(
+                str(self.bindir / "initdb"),
+                "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """Start (or restart) the server on the same port and data."""
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        subprocess.run(
+            self._cmd(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
+                "-w", "-s", "-o", opts, "start",
+            ),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (for outage tests)."""
+        if not self.running:
+            return
+        subprocess.run(
+            self._cmd(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-s", "-w", "stop"
+            ),
+            check=False,
+            capture_output=True,
+        )
+        self.running = False
+
+    def destroy(self) -> None:
+        """Stop the server and delete everything."""
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL with psql as the superuser; return its output."""
+        psql = self.bindir / "psql"
+        out = subprocess.run(
+            [str(psql) if psql.exists() else "psql", "-X", "-q", "-t", "-A",
+             "-v", "ON_ERROR_STOP=1", "-d", self.url_for(database), "-c", sql],
+            check=True,
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        return out.stdout
+
+    def wait_down(self, timeout: float = 10) -> None:
+        """Wait until the port refuses connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """Start a private server for the duration of the block."""
+    pg = ThrowawayPostgres()
+    try:
+        pg.init()
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
