@@ -168,7 +168,12 @@ emit() {
   if [[ $mode == dir ]]; then
     dirname "$APISERVER"
   else
-    echo "JWTKEYMAP_K8S_VERSION=$K8S_VERSION"
+    local version=$K8S_VERSION
+    # Binaries from KUBEBUILDER_ASSETS may be another release than the one pinned here.
+    if [[ $APISERVER != "$CACHE_DIR/kube-apiserver" ]]; then
+      version=$("$APISERVER" --version | awk '{ print $2 }')
+    fi
+    echo "JWTKEYMAP_K8S_VERSION=$version"
     echo "JWTKEYMAP_KUBE_APISERVER=$APISERVER"
     echo "JWTKEYMAP_ETCD=$ETCD"
     echo "JWTKEYMAP_KUBECTL=$KUBECTL"
@@ -184,7 +189,7 @@ if [[ -z $todo ]]; then
 fi
 if (( check_only )); then
   echo "install.sh: missing: $todo (looked in ${KUBEBUILDER_ASSETS:+\$KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS, }$CACHE_DIR, PATH)" >&2
-  echo "install.sh: run hack/envtest/install.sh to build/fetch them" >&2
+  echo "install.sh: run hack/envtest/install.sh once to build/fetch them (a cold build takes minutes)" >&2
   exit 3
 fi
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import kopf
 import pytest
 
 # harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
@@ -39,11 +40,13 @@ def binaries() -> Binaries:
     try:
         return find_binaries()
     except BinariesMissing as err:
-        pytest.fail(
-            f"control-plane binaries are missing"
-            f" (set {SKIP_ENV}=1 to skip this tier knowingly):\n{err}",
-            pytrace=False,
-        )
+        problem = str(err)
+    # Outside the except block, so the report shows the reason once, without a chained traceback.
+    pytest.fail(
+        f"control-plane binaries are missing"
+        f" (set {SKIP_ENV}=1 to skip this tier knowingly):\n{problem}",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +98,30 @@ def namespace(controlplane: ControlPlane) -> str:
     return name
 
 
+@pytest.fixture
+def kopf_registry(controlplane: ControlPlane) -> Iterator[kopf.OperatorRegistry]:
+    """A fresh kopf registry per test, logged in to the control plane with the admin token."""
+    previous = kopf.get_default_registry()
+    registry = kopf.OperatorRegistry()
+    kopf.set_default_registry(registry)
+
+    # An explicit login handler, not the kubeconfig: kubernetes_asyncio reads $KUBECONFIG at import.
+    @kopf.on.login(registry=registry)
+    def login(**_: object) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=controlplane.server, ca_path=str(controlplane.ca_file), token=controlplane.token
+        )
+
+    yield registry
+    kopf.set_default_registry(previous)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Report how long the control plane took to become ready."""
+    """Report how long the control plane took to become ready, or shout that it was skipped."""
+    if os.environ.get(SKIP_ENV) == "1":
+        terminalreporter.write_sep(
+            "!", f"{SKIP_ENV}=1: real kube-apiserver tests were SKIPPED", red=True
+        )
     if "summary" in _timings:
         terminalreporter.write_sep("-", "control plane")
         terminalreporter.write_line(_timings["summary"])

@@ -77,11 +77,7 @@ def find_binaries() -> Binaries:
         check=False,
     )
     if proc.returncode != 0:
-        raise BinariesMissing(
-            f"{proc.stderr.strip()}\n"
-            "Build/fetch them once (a cold build takes many minutes) with: "
-            f"{INSTALL_SCRIPT.relative_to(REPO_ROOT)}"
-        )
+        raise BinariesMissing(proc.stderr.strip())
     found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return Binaries(
         kube_apiserver=Path(found["JWTKEYMAP_KUBE_APISERVER"]),
@@ -227,6 +223,16 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -
         proc.wait(timeout)
 
 
+def _opener(ca_file: Path | None) -> urllib.request.OpenerDirector:
+    # No proxies: these are loopback health checks.
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ca_file is not None:
+        handlers.append(
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=str(ca_file)))
+        )
+    return urllib.request.build_opener(*handlers)
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -239,6 +245,9 @@ class ControlPlane:
 
     Attributes available after :meth:`start`: ``server`` (URL), ``ca_file``, ``token`` (admin, in
     ``system:masters``), ``kubeconfig`` (path), ``workdir``, ``startup_seconds``.
+
+    By default (``attached``) the children die with the thread that started them, so start it
+    from a long-lived thread (the main one), not from ``asyncio.to_thread``.
     """
 
     def __init__(
@@ -305,22 +314,24 @@ class ControlPlane:
         peer_url = f"http://{LOOPBACK}:{etcd_peer_port}"
         self.server = f"https://{LOOPBACK}:{api_port}"
 
-        # The apiserver retries etcd until it answers, so both start at once to save a round trip.
         self._etcd = self._spawn(
             "etcd",
             [
                 str(self.binaries.etcd),
-                "--name=default",
+                "--name=jwtkeymap-test",
                 f"--data-dir={self.workdir / 'etcd'}",
                 f"--listen-client-urls={self.etcd_url}",
                 f"--advertise-client-urls={self.etcd_url}",
                 f"--listen-peer-urls={peer_url}",
                 f"--initial-advertise-peer-urls={peer_url}",
-                f"--initial-cluster=default={peer_url}",
+                f"--initial-cluster=jwtkeymap-test={peer_url}",
                 "--unsafe-no-fsync=true",  # test data: durability is not wanted, speed is
                 "--log-level=warn",
             ],
         )
+        # The apiserver would retry etcd on its own, but its log would then open with a page of
+        # connection errors that hide the real ones; etcd is up in a fraction of a second.
+        self._wait_healthy("etcd", f"{self.etcd_url}/health", _opener(None), headers={})
         self._apiserver = self._spawn(
             "kube-apiserver",
             [
@@ -349,7 +360,12 @@ class ControlPlane:
             ],
         )
         self._write_kubeconfig()
-        self._wait_ready()
+        self._wait_healthy(
+            "kube-apiserver",
+            f"{self.server}/readyz",
+            _opener(self.ca_file),
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         self.startup_seconds = time.monotonic() - started
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
@@ -366,23 +382,23 @@ class ControlPlane:
                 preexec_fn=_die_with_parent if self._attached else None,
             )
 
-    def _wait_ready(self) -> None:
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        request = urllib.request.Request(
-            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
-        )
-        opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
+    def _wait_healthy(
+        self,
+        name: str,
+        url: str,
+        opener: urllib.request.OpenerDirector,
+        headers: Mapping[str, str],
+    ) -> None:
+        """Poll ``url`` until it answers 200, failing fast if a process dies meanwhile."""
         deadline = time.monotonic() + self._ready_timeout
+        request = urllib.request.Request(url, headers=dict(headers))
         last = "no answer yet"
         while True:
-            for name, proc in (("etcd", self._etcd), ("kube-apiserver", self._apiserver)):
-                assert proc is not None
-                if proc.poll() is not None:
+            for proc_name, proc in (("etcd", self._etcd), ("kube-apiserver", self._apiserver)):
+                if proc is not None and proc.poll() is not None:
                     raise ControlPlaneError(
-                        f"{name} exited with {proc.returncode} during startup; its log ends with:\n"
-                        + _tail(self.workdir / f"{name}.log")
+                        f"{proc_name} exited with {proc.returncode} during startup;"
+                        " its log ends with:\n" + _tail(self.workdir / f"{proc_name}.log")
                     )
             try:
                 with opener.open(request, timeout=2) as response:
@@ -395,10 +411,10 @@ class ControlPlane:
                 last = repr(err)
             if time.monotonic() > deadline:
                 raise ControlPlaneError(
-                    f"kube-apiserver not ready after {self._ready_timeout:.0f} s (last: {last});"
-                    " its log ends with:\n" + _tail(self.workdir / "kube-apiserver.log")
+                    f"{name} not ready after {self._ready_timeout:.0f} s (last: {last});"
+                    " its log ends with:\n" + _tail(self.workdir / f"{name}.log")
                 )
-            time.sleep(0.1)  # poll interval, not a wait for a condition
+            time.sleep(0.05)  # poll interval, not a wait for a condition
 
     def _write_kubeconfig(self) -> None:
         # JSON is valid YAML, and keeps this module free of a YAML dependency.

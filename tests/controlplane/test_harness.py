@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import kopf
@@ -83,24 +82,6 @@ def test_cel_rule_violation_is_rejected(
 
 
 # --- (b) a kopf operator against the real apiserver -----------------------------------------
-
-
-@pytest.fixture
-def kopf_registry(controlplane: ControlPlane) -> Iterator[kopf.OperatorRegistry]:
-    """A fresh kopf registry per test, logged in to the control plane with the admin token."""
-    previous = kopf.get_default_registry()
-    registry = kopf.OperatorRegistry()
-    kopf.set_default_registry(registry)
-
-    # An explicit login handler, not the kubeconfig: kubernetes_asyncio reads $KUBECONFIG at import.
-    @kopf.on.login(registry=registry)
-    def login(**_: object) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=controlplane.server, ca_path=str(controlplane.ca_file), token=controlplane.token
-        )
-
-    yield registry
-    kopf.set_default_registry(previous)
 
 
 async def test_kopf_operator_patches_status(
