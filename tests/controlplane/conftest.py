@@ -6,12 +6,14 @@ JWTKEYMAP_SKIP_CONTROLPLANE=1 to skip it knowingly.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import kopf
 import pytest
@@ -23,6 +25,8 @@ from harness import Binaries, BinariesMissing, ControlPlane, find_binaries
 
 TESTDATA = Path(__file__).parent / "testdata"
 SKIP_ENV = "JWTKEYMAP_SKIP_CONTROLPLANE"
+POLL_INTERVAL = 0.2
+T = TypeVar("T")
 
 _timings: dict[str, str] = {}
 
@@ -60,18 +64,26 @@ def controlplane(binaries: Binaries) -> Iterator[ControlPlane]:
         yield plane
 
 
-def poll(condition, *, timeout: float = 30.0, interval: float = 0.2, message: str = "condition"):  # type: ignore[no-untyped-def]
-    """Call ``condition`` until it returns something truthy, failing after ``timeout`` seconds."""
+def poll(condition: Callable[[], T], *, timeout: float = 30.0, message: str = "the condition") -> T:
+    """Call ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
+    while not (result := condition()):
         if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {timeout} s waiting for {message}; last result: {result!r}"
-            )
-        time.sleep(interval)
+            pytest.fail(f"timed out after {timeout} s waiting for {message}; last: {result!r}")
+        time.sleep(POLL_INTERVAL)
+    return result
+
+
+async def apoll(
+    condition: Callable[[], Awaitable[T]], *, timeout: float = 30.0, message: str = "the condition"
+) -> T:
+    """Await ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := await condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}; last: {result!r}")
+        await asyncio.sleep(POLL_INTERVAL)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ live. Use :class:`ControlPlane` as a context manager in tests, or run this file 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -496,6 +497,36 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess[str]:
         """Run helm against this control plane with its home directories in the workdir."""
         return self._run(self.binaries.helm, args, input, check, timeout)
+
+    async def akubectl(
+        self, *args: str, input: str | None = None, check: bool = False, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Like :meth:`kubectl`, without blocking the event loop (webhook and operator tests)."""
+        proc = await asyncio.create_subprocess_exec(
+            str(self.binaries.kubectl),
+            *args,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self.client_env(),
+        )
+        try:
+            out, err = await asyncio.wait_for(
+                proc.communicate(input.encode() if input is not None else None), timeout
+            )
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        assert proc.returncode is not None
+        done = subprocess.CompletedProcess(
+            [str(self.binaries.kubectl), *args], proc.returncode, out.decode(), err.decode()
+        )
+        if check and done.returncode != 0:
+            raise subprocess.CalledProcessError(
+                done.returncode, done.args, done.stdout, done.stderr
+            )
+        return done
 
     def _run(
         self, binary: Path, args: Sequence[str], input: str | None, check: bool, timeout: float

@@ -12,15 +12,15 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import kopf
 import pytest
 from aiohttp import web
-from conftest import TESTDATA, poll
 from harness import Binaries, ControlPlane, issue_tls
+
+from conftest import TESTDATA, apoll, poll
 
 pytestmark = pytest.mark.controlplane
 
@@ -113,49 +113,27 @@ async def test_kopf_operator_patches_status(
     )
     try:
         await asyncio.wait_for(ready.wait(), timeout=30)
-        created = await asyncio.to_thread(
-            controlplane.kubectl,
-            "create",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=widget("reconciled", min_replicas=2, max_replicas=4),
+        manifest = widget("reconciled", min_replicas=2, max_replicas=4)
+        await controlplane.akubectl(
+            "create", "-n", namespace, "-f", "-", input=manifest, check=True
         )
-        assert created.returncode == 0, created.stderr
 
-        async def status_phase() -> str:
-            got = await asyncio.to_thread(
-                controlplane.kubectl,
-                "get",
-                "widget",
-                "reconciled",
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.status.phase}",
-            )
-            return got.stdout
-
-        deadline = time.monotonic() + 30
-        while (phase := await status_phase()) != "Ready":
-            assert time.monotonic() < deadline, f"status.phase is {phase!r} after 30 s"
+        async def ready_phase() -> bool:
             assert not operator.done(), "the operator stopped early"
-            await asyncio.sleep(0.2)
+            got = await controlplane.akubectl(
+                "get", "widget", "reconciled", "-n", namespace, "-o", "jsonpath={.status.phase}"
+            )
+            return got.stdout == "Ready"
+
+        await apoll(ready_phase, message="the operator to set status.phase=Ready")
     finally:
         stop.set()
         await asyncio.wait_for(operator, timeout=30)
 
     assert handled == ["reconciled"]
+    jsonpath = "jsonpath={.metadata.generation}/{.status.observedGeneration}"
     generation = controlplane.kubectl(
-        "get",
-        "widget",
-        "reconciled",
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.metadata.generation}/{.status.observedGeneration}",
-        check=True,
+        "get", "widget", "reconciled", "-n", namespace, "-o", jsonpath, check=True
     )
     assert generation.stdout == "1/1"
 
@@ -294,44 +272,25 @@ async def test_mutating_webhook_is_called_for_pods(
             }
         ],
     }
-    kubectl = controlplane.kubectl
+    kubectl = controlplane.akubectl
     try:
-        await asyncio.to_thread(kubectl, "apply", "-f", "-", input=json.dumps(webhook), check=True)
+        await kubectl("apply", "-f", "-", input=json.dumps(webhook), check=True)
 
         # The apiserver picks up new webhook configurations asynchronously; probe with dry runs.
-        async def mutated_dry_run() -> bool:
-            got = await asyncio.to_thread(
-                kubectl,
-                "create",
-                "--dry-run=server",
-                "-n",
-                namespace,
-                "-o",
-                "json",
-                "-f",
-                "-",
+        async def dry_run_is_mutated() -> bool:
+            got = await kubectl(
+                "create", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-",
                 input=_pod("probe"),
-            )
-            return got.returncode == 0 and MUTATION_ANNOTATION in json.loads(got.stdout)[
-                "metadata"
-            ].get("annotations", {})
+            )  # fmt: skip
+            if got.returncode != 0:
+                return False
+            return MUTATION_ANNOTATION in json.loads(got.stdout)["metadata"].get("annotations", {})
 
-        deadline = time.monotonic() + 30
-        while not await mutated_dry_run():
-            assert time.monotonic() < deadline, "the webhook was not called within 30 s"
-            await asyncio.sleep(0.2)
-
-        created = await asyncio.to_thread(
-            kubectl, "create", "-n", namespace, "-f", "-", input=_pod("mutated")
-        )
-        assert created.returncode == 0, created.stderr
-        stored = await asyncio.to_thread(
-            kubectl, "get", "pod", "mutated", "-n", namespace, "-o", "json", check=True
-        )
+        await apoll(dry_run_is_mutated, message="the apiserver to call the webhook")
+        await kubectl("create", "-n", namespace, "-f", "-", input=_pod("mutated"), check=True)
+        stored = await kubectl("get", "pod", "mutated", "-n", namespace, "-o", "json", check=True)
     finally:
-        await asyncio.to_thread(
-            kubectl, "delete", "mutatingwebhookconfiguration", config_name, "--ignore-not-found"
-        )
+        await kubectl("delete", "mutatingwebhookconfiguration", config_name, "--ignore-not-found")
         await runner.cleanup()
 
     pod = json.loads(stored.stdout)
