@@ -1,0 +1,330 @@
+"""The reconcile core against a real PostgreSQL: ownership, conflicts, no-op, NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
+from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler
+from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.testing.postgres import ThrowawayPostgres
+
+CHANNEL = "jwtkeymap_invalidate"
+ALICE = MappingIdentity("", "email", "alice@example.com")
+ALICE_SCOPED = MappingIdentity("https://idp.example.com", "email", "alice@example.com")
+BOB = MappingIdentity("", "email", "bob@example.com")
+
+
+async def new_key(store: Store) -> str:
+    _, key = await store.create_key(NewKey(team_id="team-a"), actor="test")
+    return key.token_hash
+
+
+def desired(identity: MappingIdentity, token_hash: str, **kw: object) -> DesiredMapping:
+    base: dict[str, object] = {"owner": "k8s:uid-1", "ref": "team-a/alice"}
+    base.update(kw)
+    return DesiredMapping(identity=identity, token_hash=token_hash, **base)  # type: ignore[arg-type]
+
+
+class Notifications:
+    """Collect NOTIFY payloads on the invalidation channel."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, str]] = []
+        self._event = asyncio.Event()
+
+    def __call__(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.payloads.append(json.loads(payload))
+        self._event.set()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, str]]:
+        async with asyncio.timeout(timeout):
+            while len(self.payloads) < count:
+                self._event.clear()
+                await self._event.wait()
+        return self.payloads
+
+    async def settle(self, conn: asyncpg.Connection) -> list[dict[str, str]]:
+        """Round-trip on the listening connection so any queued notification is delivered."""
+        await conn.fetchval("SELECT 1")
+        return self.payloads
+
+
+@pytest.fixture
+async def listen(database_url: str) -> AsyncIterator[tuple[asyncpg.Connection, Notifications]]:
+    conn = await asyncpg.connect(database_url)
+    seen = Notifications()
+    await conn.add_listener(CHANNEL, seen)
+    yield conn, seen
+    await conn.close()
+
+
+@pytest.fixture
+def evicted() -> list[MappingIdentity]:
+    return []
+
+
+@pytest.fixture
+def reconciler(store: Store, evicted: list[MappingIdentity]) -> Reconciler:
+    async def evict(identities: Sequence[MappingIdentity]) -> None:
+        evicted.extend(identities)
+
+    return Reconciler(store, evict=evict)
+
+
+async def test_create_records_ownership_and_notifies(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, listen, evicted
+) -> None:
+    _, seen = listen
+    token = await new_key(store)
+    result = await reconciler.apply(desired(ALICE, token, description="Alice"))
+    assert result.outcome is Outcome.CREATED
+    row = await db.fetchrow(
+        'SELECT m.token, m.description, m.created_by, o.owner, o.ref FROM "LiteLLM_JWTKeyMapping" m '
+        "JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id WHERE m.id = $1",
+        result.mapping_id,
+    )
+    assert dict(row) == {
+        "token": token,
+        "description": "Alice",
+        "created_by": "jwtkeymap:operator",
+        "owner": "k8s:uid-1",
+        "ref": "team-a/alice",
+    }
+    assert await seen.wait_for(1) == [ALICE.to_json()]
+    assert evicted == [ALICE]
+    assert result.key_fingerprint is not None and token not in repr(result)
+
+
+async def test_unchanged_writes_nothing_and_notifies_nothing(
+    store: Store, reconciler: Reconciler, listen, evicted
+) -> None:
+    conn, seen = listen
+    token = await new_key(store)
+    want = desired(ALICE, token)
+    await reconciler.apply(want)
+    await seen.wait_for(1)
+    writes = reconciler.writes
+    again = await reconciler.apply(want)
+    assert again.outcome is Outcome.UNCHANGED
+    assert reconciler.writes == writes
+    assert await seen.settle(conn) == [ALICE.to_json()]
+    assert evicted == [ALICE]
+
+
+async def test_update_changes_fields_in_place(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token, other = await new_key(store), await new_key(store)
+    first = await reconciler.apply(desired(ALICE, token))
+    second = await reconciler.apply(desired(ALICE, other, active=False, description="off"))
+    assert second.outcome is Outcome.UPDATED
+    assert second.mapping_id == first.mapping_id
+    assert second.changes == ("key", "description", "active")
+    row = await db.fetchrow(
+        'SELECT token, is_active FROM "LiteLLM_JWTKeyMapping" WHERE id = $1', first.mapping_id
+    )
+    assert (row["token"], row["is_active"]) == (other, False)
+
+
+async def test_identity_change_moves_the_row_in_one_transaction(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, listen, evicted
+) -> None:
+    _, seen = listen
+    token = await new_key(store)
+    first = await reconciler.apply(desired(ALICE, token))
+    moved = await reconciler.apply(desired(BOB, token))
+    assert moved.outcome is Outcome.UPDATED
+    assert moved.previous_identity == ALICE
+    assert moved.changes == ("identity",)
+    rows = await db.fetch('SELECT id, jwt_claim_value FROM "LiteLLM_JWTKeyMapping"')
+    assert [(r["id"], r["jwt_claim_value"]) for r in rows] == [
+        (first.mapping_id, "bob@example.com")
+    ]
+    payloads = await seen.wait_for(3)
+    assert payloads == [ALICE.to_json(), ALICE.to_json(), BOB.to_json()]
+    assert evicted == [ALICE, ALICE, BOB]
+
+
+async def test_issuer_scoped_and_global_are_distinct(store: Store, reconciler: Reconciler) -> None:
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    scoped = await reconciler.apply(desired(ALICE_SCOPED, token, owner="k8s:uid-2", ref="b/alice"))
+    assert scoped.outcome is Outcome.CREATED
+
+
+async def test_another_owner_is_a_conflict_naming_it(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    rival = await reconciler.apply(desired(ALICE, token, owner="k8s:uid-2", ref="team-b/alice"))
+    assert rival.outcome is Outcome.CONFLICT
+    assert "JWTKeyMapping team-a/alice" in rival.message
+    assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 1
+    offline = await reconciler.apply(desired(ALICE, token, owner="offline:x/y", ref="x/y"))
+    assert offline.outcome is Outcome.CONFLICT
+
+
+async def test_unowned_row_needs_adopt(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token, other = await new_key(store), await new_key(store)
+    manual = await store.add_mapping(ALICE, token, actor="psql-admin")
+    refused = await reconciler.apply(desired(ALICE, other))
+    assert refused.outcome is Outcome.CONFLICT
+    assert "outside jwtkeymap (created by psql-admin)" in refused.message
+    assert "jwtkeymap.io/adopt" in refused.message
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token
+
+    adopted = await reconciler.apply(desired(ALICE, other, adopt=True))
+    assert adopted.outcome is Outcome.ADOPTED
+    assert adopted.mapping_id == manual.id
+    assert adopted.changes == ("key",)
+    owner = await db.fetchval(
+        "SELECT owner FROM jwtkeymap_mapping_owner WHERE mapping_id = $1", manual.id
+    )
+    assert owner == "k8s:uid-1"
+    assert (await reconciler.apply(desired(ALICE, other, adopt=True))).outcome is Outcome.UNCHANGED
+
+
+async def test_missing_key_is_reported_and_nothing_written(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    result = await reconciler.apply(desired(ALICE, "0" * 64))
+    assert result.outcome is Outcome.KEY_NOT_FOUND
+    assert "0" * 64 not in result.message
+    assert result.key_fingerprint in result.message
+    assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 0
+
+
+async def test_drift_is_repaired(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token = await new_key(store)
+    want = desired(ALICE, token)
+    await reconciler.apply(want)
+    await db.execute('UPDATE "LiteLLM_JWTKeyMapping" SET is_active = false')
+    assert (await reconciler.apply(want)).changes == ("active",)
+    await db.execute('DELETE FROM "LiteLLM_JWTKeyMapping"')
+    restored = await reconciler.apply(want)
+    assert restored.outcome is Outcome.CREATED
+    assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
+
+
+async def test_dry_run_reports_and_rolls_back(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, listen, evicted
+) -> None:
+    conn, seen = listen
+    token = await new_key(store)
+    planned = await reconciler.apply(desired(ALICE, token), dry_run=True)
+    assert planned.outcome is Outcome.CREATED
+    assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 0
+    assert reconciler.writes == 0
+    assert await seen.settle(conn) == []
+    assert evicted == []
+
+
+async def test_delete_removes_owned_row_and_is_idempotent(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, evicted
+) -> None:
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    manual = await store.add_mapping(BOB, token, actor="psql-admin")
+    deleted = await reconciler.delete("k8s:uid-1")
+    assert deleted.outcome is Outcome.DELETED
+    assert deleted.identity == ALICE
+    assert evicted == [ALICE, ALICE]
+    ids = await db.fetch('SELECT id FROM "LiteLLM_JWTKeyMapping"')
+    assert [r["id"] for r in ids] == [manual.id]  # not ours: untouched
+    assert (await reconciler.delete("k8s:uid-1")).outcome is Outcome.ABSENT
+
+
+async def test_retain_keeps_row_and_releases_it(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    kept = await reconciler.delete("k8s:uid-1", retain=True)
+    assert kept.outcome is Outcome.RETAINED
+    assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 1
+    assert await db.fetchval("SELECT count(*) FROM jwtkeymap_mapping_owner") == 0
+    again = await reconciler.apply(desired(ALICE, token, owner="k8s:uid-9"))
+    assert again.outcome is Outcome.CONFLICT
+
+
+async def test_prune_deletes_only_missing_owners_under_prefix(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token, owner="offline:a/alice", ref="a/alice"))
+    await reconciler.apply(desired(BOB, token, owner="offline:a/bob", ref="a/bob"))
+    await reconciler.apply(desired(ALICE_SCOPED, token, owner="k8s:uid-3", ref="a/scoped"))
+    planned = await reconciler.prune("offline:", keep=["offline:a/alice"], dry_run=True)
+    assert [(r.outcome, r.ref) for r in planned] == [(Outcome.DELETED, "a/bob")]
+    assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 3
+    pruned = await reconciler.prune("offline:", keep=["offline:a/alice"])
+    assert [r.identity for r in pruned] == [BOB]
+    values = await db.fetch(
+        'SELECT jwt_claim_value, jwt_issuer FROM "LiteLLM_JWTKeyMapping" ORDER BY 2'
+    )
+    assert [(r[0], r[1]) for r in values] == [
+        ("alice@example.com", ""),
+        ("alice@example.com", "https://idp.example.com"),
+    ]
+
+
+async def test_concurrent_owners_one_wins(store: Store, reconciler: Reconciler) -> None:
+    token = await new_key(store)
+    wants = [desired(ALICE, token, owner=f"k8s:uid-{i}", ref=f"ns/cr-{i}") for i in range(8)]
+    results = await asyncio.gather(*(reconciler.apply(w) for w in wants))
+    outcomes = sorted(r.outcome.value for r in results)
+    assert outcomes == ["conflict"] * 7 + ["created"]
+
+
+async def test_issuer_on_issuer_less_schema_is_a_schema_error(
+    store: Store, db: asyncpg.Connection, database_url: str
+) -> None:
+    await db.execute('DROP INDEX "LiteLLM_JWTKeyMapping_jwt_issuer_jwt_claim_name_jwt_claim_v_key"')
+    await db.execute('DROP INDEX "LiteLLM_JWTKeyMapping_jwt_issuer_jwt_claim_name_jwt_claim_v_idx"')
+    await db.execute('ALTER TABLE "LiteLLM_JWTKeyMapping" DROP COLUMN jwt_issuer')
+    token = await new_key(store)
+    issuer_less = await Store.open(database_url, min_size=1, max_size=2)
+    try:
+        other = Reconciler(issuer_less)
+        with pytest.raises(SchemaError):
+            await other.apply(desired(ALICE_SCOPED, token))
+        assert (await other.apply(desired(ALICE, token))).outcome is Outcome.CREATED
+    finally:
+        await issuer_less.close()
+
+
+async def test_database_down_raises_database_unavailable() -> None:
+    pg = ThrowawayPostgres()
+    try:
+        pg.init()
+        pg.start()
+        from jwtkeymap.core import schema
+
+        conn = await asyncpg.connect(pg.url)
+        await schema.migrate(conn, channel=CHANNEL)
+        await conn.close()
+        store = await Store.open(pg.url, min_size=0, max_size=2, timeout=2)
+        reconciler = Reconciler(store)
+        token = await new_key(store)
+        pg.stop()
+        with pytest.raises(DatabaseUnavailable):
+            await reconciler.apply(desired(ALICE, token))
+        with pytest.raises(DatabaseUnavailable):
+            await reconciler.delete("k8s:uid-1")
+        pg.start()
+        assert (await reconciler.apply(desired(ALICE, token))).outcome is Outcome.CREATED
+        await store.close()
+    finally:
+        pg.destroy()
