@@ -48,7 +48,13 @@ def _is_outage(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError, asyncpg.InterfaceError)):
         return True
     state = getattr(exc, "sqlstate", None) or ""
-    return state.startswith(_OUTAGE_CLASSES) or state in _OUTAGE_CODES
+    # asyncpg raises InternalClientError when a pooled connection's server went away
+    # underneath it (the protocol is left mid-operation): that is an outage too.
+    return (
+        state.startswith(_OUTAGE_CLASSES)
+        or state in _OUTAGE_CODES
+        or isinstance(exc, asyncpg.InternalClientError)
+    )
 
 
 @contextlib.contextmanager
