@@ -171,7 +171,11 @@ class Settings(BaseSettings):
 
     # Operator.
     allowed_claim_names: list[str] = Field(default_factory=list)
-    drift_interval_seconds: float = Field(default=300, ge=1)
+    drift_interval_seconds: float = Field(default=300, ge=0.1)
+    # Retries of a reconcile that may succeed later (key not created yet, database down):
+    # exponential from the first delay, capped.
+    reconcile_backoff_seconds: float = Field(default=5, gt=0)
+    reconcile_backoff_max_seconds: float = Field(default=300, gt=0)
 
     @model_validator(mode="before")
     @classmethod
