@@ -182,10 +182,9 @@ async def migrate(ctx: Context) -> None:
     from jwtkeymap.core.store import translate_errors
 
     configure_logging(ctx.settings.log_level, json=False)
+    url = ctx.require_database()
     with translate_errors("migrate"):
-        conn = await asyncpg.connect(
-            ctx.require_database(), timeout=ctx.settings.db_timeout_seconds
-        )
+        conn = await asyncpg.connect(url, timeout=ctx.settings.db_timeout_seconds)
         try:
             report = await schema.migrate(conn, channel=ctx.settings.invalidation_channel)
         finally:

@@ -59,3 +59,7 @@ class MappingConflict(StoreError):
 
 class MappingNotFound(StoreError):
     """The referenced mapping does not exist."""
+
+
+class IdentityProviderUnavailable(JwtKeyMapError):
+    """The identity provider (userinfo endpoint) cannot answer right now; callers retry."""

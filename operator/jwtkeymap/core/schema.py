@@ -248,7 +248,12 @@ async def inspect(conn: asyncpg.Connection) -> SchemaInfo:
             "AND column_name = 'jwt_issuer')"
         )
     )
-    litellm_owned = await _exists(conn, '"_prisma_migrations"')
+    owner = None
+    if await _exists(conn, "jwtkeymap_meta"):
+        owner = await conn.fetchval("SELECT value FROM jwtkeymap_meta WHERE key = 'tables_owner'")
+    litellm_owned = owner == "litellm" or (
+        owner is None and await _exists(conn, '"_prisma_migrations"')
+    )
     return SchemaInfo(litellm_owned=litellm_owned, issuer_scoped=issuer_scoped)
 
 
@@ -275,6 +280,12 @@ async def migrate(conn: asyncpg.Connection, *, channel: str) -> MigrationReport:
         had_meta = await _exists(conn, "jwtkeymap_meta")
         await conn.execute(
             _OWN_OBJECTS.replace("{channel}", channel).replace("{version}", str(SCHEMA_VERSION))
+        )
+        # The first migration records who owns the two tables; later ones keep it.
+        await conn.execute(
+            "INSERT INTO jwtkeymap_meta(key, value) VALUES ('tables_owner', $1) "
+            "ON CONFLICT (key) DO NOTHING",
+            "jwtkeymap" if created else "litellm",
         )
         if not had_meta:
             created.append("jwtkeymap_* objects")

@@ -12,6 +12,8 @@ import enum
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -154,6 +156,8 @@ class Settings(BaseSettings):
     jwks_max_age_seconds: float = Field(default=3600, ge=1)
     oidc_userinfo_url: str | None = None
     oidc_userinfo_ttl_seconds: float = Field(default=60, ge=0)
+    # Issuer scope of identities read from userinfo; default: the userinfo URL's origin.
+    oidc_userinfo_issuer: str | None = None
 
     # Database.
     db_pool_min_size: int = Field(default=1, ge=0)
@@ -162,6 +166,12 @@ class Settings(BaseSettings):
     invalidation_channel: str = Field(default="jwtkeymap_invalidate", pattern=r"^[a-z_][a-z0-9_]*$")
     stale_while_disconnected_seconds: float = Field(default=0, ge=0)
     redis_url: str | None = Field(default=None, repr=False)
+    # Hold a LISTEN connection; turn off behind PgBouncer in transaction mode (use Redis).
+    invalidation_listen: bool = True
+    # Republish every PostgreSQL invalidation to Redis (run in one process per fleet).
+    invalidation_relay: bool = False
+    invalidation_liveness_seconds: float = Field(default=5, gt=0)
+    invalidation_reconnect_max_seconds: float = Field(default=5, gt=0)
 
     # Resolver (sidecar).
     listen: str = "0.0.0.0:8080"
@@ -247,7 +257,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}: {format_validation_error(exc)}") from exc
-    except (OSError, ValueError) as exc:  # YAML syntax errors surface as ValueError subclasses
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
     finally:
         _config_file.reset(token)

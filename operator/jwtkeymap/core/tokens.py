@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
 from jwtkeymap.core.cache import LRUCache
@@ -152,6 +153,15 @@ class KeySet:
         return None
 
 
+def _compatible(alg: str, key: Any) -> bool:
+    """Tell whether ``key`` can verify ``alg`` (a key never doubles as another family's)."""
+    if alg.startswith(("RS", "PS")):
+        return isinstance(key, rsa.RSAPublicKey)
+    if alg.startswith("ES"):
+        return isinstance(key, ec.EllipticCurvePublicKey)
+    return isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+
+
 def _load_pem(pem: str, issuer: str) -> Any:
     for name in ("RS256", "ES256", "EdDSA"):
         try:
@@ -227,7 +237,11 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise InvalidToken("token key id is not a string")
-        keys = await self._keysets[issuer.issuer].candidates(kid)
+        keys = [
+            k for k in await self._keysets[issuer.issuer].candidates(kid) if _compatible(alg, k)
+        ]
+        if not keys:
+            raise InvalidToken(f"no {alg} key of this issuer matches the token")
         claims = self._decode(token, keys, alg, issuer)
         exp = claims["exp"]
         verified = VerifiedToken(issuer=issuer.issuer, claims=claims, expires_at=float(exp))
