@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
 from pydantic import (
     AliasChoices,
     BaseModel,
