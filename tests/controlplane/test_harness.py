@@ -15,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import jwt
 import kopf
 import pytest
 from aiohttp import web
@@ -351,3 +352,28 @@ def test_up_and_down_leave_nothing_behind(binaries: Binaries, tmp_path: Path) ->
         message="processes to exit",
     )
     assert not state.exists()
+
+
+# --- service-account tokens --------------------------------------------------------------------
+
+
+def test_service_account_token_verifies_against_the_issuer_jwks(
+    controlplane: ControlPlane, namespace: str
+) -> None:
+    controlplane.kubectl("create", "serviceaccount", "robot", "-n", namespace, check=True)
+    token = controlplane.kubectl(
+        "create", "token", "robot", "-n", namespace, "--audience=jwtkeymap-test", check=True
+    ).stdout.strip()
+    discovery = json.loads(
+        controlplane.kubectl("get", "--raw", "/.well-known/openid-configuration", check=True).stdout
+    )
+    jwks = json.loads(controlplane.kubectl("get", "--raw", "/openid/v1/jwks", check=True).stdout)
+
+    key = jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token)["kid"]]
+    claims = jwt.decode(
+        token, key.key, algorithms=["RS256"], audience="jwtkeymap-test", issuer=controlplane.server
+    )
+    assert discovery["issuer"] == controlplane.server
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:robot"
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, key.key, algorithms=["RS256"], audience="someone-else")
