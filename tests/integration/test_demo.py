@@ -1,0 +1,28 @@
+"""`make demo` runs `jwtkeymap demo`; its decisions are the product's, so pin them."""
+
+from __future__ import annotations
+
+from jwtkeymap.demo import BEHAVIORS, render, run
+
+
+async def test_demo_decisions(empty_database_url: str) -> None:
+    table_rows = await run(empty_database_url)
+    rows = {r[0]: dict(zip(BEHAVIORS, r[1:], strict=True)) for r in table_rows}
+    assert rows["alice (mapped, team alpha)"]["reject"] == "200 mapped (team-alpha)"
+    partner = rows["carol via partner IdP (no mapping there)"]
+    assert partner == {
+        "reject": "403 unregistered_client",
+        "fallback_team_mapping": "200 fallback",
+        "auto_register": "200 auto_registered (team-sandbox)",
+    }
+    assert rows["bob (mapping disabled)"]["auto_register"] == "403 mapping_inactive"
+    assert set(rows["dave (key blocked)"].values()) == {"403 key_blocked"}
+    assert (
+        rows["erin (unregistered, team claim)"]["auto_register"]
+        == "200 auto_registered (team-gamma)"
+    )
+    assert set(rows["expired token"].values()) == {"401 invalid_token"}
+    assert set(rows["forged (unknown signer)"].values()) == {"401 invalid_token"}
+    assert set(rows["platform admin (scope)"].values()) == {"200 admin"}
+    table = render(table_rows)
+    assert table.splitlines()[0].split()[0] == "REQUEST"
