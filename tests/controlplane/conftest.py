@@ -6,14 +6,11 @@ JWTKEYMAP_SKIP_CONTROLPLANE=1 to skip it knowingly.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import kopf
 import pytest
@@ -21,12 +18,9 @@ import pytest
 # harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Binaries, BinariesMissing, ControlPlane, find_binaries
+from harness import TESTDATA, Binaries, BinariesMissing, ControlPlane, find_binaries, poll
 
-TESTDATA = Path(__file__).parent / "testdata"
 SKIP_ENV = "JWTKEYMAP_SKIP_CONTROLPLANE"
-POLL_INTERVAL = 0.2
-T = TypeVar("T")
 
 _timings: dict[str, str] = {}
 
@@ -62,28 +56,6 @@ def controlplane(binaries: Binaries) -> Iterator[ControlPlane]:
             f" start-to-ready {plane.startup_seconds:.2f} s (target <= 15 s)"
         )
         yield plane
-
-
-def poll(condition: Callable[[], T], *, timeout: float = 30.0, message: str = "the condition") -> T:
-    """Call ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}; last: {result!r}")
-        time.sleep(POLL_INTERVAL)
-    return result
-
-
-async def apoll(
-    condition: Callable[[], Awaitable[T]], *, timeout: float = 30.0, message: str = "the condition"
-) -> T:
-    """Await ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (result := await condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}; last: {result!r}")
-        await asyncio.sleep(POLL_INTERVAL)
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -50,6 +51,10 @@ ADMIN_USER = "jwtkeymap-test-admin"
 WORKDIR_PREFIX = "jwtkeymap-controlplane-"
 OWNER_FILE = "owner.pid"
 LOOPBACK = "127.0.0.1"
+TESTDATA = Path(__file__).parent / "testdata"
+POLL_INTERVAL = 0.2
+
+T = TypeVar("T")
 
 
 class BinariesMissing(RuntimeError):
@@ -96,6 +101,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def poll(condition: Callable[[], T], *, timeout: float = 30.0, message: str = "the condition") -> T:
+    """Call ``condition`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {message}; last: {result!r}")
+        time.sleep(POLL_INTERVAL)
+    return result
+
+
+async def apoll(
+    condition: Callable[[], Awaitable[T]], *, timeout: float = 30.0, message: str = "the condition"
+) -> T:
+    """Await ``condition`` until it returns something truthy; raise TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (result := await condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {message}; last: {result!r}")
+        await asyncio.sleep(POLL_INTERVAL)
+    return result
 
 
 # --- certificates ---------------------------------------------------------------------------

@@ -19,9 +19,7 @@ import jwt
 import kopf
 import pytest
 from aiohttp import web
-from harness import Binaries, ControlPlane, issue_tls
-
-from conftest import TESTDATA, apoll, poll
+from harness import TESTDATA, Binaries, ControlPlane, apoll, issue_tls, poll
 
 pytestmark = pytest.mark.controlplane
 
