@@ -1,0 +1,324 @@
+"""The resolver's aiohttp application: the service it wraps, its handlers, and ``run``.
+
+``Service`` owns the long-lived parts (store, token verifier, userinfo client,
+policy engine, invalidation bus) and answers one question: what is the answer
+to this ``Authorization`` header. The handlers only translate HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from jwtkeymap.core.bus import InvalidationBus
+from jwtkeymap.core.cache import CacheStats
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.errors import (
+    DatabaseUnavailable,
+    IdentityProviderUnavailable,
+    InvalidToken,
+    JwtKeyMapError,
+)
+from jwtkeymap.core.policy import Resolver
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.core.store import Store
+from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
+from jwtkeymap.core.userinfo import UserinfoClient
+from jwtkeymap.resolver import check
+from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger("jwtkeymap.resolver")
+
+READY_TIMEOUT_SECONDS = 2.0
+
+
+class TimedStore(Store):
+    """The core store, timing the two queries of the hot path for metrics."""
+
+    metrics: Metrics | None = None
+
+    async def lookup(self, identity: Any) -> Any:
+        """Time the mapping lookup."""
+        start = time.perf_counter()
+        try:
+            return await super().lookup(identity)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_db("lookup")(time.perf_counter() - start)
+
+    async def register(self, identity: Any, spec: Any, *, description: str | None = None) -> Any:
+        """Time the auto-registration transaction."""
+        start = time.perf_counter()
+        try:
+            return await super().register(identity, spec, description=description)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_db("register")(time.perf_counter() - start)
+
+
+class Service:
+    """Everything one resolver process holds, and the check it performs."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = Metrics()
+        self.store: Store | None = None
+        self.verifier: TokenVerifier | None = None
+        self.userinfo: UserinfoClient | None = None
+        self.resolver: Resolver | None = None
+        self.bus: InvalidationBus | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.shutting_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._strip = settings.strip_authorization
+        self._debug = log.isEnabledFor(logging.DEBUG)
+
+    async def start(self) -> None:
+        """Open the database pool, load the JWKS, connect the invalidation bus."""
+        s = self.settings
+        self.session = aiohttp.ClientSession()
+        if s.database_url:
+            self.store = await _open_store(s)
+            if isinstance(self.store, TimedStore):
+                self.store.metrics = self.metrics
+        self.verifier = TokenVerifier(s, session=self.session, clock=self.clock)
+        if s.oidc_userinfo_url:
+            self.userinfo = UserinfoClient(s, session=self.session, clock=self.clock)
+        self.resolver = Resolver(s, store=self.store, clock=self.clock)
+        self.bus = InvalidationBus(s, self.resolver)
+        await self.bus.start()
+        await self.verifier.start()
+        self._tasks.append(asyncio.create_task(self._keep_jwks(), name="jwks-keeper"))
+        self.metrics.attach(self)
+        # Serve from the start with a coherent cache when the channel comes up quickly;
+        # otherwise readiness reports it and requests needing the database get 503.
+        if self.bus.configured and not await self.bus.wait_connected(s.db_timeout_seconds):
+            log.warning("invalidation channel not connected yet: not ready")
+
+    async def stop(self) -> None:
+        """Close everything, in reverse order."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.bus is not None:
+            await self.bus.stop()
+        if self.store is not None:
+            await self.store.close()
+        if self.session is not None:
+            await self.session.close()
+
+    async def _keep_jwks(self) -> None:
+        """Retry key sets that failed to load; readiness would otherwise never recover."""
+        interval = max(1.0, min(self.settings.jwks_min_refresh_seconds, 10.0))
+        assert self.verifier is not None
+        while True:
+            await asyncio.sleep(interval)
+            for keyset in self.verifier.keysets.values():
+                if not keyset.loaded:
+                    await keyset.refresh()
+
+    # -- the check -------------------------------------------------------------------
+
+    async def authorize(self, authorization: str | None) -> Answer:
+        """Answer one check for the request's ``Authorization`` header."""
+        try:
+            token = check.bearer_token(authorization)
+            verified = await self._verify(token)
+        except InvalidToken as exc:
+            return check.invalid_token(str(exc))
+        except IdentityProviderUnavailable:
+            return check.deny(
+                503,
+                "identity_provider_unavailable",
+                "JWT Key Mapping: the identity provider is unavailable. Retry the request.",
+            )
+        assert self.resolver is not None
+        decision = await self.resolver.resolve(verified.claims, verified.issuer)
+        return check.answer(decision, strip_authorization=self._strip)
+
+    async def _verify(self, token: str) -> VerifiedToken:
+        assert self.verifier is not None
+        if token.count(".") == 2 or self.userinfo is None:
+            return await self.verifier.verify(token)
+        return await self.userinfo.verify(token)
+
+    async def answer(self, authorization: str | None) -> Answer:
+        """``authorize``, timed and counted, never raising."""
+        start = time.perf_counter()
+        try:
+            result = await self.authorize(authorization)
+        except Exception:
+            log.exception("check failed")
+            result = check.deny(500, "internal_error", "JWT Key Mapping: internal error.")
+        self.metrics.count(result.decision, result.reason, time.perf_counter() - start)
+        if result.status >= 500:
+            log.warning("check answered %s", result.status, extra={"reason": result.reason})
+        elif self._debug:
+            log.debug(
+                "check decision",
+                extra={"decision": result.decision, "status": result.status,
+                       "reason": result.reason},
+            )  # fmt: skip
+        return result
+
+    # -- readiness and metrics -------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether to take traffic, and why: database, JWKS, invalidation channel."""
+        checks: dict[str, Any] = {}
+        ready = not self.shutting_down
+        if self.shutting_down:
+            checks["shutdown"] = "in progress"
+        if self.store is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                    await self.store.ping()
+                    info = await self.store.schema_info()
+                checks["database"] = {"ok": True, "schema": info.describe()}
+            except (JwtKeyMapError, TimeoutError) as exc:
+                ready = False
+                checks["database"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        if self.verifier is not None:
+            jwks = {i: ks.loaded for i, ks in self.verifier.keysets.items()}
+            checks["jwks"] = jwks
+            ready = ready and all(jwks.values())
+        if self.bus is not None and self.bus.configured:
+            checks["invalidation"] = {"ok": self.bus.connected, **self.bus.status()}
+            ready = ready and self.bus.connected
+        return ready, checks
+
+    def cache_stats(self) -> Iterator[tuple[str, CacheStats, int]]:
+        """(name, stats, size) of every cache, for metrics."""
+        if self.resolver is not None:
+            yield "mapping", self.resolver.cache.stats, len(self.resolver.cache)
+        if self.verifier is not None:
+            yield "token", self.verifier.cache.stats, len(self.verifier.cache)
+        if self.userinfo is not None:
+            yield "userinfo", self.userinfo.cache.stats, len(self.userinfo.cache)
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+async def _open_store(settings: Settings) -> Store:
+    assert settings.database_url
+    try:
+        return await TimedStore.open(
+            settings.database_url,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            timeout=settings.db_timeout_seconds,
+        )
+    except DatabaseUnavailable:
+        # Start anyway: readiness says why, and the pool connects once the database is back.
+        log.warning("database unreachable at startup: starting not ready")
+        return await TimedStore.open(
+            settings.database_url,
+            min_size=0,
+            max_size=settings.db_pool_max_size,
+            timeout=settings.db_timeout_seconds,
+        )
+
+
+# -- handlers --------------------------------------------------------------------------
+
+
+def _response(result: Answer) -> web.Response:
+    return web.Response(status=result.status, body=result.body, headers=result.headers)
+
+
+async def handle_check(request: web.Request) -> web.Response:
+    """``ANY /check[/{tail}]``: the ext_authz / auth_request check; the body is ignored."""
+    service = request.app[SERVICE]
+    return _response(await service.answer(request.headers.get("Authorization")))
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process is alive."""
+    return web.json_response({"ok": True})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: database, JWKS and invalidation channel."""
+    ready, checks = await request.app[SERVICE].readiness()
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus exposition."""
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
+    """Build the resolver application (reverse-proxy routes when ``settings.upstream``)."""
+    app = web.Application(handler_args={"max_field_size": 32 * 1024})
+    service = Service(settings, clock=clock)
+    app[SERVICE] = service
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()
+
+    async def on_shutdown(_app: web.Application) -> None:
+        service.shutting_down = True
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_route("*", "/check", handle_check)
+    app.router.add_route("*", "/check/{tail:.*}", handle_check)
+    app.router.add_get("/healthz", handle_healthz, allow_head=True)
+    app.router.add_get("/readyz", handle_readyz, allow_head=True)
+    app.router.add_get("/metrics", handle_metrics)
+    if settings.upstream:
+        from jwtkeymap.resolver.proxy import add_proxy_routes
+
+        add_proxy_routes(app, settings, service)
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6); raise ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a sidecar's default
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests within the grace bound."""
+    host, port = parse_listen(settings.listen)
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    log.info(
+        "resolver listening",
+        extra={"listen": f"{host}:{port}", "upstream": bool(settings.upstream)},
+    )
+    web.run_app(
+        create_app(settings),
+        host=host,
+        port=port,
+        shutdown_timeout=settings.shutdown_grace_seconds,
+        access_log=None,
+        print=None,
+        loop=loop,
+        handle_signals=True,
+    )

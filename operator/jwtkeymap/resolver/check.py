@@ -1,0 +1,124 @@
+"""The check contract: from a core Decision (or a token error) to an HTTP answer.
+
+Pure functions, no I/O: the same answer serves Envoy's HTTP ext_authz, nginx's
+``auth_request`` and the reverse-proxy mode.
+
+* Allow is exactly 200 (Envoy treats anything else as a denial), with the
+  identity headers that are known. Every identity header this answer does not
+  set is named in ``x-envoy-auth-headers-to-remove``: Envoy does not show the
+  client's headers to the check, so naming the unset ones is what keeps a
+  spoofed copy from reaching the upstream (the set ones are overwritten).
+* Denials carry a JSON body ``{"error": {type, code, reason, message}}``; 401
+  adds ``WWW-Authenticate``, 503 adds ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Final
+
+from jwtkeymap.core.errors import InvalidToken
+from jwtkeymap.core.policy import Decision, Outcome
+
+HEADER_PREFIX: Final = "x-jwtkeymap-"
+DECISION_HEADER: Final = "x-jwtkeymap-decision"
+KEY_HASH_HEADER: Final = "x-jwtkeymap-key-hash"
+TEAM_HEADER: Final = "x-jwtkeymap-team-id"
+USER_HEADER: Final = "x-jwtkeymap-user-id"
+ORG_HEADER: Final = "x-jwtkeymap-org-id"
+REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
+IDENTITY_HEADERS: Final = (DECISION_HEADER, KEY_HASH_HEADER, TEAM_HEADER, USER_HEADER, ORG_HEADER)
+
+RETRY_AFTER_SECONDS: Final = "1"
+_WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """What the resolver replies to one check."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    decision: str = "denied"
+    reason: str | None = None
+    message: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        """Tell whether the request may go to the upstream."""
+        return self.status == 200
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """The identity headers this answer sets (what the upstream should receive)."""
+        return {k: v for k, v in self.headers.items() if k.startswith(HEADER_PREFIX)}
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Extract the token of an ``Authorization: Bearer`` header; raise InvalidToken otherwise."""
+    if not authorization:
+        raise InvalidToken("the request has no Authorization header")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise InvalidToken("the Authorization header is not a Bearer token")
+    token = token.strip()
+    if not token or " " in token:
+        raise InvalidToken("the Bearer token is empty or malformed")
+    return token
+
+
+def _header_safe(value: str | None) -> str | None:
+    # A value with control characters cannot be a header; such an id is dropped.
+    if value is None or not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return None
+    return value
+
+
+def allow(decision: Decision, *, strip_authorization: bool = False) -> Answer:
+    """The 200 answer for an allowed decision, with identity and removal headers."""
+    headers = {DECISION_HEADER: decision.outcome.value}
+    key = decision.key
+    if key is not None:
+        for name, value in (
+            (KEY_HASH_HEADER, key.token_hash),
+            (TEAM_HEADER, _header_safe(key.team_id)),
+            (USER_HEADER, _header_safe(key.user_id)),
+            (ORG_HEADER, _header_safe(key.org_id)),
+        ):
+            if value is not None:
+                headers[name] = value
+    remove = [h for h in IDENTITY_HEADERS if h not in headers]
+    if strip_authorization:
+        remove.append("authorization")
+    if remove:
+        headers[REMOVE_HEADER] = ", ".join(remove)
+    return Answer(200, headers, decision=decision.outcome.value)
+
+
+def deny(status: int, reason: str, message: str) -> Answer:
+    """A denial with the JSON error body and the headers its status calls for."""
+    body = json.dumps(
+        {"error": {"type": "auth_error", "code": status, "reason": reason, "message": message}}
+    ).encode()
+    headers = {"Content-Type": "application/json"}
+    if status == 401:
+        headers["WWW-Authenticate"] = _WWW_AUTHENTICATE
+    elif status == 503:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return Answer(status, headers, body, decision="denied", reason=reason, message=message)
+
+
+def answer(decision: Decision, *, strip_authorization: bool = False) -> Answer:
+    """Translate a policy decision into the HTTP answer."""
+    if decision.outcome is not Outcome.DENIED:
+        return allow(decision, strip_authorization=strip_authorization)
+    reason = decision.reason.value if decision.reason is not None else "denied"
+    return deny(decision.status, reason, decision.message)
+
+
+def invalid_token(message: str) -> Answer:
+    """The 401 for a missing, malformed, expired or badly signed token."""
+    return deny(401, "invalid_token", f"JWT Key Mapping: {message}")

