@@ -44,7 +44,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "operator": "jwtkeymap.operator.cli:operator",
     "apply": "jwtkeymap.operator.cli:apply",
     "diff": "jwtkeymap.operator.cli:diff",
-    "inject": "jwtkeymap.operator.cli:inject",
+    "inject": "jwtkeymap.operator.inject:inject",
     "demo": "jwtkeymap.demo:demo",
 }
 
