@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -86,6 +86,8 @@ class KeySet:
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
         self.refreshes = 0
+        # Called when a refresh drops a key: tokens it verified must not stay cached.
+        self.on_keys_removed: Callable[[], None] | None = None
         if issuer.public_keys:
             for i, pem in enumerate(issuer.public_keys):
                 self._keys[str(i)] = _load_pem(pem, issuer.issuer)
@@ -118,7 +120,10 @@ class KeySet:
                 extra={"issuer": self._issuer.issuer, "error": type(exc).__name__},
             )
             return
+        removed = self._keys.keys() - keys.keys()
         self._keys = keys
+        if removed and self.on_keys_removed is not None:
+            self.on_keys_removed()
 
     async def candidates(self, kid: str | None) -> list[Any]:
         """Return the keys that may have signed a token with this ``kid``.
@@ -197,6 +202,8 @@ class TokenVerifier:
         self._cache: LRUCache[bytes, VerifiedToken] = LRUCache(
             settings.token_cache_max_entries, clock
         )
+        for keyset in self._keysets.values():
+            keyset.on_keys_removed = self._cache.clear
 
     @property
     def cache(self) -> LRUCache[bytes, VerifiedToken]:

@@ -86,6 +86,7 @@ class EchoUpstream:
         self.sent: list[str] = []
         self.hold = asyncio.Event()
         self.held = 0
+        self.upload_progress = 0
         self.app = web.Application()
         self.app.router.add_route("*", "/sse", self._sse)
         self.app.router.add_get("/download", self._download)
@@ -140,10 +141,12 @@ class EchoUpstream:
         digest = hashlib.sha256()
         size = 0
         chunks = 0
+        self.upload_progress = 0
         async for part in request.content.iter_any():
             digest.update(part)
             size += len(part)
             chunks += 1
+            self.upload_progress = size
         seen = self._record(request, body_length=size, sha256=digest.hexdigest(), chunks=chunks)
         return web.json_response(seen)
 
