@@ -42,7 +42,7 @@ async def test_mapping_changed_by_sql_is_seen_without_waiting_for_ttl(
     assert len(cache) == 2  # both answers are cached for an hour
 
     async def reason(token: str) -> str | None:
-        status, headers = await check(http, r.url, token)
+        _, headers = await check(http, r.url, token)
         return headers.get("reason") or headers["x-jwtkeymap-key-hash"]
 
     # Re-pointed, disabled, deleted, inserted: each by SQL, as LiteLLM's API or psql would.

@@ -1,0 +1,193 @@
+"""Reverse-proxy mode: check, strip, add identity, stream both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.testing.servers import wait_until
+
+SPOOFED = {
+    "X-JWTKeyMap-Decision": "admin",
+    "X-JWTKeyMap-Key-Hash": "f" * 64,
+    "X-JWTKeyMap-Team-Id": "spoofed-team",
+    "X-JWTKeyMap-User-Id": "spoofed-user",
+    "X-JWTKeyMap-Org-Id": "spoofed-org",
+    "X-JWTKeyMap-Anything": "spoofed",
+}
+
+
+async def proxy(make_settings, database_url, start_resolver, upstream_port, **extra):
+    settings = make_settings(
+        database_url=database_url, upstream=f"http://127.0.0.1:{upstream_port}", **extra
+    )
+    return await start_resolver(settings)
+
+
+async def test_allowed_request_carries_identity_and_no_spoofed_headers(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    rows = await map_claim("alice", org_id=None)
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    token = signing_key.sign(sub="alice")
+    async with http.post(
+        f"{r.url}/v1/chat/completions?stream=true&q=a%20b",
+        headers={"Authorization": f"Bearer {token}", **SPOOFED},
+        data=b'{"model": "m"}',
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Upstream"] == "echo"
+        seen = await resp.json()
+    assert seen["method"] == "POST"
+    assert seen["path"] == "/v1/chat/completions?stream=true&q=a%20b"
+    assert seen["body_length"] == len(b'{"model": "m"}')
+    headers = echo.headers_of()
+    assert headers["x-jwtkeymap-decision"] == ["mapped"]
+    assert headers["x-jwtkeymap-key-hash"] == [rows.key.token_hash]
+    assert headers["x-jwtkeymap-team-id"] == ["team-a"]
+    assert headers["x-jwtkeymap-user-id"] == ["user-a"]
+    assert "x-jwtkeymap-org-id" not in headers  # unknown, and the spoofed one is gone
+    assert "x-jwtkeymap-anything" not in headers
+    assert headers["authorization"] == [f"Bearer {token}"]
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+
+
+async def test_strip_authorization(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port, strip_authorization=True)
+    token = signing_key.sign(sub="alice")
+    async with http.get(f"{r.url}/x", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+    assert "authorization" not in echo.headers_of()
+
+
+async def test_denied_request_never_reaches_upstream(
+    make_settings, database_url, start_resolver, http, upstream, signing_key
+):
+    echo, port = upstream
+    r = await proxy(
+        make_settings, database_url, start_resolver, port, unregistered_client_behavior="reject"
+    )
+    async with http.post(
+        f"{r.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {signing_key.sign(sub='mallory')}", **SPOOFED},
+        data=b"x" * 1000,
+    ) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["error"]["reason"] == "unregistered_client"
+    async with http.get(f"{r.url}/v1/models") as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert echo.requests == []
+
+
+async def test_hop_by_hop_headers_stay_on_their_hop(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    async with http.get(
+        f"{r.url}/x",
+        headers={
+            "Authorization": f"Bearer {signing_key.sign(sub='alice')}",
+            "Connection": "keep-alive, X-Private-Hop",
+            "X-Private-Hop": "secret",
+            "Keep-Alive": "timeout=5",
+            "TE": "trailers",
+            "X-Kept": "yes",
+        },
+    ) as resp:
+        assert resp.status == 200
+    headers = echo.headers_of()
+    for gone in ("x-private-hop", "keep-alive", "te"):
+        assert gone not in headers, gone
+    assert headers["x-kept"] == ["yes"]
+
+
+async def test_sse_chunks_reach_the_client_before_the_upstream_finishes(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    token = signing_key.sign(sub="alice")
+    async with http.post(f"{r.url}/sse", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        received: list[str] = []
+        for event in ("one", "two", "three"):
+            await echo.sse_gate.put(event)
+            line = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10)
+            received.append(line.decode().strip())
+            # The upstream has sent exactly the events the client already holds:
+            # the next one is only sent after this arrival.
+            assert echo.sent == [e.removeprefix("data: ") for e in received]
+        await echo.sse_gate.put(None)
+        assert await resp.content.read() == b""
+    assert received == ["data: one", "data: two", "data: three"]
+
+
+async def test_large_bodies_stream_both_ways(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    part = b"y" * (1 << 20)
+
+    async def body():
+        yield part
+        # The upstream is reading before the client has finished sending.
+        await wait_until(lambda: echo.upload_progress >= len(part), what="first MiB upstream")
+        for _ in range(31):
+            yield part
+
+    async with http.post(f"{r.url}/upload", headers=auth, data=body()) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+    assert seen["body_length"] == 32 << 20
+    assert seen["sha256"] == hashlib.sha256(part * 32).hexdigest()
+
+    size = 48 << 20
+    digest = hashlib.sha256()
+    async with http.get(f"{r.url}/download?bytes={size}", headers=auth) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(size)
+        total = 0
+        async for chunk in resp.content.iter_any():
+            total += len(chunk)
+            digest.update(chunk)
+    assert total == size
+    assert digest.hexdigest() == hashlib.sha256(b"x" * size).hexdigest()
+
+
+async def test_unreachable_upstream_is_502(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key
+):
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, free_port())
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    async with http.get(f"{r.url}/v1/models", headers=auth) as resp:
+        assert resp.status == 502
+        assert json.loads(await resp.read())["error"]["reason"] == "upstream_unavailable"
+    async with http.get(f"{r.url}/metrics") as resp:
+        assert 'jwtkeymap_upstream_responses_total{status="error"} 1.0' in await resp.text()
+
+
+async def test_resolver_endpoints_are_not_proxied(
+    make_settings, database_url, start_resolver, http, upstream
+):
+    echo, port = upstream
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    for path in ("/healthz", "/readyz", "/metrics"):
+        async with http.get(r.url + path) as resp:
+            assert resp.status in (200, 503)
+    assert echo.requests == []
