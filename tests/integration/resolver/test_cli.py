@@ -1,0 +1,122 @@
+"""`jwtkeymap resolver` as a process: config file, JSON logs, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.testing.servers import port_open, wait_until
+
+JWTKEYMAP = str(Path(sys.executable).parent / "jwtkeymap")
+
+
+def write_config(tmp_path: Path, signing_key, **extra) -> Path:
+    config = {
+        "issuers": [
+            {
+                "issuer": signing_key.issuer,
+                "public_keys": [signing_key.public_pem],
+                "audience": "litellm",
+            }
+        ],
+        "unregistered_client_behavior": "reject",
+        **extra,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def test_resolver_process_serves_logs_json_and_drains_on_sigterm(
+    tmp_path, database_url, upstream, http, map_claim, signing_key
+):
+    echo, upstream_port = upstream
+    rows = await map_claim("alice")
+    port = free_port()
+    config = write_config(tmp_path, signing_key, shutdown_grace_seconds=20)
+    log = (tmp_path / "stderr.log").open("wb")
+    proc = subprocess.Popen(
+        [JWTKEYMAP, "--config", str(config), "--log-level", "debug", "resolver",
+         "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}"],
+        env={**os.environ, "JWTKEYMAP_DATABASE_URL": database_url},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    token = signing_key.sign(sub="alice")
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+
+        async def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "stderr.log").read_text())
+            try:
+                async with http.get(f"{base}/readyz") as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        await wait_until(ready, timeout=20, what="resolver process ready")
+        async with http.get(f"{base}/check", headers=auth) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-jwtkeymap-key-hash"] == rows.key.token_hash
+
+        # A request in flight when SIGTERM arrives is finished, new ones are refused.
+        held = asyncio.ensure_future(http.get(f"{base}/hold", headers=auth))
+        await wait_until(lambda: echo.held == 1, what="request held upstream")
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: not port_open(port), what="listener closed")
+        assert proc.poll() is None  # still draining
+        echo.hold.set()
+        resp = await asyncio.wait_for(held, 10)
+        assert resp.status == 200
+        assert await resp.text() == "released"
+        resp.release()
+        await wait_until(lambda: proc.poll() is not None, timeout=15, what="process exit")
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+    lines = (tmp_path / "stderr.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert any(r.get("message") == "check decision" for r in records)
+    text = "\n".join(lines)
+    assert token not in text
+    assert rows.key.token_hash not in text
+
+
+async def test_bad_listen_address_is_a_usage_error(tmp_path, signing_key):
+    config = write_config(tmp_path, signing_key)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [JWTKEYMAP, "--config", str(config), "resolver", "--listen", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "HOST:PORT" in result.stderr
+
+
+async def test_unknown_setting_is_a_startup_error(tmp_path, signing_key):
+    config = write_config(tmp_path, signing_key, stale_while_disconected_seconds=5)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [JWTKEYMAP, "--config", str(config), "resolver"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "stale_while_disconected_seconds" in result.stderr
