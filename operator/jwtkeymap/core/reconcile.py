@@ -356,14 +356,24 @@ class Reconciler:
 
     # -- listing and pruning -----------------------------------------------------------
 
-    async def owned(self, prefix: str) -> dict[str, tuple[str, MappingIdentity]]:
-        """Map owner id → (ref, identity) for every row owned by ids starting with ``prefix``."""
+    async def owned(self, prefix: str) -> dict[str, ReconcileResult]:
+        """Every row owned by an id starting with ``prefix`` (as ABSENT results), by owner."""
         scoped = (await self._store.schema_info()).issuer_scoped
         async with self._store.connection("list owned mappings") as conn:
             rows = await _fetch_live(
                 conn, scoped, "o.owner LIKE $1", [_like_prefix(prefix)], lock=False
             )
-        return {r.owner: (r.ref or "", r.identity) for r in rows if r.owner is not None}
+        return {
+            r.owner: ReconcileResult(
+                Outcome.ABSENT,
+                identity=r.identity,
+                mapping_id=r.id,
+                key_fingerprint=fingerprint(r.token_hash),
+                ref=r.ref or "",
+            )
+            for r in rows
+            if r.owner is not None
+        }
 
     async def prune(
         self, prefix: str, keep: Iterable[str], *, dry_run: bool = False
@@ -371,13 +381,13 @@ class Reconciler:
         """Delete rows owned under ``prefix`` whose owner is not in ``keep``."""
         keep_set = set(keep)
         results = []
-        for owner, (ref, identity) in sorted((await self.owned(prefix)).items()):
+        for owner, row in sorted((await self.owned(prefix)).items()):
             if owner in keep_set:
                 continue
             if dry_run:
-                results.append(ReconcileResult(Outcome.DELETED, identity=identity, ref=ref))
+                results.append(dataclasses.replace(row, outcome=Outcome.DELETED))
             else:
-                results.append(await self.delete(owner, ref=ref))
+                results.append(await self.delete(owner, ref=row.ref))
         return results
 
     # -- statements --------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""The few Kubernetes API calls the handlers make themselves (kopf does the rest).
+
+Reading a referenced Secret on demand (never caching every Secret of the cluster
+in memory) and annotating a mapping when its Secret changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jwtkeymap.core.errors import JwtKeyMapError
+from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Explicit API credentials (tests, or a kubeconfig-less setup)."""
+
+    server: str
+    token: str = dataclasses.field(repr=False)
+    ca_path: Path | None = None
+
+
+class KubeUnavailable(JwtKeyMapError):
+    """The Kubernetes API failed transiently (retry)."""
+
+
+class Kube:
+    """A thin async client for Secrets and JWTKeyMapping metadata."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+
+    @classmethod
+    async def connect(cls, connection: Connection | None = None) -> Kube:
+        """Use ``connection``, else the in-cluster service account, else the kubeconfig."""
+        if connection is not None:
+            conf = client.Configuration(host=connection.server)
+            conf.api_key = {"authorization": f"Bearer {connection.token}"}
+            if connection.ca_path is not None:
+                conf.ssl_ca_cert = str(connection.ca_path)
+            return cls(client.ApiClient(conf))
+        conf = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            await config.load_kube_config(client_configuration=conf)
+        return cls(client.ApiClient(conf))
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._api.close()
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's ``data`` (base64 values), or None if it does not exist."""
+        try:
+            secret: Any = await self._core.read_namespaced_secret(name, namespace)
+        except aiohttp.ClientError as exc:
+            raise KubeUnavailable(f"reading Secret {namespace}/{name}: {exc}") from None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeUnavailable(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from None
+        return dict(secret.data or {})
+
+    async def annotate_mapping(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> bool:
+        """Merge ``annotations`` into a JWTKeyMapping; False if it is gone."""
+        try:
+            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"metadata": {"annotations": dict(annotations)}},
+                _content_type="application/merge-patch+json",
+            )
+        except aiohttp.ClientError as exc:
+            raise KubeUnavailable(f"annotating {PLURAL}/{namespace}/{name}: {exc}") from None
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubeUnavailable(
+                f"annotating {PLURAL}/{namespace}/{name}: HTTP {exc.status}"
+            ) from None
+        return True

@@ -1,0 +1,174 @@
+"""The JWTKeyMapping resource: names, the spec model, and its translation to a desired mapping.
+
+The spec model is the boundary for both callers: the kopf handlers (specs the
+apiserver already validated against the CRD schema) and the offline ``apply``
+(manifests nobody validated yet), so the rules here mirror the CRD's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jwtkeymap.core.claims import MappingIdentity, canonicalize, split_path
+from jwtkeymap.core.errors import ClaimError, JwtKeyMapError
+from jwtkeymap.core.reconcile import DesiredMapping
+from jwtkeymap.core.settings import Settings
+
+GROUP: Final = "jwtkeymap.io"
+VERSION: Final = "v1alpha1"
+PLURAL: Final = "jwtkeymappings"
+KIND: Final = "JWTKeyMapping"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+FINALIZER: Final = "jwtkeymap.io/finalizer"
+ADOPT_ANNOTATION: Final = "jwtkeymap.io/adopt"
+# Set by the operator on a mapping when its Secret changes, so kopf re-runs the reconcile.
+SECRET_VERSION_ANNOTATION: Final = "jwtkeymap.io/secret-version"
+
+_HASH_RE: Final = re.compile(r"[0-9a-f]{64}")
+_DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class SpecError(JwtKeyMapError):
+    """A JWTKeyMapping spec is invalid; ``field`` is its dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SecretRef(_Strict):
+    """A key in a Secret of the mapping's namespace that holds the plaintext virtual key."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+class KeySource(_Strict):
+    """Where the virtual key comes from: exactly one of a Secret or a hash."""
+
+    secret_ref: SecretRef | None = Field(default=None, alias="secretRef")
+    hash: str | None = Field(default=None, max_length=64)
+
+    @field_validator("hash")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _HASH_RE.fullmatch(value):
+            raise ValueError(
+                "must be the sha256 of a virtual key (64 lowercase hex characters); "
+                "use key.secretRef for a plaintext key"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> KeySource:
+        if (self.secret_ref is None) == (self.hash is None):
+            raise ValueError("exactly one of key.secretRef or key.hash must be set")
+        return self
+
+
+class Claim(_Strict):
+    """The identifying claim and its value."""
+
+    name: str = Field(min_length=1, max_length=256)
+    value: str = Field(min_length=1, max_length=1024)
+
+    @field_validator("name")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        split_path(value)
+        return value
+
+
+class MappingSpec(_Strict):
+    """``spec`` of a JWTKeyMapping."""
+
+    issuer: str = Field(default="", max_length=512)
+    claim: Claim
+    key: KeySource
+    description: str | None = Field(default=None, max_length=1024)
+    active: bool = True
+    deletion_policy: Literal["Delete", "Retain"] = Field(default="Delete", alias="deletionPolicy")
+
+    @property
+    def retain(self) -> bool:
+        """Whether deleting the resource keeps the database row."""
+        return self.deletion_policy == "Retain"
+
+
+def parse_spec(spec: Mapping[str, Any] | None) -> MappingSpec:
+    """Validate a spec; raise SpecError naming the first bad field (``spec.…``)."""
+    try:
+        return MappingSpec.model_validate(dict(spec or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in ("spec", *err["loc"]))
+        raise SpecError(loc, err["msg"].removeprefix("Value error, ")) from None
+
+
+def identity_of(spec: MappingSpec, settings: Settings) -> MappingIdentity:
+    """The mapping identity a spec declares, with the claim value in canonical form."""
+    try:
+        value = canonicalize(
+            spec.claim.value, field=spec.claim.name, casefold=settings.casefold_claim
+        )
+    except ClaimError as exc:
+        raise SpecError("spec.claim.value", str(exc)) from None
+    return MappingIdentity(issuer=spec.issuer, claim_name=spec.claim.name, claim_value=value)
+
+
+def claim_name_allowed(name: str, settings: Settings) -> bool:
+    """Whether the configured allow-list (empty: anything) permits this claim name."""
+    return not settings.allowed_claim_names or name in settings.allowed_claim_names
+
+
+def k8s_owner(uid: str) -> str:
+    """Owner id of a mapping declared by a Kubernetes resource (stable across renames)."""
+    return f"k8s:{uid}"
+
+
+def offline_owner(namespace: str, name: str) -> str:
+    """Owner id of a mapping declared by an offline manifest."""
+    return f"offline:{namespace}/{name}"
+
+
+def adopt_requested(annotations: Mapping[str, str] | None) -> bool:
+    """Whether the resource asks to take over a row created outside jwtkeymap."""
+    return (annotations or {}).get(ADOPT_ANNOTATION, "").lower() == "true"
+
+
+def desired_mapping(
+    spec: MappingSpec,
+    settings: Settings,
+    *,
+    token_hash: str,
+    owner: str,
+    ref: str,
+    annotations: Mapping[str, str] | None = None,
+) -> DesiredMapping:
+    """Build the desired mapping handed to the reconcile core."""
+    identity = identity_of(spec, settings)
+    if not claim_name_allowed(identity.claim_name, settings):
+        raise SpecError(
+            "spec.claim.name",
+            f"claim {identity.claim_name!r} is not allowed "
+            f"(allowed: {', '.join(settings.allowed_claim_names)})",
+        )
+    return DesiredMapping(
+        identity=identity,
+        token_hash=token_hash,
+        owner=owner,
+        ref=ref,
+        description=spec.description,
+        active=spec.active,
+        adopt=adopt_requested(annotations),
+    )

@@ -1,0 +1,88 @@
+"""Validating admission for JWTKeyMapping: refuse what the reconcile would refuse, earlier.
+
+Two rules the CRD schema cannot express: the claim name must be on the
+configured allow-list, and an (issuer, claim name, claim value) identity may be
+declared by one resource only. The second uses the operator's in-memory index
+of resources, so it answers without an API call; the database's unique index
+stays the final arbiter (two creations racing through different replicas are
+caught there and reported as a Conflict condition).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.resource import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    SpecError,
+    claim_name_allowed,
+    identity_of,
+    parse_spec,
+)
+
+HANDLER_ID = "validate-mapping"
+
+
+def check(
+    spec: Any,
+    *,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    settings: Settings,
+    taken: Any,
+) -> None:
+    """Raise kopf.AdmissionError when the spec must be refused.
+
+    ``taken`` maps canonical (issuer, claim name, claim value) to the
+    ``(namespace/name, uid)`` of the resources declaring it (the kopf index).
+    """
+    try:
+        parsed = parse_spec(spec)
+        identity = identity_of(parsed, settings)
+    except SpecError as exc:
+        raise kopf.AdmissionError(str(exc), code=422) from None
+    if not claim_name_allowed(identity.claim_name, settings):
+        allowed = ", ".join(settings.allowed_claim_names)
+        raise kopf.AdmissionError(
+            f"spec.claim.name: claim {identity.claim_name!r} is not allowed here "
+            f"(allowed: {allowed})",
+            code=422,
+        )
+    me = f"{namespace}/{name}"
+    key = (identity.issuer, identity.claim_name, identity.claim_value)
+    for ref, holder_uid in taken.get(key, ()):
+        if ref != me and holder_uid != uid:
+            scope = f" for issuer {identity.issuer}" if identity.issuer else ""
+            raise kopf.AdmissionError(
+                f"{identity.claim_name}={identity.claim_value}{scope} is already mapped by "
+                f"JWTKeyMapping {ref}",
+                code=409,
+            )
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    """Register the validating webhook handler (served only when a webhook server is set)."""
+
+    @kopf.on.validate(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id=HANDLER_ID,
+        operations=["CREATE", "UPDATE"],
+    )
+    def validate(
+        spec: kopf.Spec,
+        namespace: str | None,
+        name: str,
+        uid: str,
+        **kwargs: Any,
+    ) -> None:
+        taken = kwargs["by_identity"]  # the kopf index registered by the handlers
+        check(spec, namespace=namespace, name=name, uid=uid, settings=settings, taken=taken)
