@@ -1,0 +1,95 @@
+"""Decision → HTTP answer, and Authorization parsing: pure logic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jwtkeymap.core.errors import InvalidToken
+from jwtkeymap.core.keys import KeyIdentity
+from jwtkeymap.core.policy import ADMIN, FALLBACK, Decision, Outcome, Reason, deny
+from jwtkeymap.resolver import check
+
+KEY = KeyIdentity(token_hash="a" * 64, team_id="t", user_id=None, org_id="o")
+
+
+def test_mapped_answer_sets_known_ids_and_removes_the_rest():
+    result = check.answer(Decision(Outcome.MAPPED, key=KEY))
+    assert result.status == 200
+    assert result.body == b""
+    assert result.headers["x-jwtkeymap-decision"] == "mapped"
+    assert result.headers["x-jwtkeymap-key-hash"] == "a" * 64
+    assert result.headers["x-jwtkeymap-team-id"] == "t"
+    assert result.headers["x-jwtkeymap-org-id"] == "o"
+    assert "x-jwtkeymap-user-id" not in result.headers
+    assert result.headers["x-envoy-auth-headers-to-remove"] == "x-jwtkeymap-user-id"
+
+
+@pytest.mark.parametrize("decision", [FALLBACK, ADMIN])
+def test_keyless_allow_removes_every_key_header(decision):
+    result = check.answer(decision)
+    assert result.status == 200
+    removed = result.headers["x-envoy-auth-headers-to-remove"].split(", ")
+    assert set(removed) == set(check.IDENTITY_HEADERS) - {"x-jwtkeymap-decision"}
+    assert result.identity == {"x-jwtkeymap-decision": decision.outcome.value}
+
+
+def test_strip_authorization_adds_it_to_the_removal_list():
+    result = check.answer(Decision(Outcome.MAPPED, key=KEY), strip_authorization=True)
+    assert "authorization" in result.headers["x-envoy-auth-headers-to-remove"].split(", ")
+
+
+def test_header_unsafe_ids_are_dropped_not_sent():
+    key = KeyIdentity(token_hash="b" * 64, team_id="evil\r\nX-Injected: 1", user_id="u")
+    result = check.answer(Decision(Outcome.MAPPED, key=key))
+    assert "x-jwtkeymap-team-id" not in result.headers
+    assert "x-jwtkeymap-team-id" in result.headers["x-envoy-auth-headers-to-remove"]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "extra"),
+    [
+        (403, Reason.UNREGISTERED_CLIENT, None),
+        (503, Reason.DATABASE_UNAVAILABLE, "Retry-After"),
+        (500, Reason.DATABASE_REQUIRED, None),
+    ],
+)
+def test_denials_carry_the_json_error_body(status, reason, extra):
+    result = check.answer(deny(status, reason, "msg"))
+    assert result.status == status
+    assert not result.allowed
+    body = json.loads(result.body)
+    assert body == {
+        "error": {
+            "type": "auth_error",
+            "code": status,
+            "reason": reason.value,
+            "message": "JWT Key Mapping: msg",
+        }
+    }
+    assert result.headers["Content-Type"] == "application/json"
+    if extra:
+        assert extra in result.headers
+    assert not result.identity
+
+
+def test_invalid_token_is_401_with_www_authenticate():
+    result = check.invalid_token("token has expired")
+    assert result.status == 401
+    assert result.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert json.loads(result.body)["error"]["reason"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc.def.ghi", "abc.def.ghi"), ("bearer  tok ", "tok"), ("BEARER x", "x")],
+)
+def test_bearer_token_is_extracted(header, token):
+    assert check.bearer_token(header) == token
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer ", "Bearer a b"])
+def test_bad_authorization_headers_are_invalid_tokens(header):
+    with pytest.raises(InvalidToken):
+        check.bearer_token(header)
