@@ -1,0 +1,325 @@
+"""The pod mutation for sidecar injection: a pure function of a pod and the chart's defaults."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.injection import (
+    BEHAVIOR_ANNOTATION,
+    CLAIM_FIELD_ANNOTATION,
+    CONFIG_ANNOTATION,
+    CONTAINER_NAME,
+    INJECT_LABEL,
+    LISTEN_PORT_ANNOTATION,
+    MODE_ANNOTATION,
+    STATUS_ANNOTATION,
+    UPSTREAM_PORT_ANNOTATION,
+    InjectionDefaults,
+    InjectionError,
+    Mutation,
+    apply,
+    owner_of,
+    plan,
+)
+
+DEFAULTS = InjectionDefaults(
+    image="registry.example/jwtkeymap:1.2.3",
+    settings={
+        "issuers": [{"issuer": "https://idp.example", "jwks_url": "https://idp.example/jwks"}],
+        "casefold_claim": True,
+    },
+)
+
+
+def pod(
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    ports: tuple[int, ...] = (8080,),
+    **spec: Any,
+) -> dict[str, Any]:
+    """A pod labelled for injection unless ``labels`` says otherwise."""
+    meta: dict[str, Any] = {
+        "name": "web",
+        "labels": {INJECT_LABEL: "true"} if labels is None else labels,
+    }
+    if annotations is not None:
+        meta["annotations"] = annotations
+    container = {"name": "app", "image": "app:1", "ports": [{"containerPort": p} for p in ports]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [container], **spec},
+    }
+
+
+def injected(p: dict[str, Any], defaults: InjectionDefaults = DEFAULTS) -> dict[str, Any]:
+    mutation = plan(p, defaults)
+    assert mutation.injected, mutation
+    return apply(p, mutation)
+
+
+def sidecar(p: dict[str, Any]) -> dict[str, Any]:
+    found = [
+        c
+        for c in p["spec"].get("initContainers", []) + p["spec"]["containers"]
+        if c["name"] == CONTAINER_NAME
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+# --- what gets injected ---------------------------------------------------------------------
+
+
+def test_native_sidecar_is_the_first_init_container_and_proxies_to_the_only_port() -> None:
+    original = pod(initContainers=[{"name": "migrate", "image": "migrate:1"}])
+    snapshot = copy.deepcopy(original)
+    out = injected(original)
+
+    assert original == snapshot  # pure: the input is never modified
+    assert [c["name"] for c in out["spec"]["initContainers"]] == [CONTAINER_NAME, "migrate"]
+    assert [c["name"] for c in out["spec"]["containers"]] == ["app"]
+    container = out["spec"]["initContainers"][0]
+    assert container["restartPolicy"] == "Always"
+    assert container["image"] == "registry.example/jwtkeymap:1.2.3"
+    assert container["args"] == [
+        "resolver",
+        "--listen",
+        "0.0.0.0:8181",
+        "--upstream",
+        "http://127.0.0.1:8080",
+    ]
+    assert container["ports"] == [{"name": "jwtkeymap", "containerPort": 8181, "protocol": "TCP"}]
+    assert out["metadata"]["annotations"] == {STATUS_ANNOTATION: "injected"}
+
+
+def test_sidecar_is_hardened_and_probed() -> None:
+    container = sidecar(injected(pod()))
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "jwtkeymap"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "jwtkeymap"}
+    assert container["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    assert {"name": "jwtkeymap-tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_tmp_volume_is_added_next_to_existing_volumes() -> None:
+    out = injected(pod(volumes=[{"name": "data", "emptyDir": {}}]))
+    assert [v["name"] for v in out["spec"]["volumes"]] == ["data", "jwtkeymap-tmp"]
+    assert "emptyDir" in out["spec"]["volumes"][1]
+
+
+def test_database_url_comes_from_a_secret_and_settings_become_variables() -> None:
+    env = env_of(sidecar(injected(pod())))
+    assert env["JWTKEYMAP_DATABASE_URL"] == {
+        "secretKeyRef": {"name": "jwtkeymap-database", "key": "url"}
+    }
+    assert env["JWTKEYMAP_CASEFOLD_CLAIM"] == "true"
+    assert (
+        env["JWTKEYMAP_ISSUERS"]
+        == '[{"issuer":"https://idp.example","jwks_url":"https://idp.example/jwks"}]'
+    )
+
+
+def test_rendered_variables_load_into_the_resolver_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The variables are only useful if core.settings reads them back into the same values.
+    defaults = DEFAULTS.model_copy(update={"database": None})
+    annotations = {BEHAVIOR_ANNOTATION: "reject", CLAIM_FIELD_ANNOTATION: "email"}
+    for name, value in env_of(sidecar(injected(pod(annotations=annotations), defaults))).items():
+        monkeypatch.setenv(name, value)
+    loaded = Settings()
+    assert loaded.casefold_claim is True
+    assert loaded.issuers[0].jwks_url == "https://idp.example/jwks"
+    assert loaded.unregistered_client_behavior == "reject"
+    assert loaded.claim_field == "email"
+
+
+def test_classic_sidecar_is_appended_after_the_app() -> None:
+    out = injected(pod(), DEFAULTS.model_copy(update={"native_sidecar": False}))
+    assert [c["name"] for c in out["spec"]["containers"]] == ["app", CONTAINER_NAME]
+    assert "restartPolicy" not in out["spec"]["containers"][1]
+    assert "initContainers" not in out["spec"]
+
+
+def test_ext_authz_mode_has_no_upstream() -> None:
+    out = injected(pod(annotations={MODE_ANNOTATION: "ext-authz"}, ports=(80, 443)))
+    assert sidecar(out)["args"] == ["resolver", "--listen", "0.0.0.0:8181"]
+    assert STATUS_ANNOTATION in out["metadata"]["annotations"]
+
+
+def test_annotations_choose_ports_and_policy() -> None:
+    out = injected(
+        pod(
+            annotations={
+                UPSTREAM_PORT_ANNOTATION: "4000",
+                LISTEN_PORT_ANNOTATION: "9000",
+                BEHAVIOR_ANNOTATION: "auto_register",
+                CLAIM_FIELD_ANNOTATION: "user.email",
+                "unrelated": "kept",
+            },
+            ports=(4000, 9090),
+        )
+    )
+    container = sidecar(out)
+    assert container["args"][-3:] == ["0.0.0.0:9000", "--upstream", "http://127.0.0.1:4000"]
+    env = env_of(container)
+    assert env["JWTKEYMAP_UNREGISTERED_CLIENT_BEHAVIOR"] == "auto_register"
+    assert env["JWTKEYMAP_CLAIM_FIELD"] == "user.email"
+    assert out["metadata"]["annotations"]["unrelated"] == "kept"
+
+
+def test_config_map_replaces_the_chart_settings() -> None:
+    container = sidecar(out := injected(pod(annotations={CONFIG_ANNOTATION: "team-a-resolver"})))
+    assert container["args"][:3] == ["--config", "/etc/jwtkeymap/config.yaml", "resolver"]
+    assert {
+        "name": "jwtkeymap-config",
+        "mountPath": "/etc/jwtkeymap",
+        "readOnly": True,
+    } in container["volumeMounts"]
+    config_volume = next(v for v in out["spec"]["volumes"] if v["name"] == "jwtkeymap-config")
+    assert config_volume["configMap"]["name"] == "team-a-resolver"
+    # Variables would beat the file, so only the database (a Secret) is passed as one.
+    assert set(env_of(container)) == {"JWTKEYMAP_DATABASE_URL"}
+
+
+# --- skipped, never twice -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("labels", [{}, {INJECT_LABEL: "false"}, {"app": "web"}])
+def test_unlabelled_pods_are_skipped(labels: dict[str, str]) -> None:
+    mutation = plan(pod(labels=labels), DEFAULTS)
+    assert mutation == Mutation(injected=False, reason="not_labelled", message=mutation.message)
+    assert mutation.patch == ()
+
+
+def test_injecting_an_injected_pod_changes_nothing() -> None:
+    once = injected(pod())
+    again = plan(once, DEFAULTS)
+    assert not again.injected
+    assert again.reason == "already_injected"
+
+
+def test_existing_resolver_container_is_not_duplicated() -> None:
+    p = pod()
+    p["spec"]["containers"].append({"name": CONTAINER_NAME, "image": "mine"})
+    mutation = plan(p, DEFAULTS)
+    assert (mutation.injected, mutation.reason) == (False, "container_exists")
+
+
+# --- invalid settings are refused, naming the annotation ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("annotations", "ports", "field", "fragment"),
+    [
+        ({MODE_ANNOTATION: "sidecar"}, (8080,), MODE_ANNOTATION, "proxy, ext-authz"),
+        ({UPSTREAM_PORT_ANNOTATION: "http"}, (8080,), UPSTREAM_PORT_ANNOTATION, "port number"),
+        ({UPSTREAM_PORT_ANNOTATION: "70000"}, (8080,), UPSTREAM_PORT_ANNOTATION, "65535"),
+        ({}, (80, 443), UPSTREAM_PORT_ANNOTATION, "declares: 80, 443"),
+        ({}, (), UPSTREAM_PORT_ANNOTATION, "declares: none"),
+        (
+            {MODE_ANNOTATION: "ext-authz", UPSTREAM_PORT_ANNOTATION: "80"},
+            (80,),
+            UPSTREAM_PORT_ANNOTATION,
+            "only applies",
+        ),
+        ({LISTEN_PORT_ANNOTATION: "0"}, (8080,), LISTEN_PORT_ANNOTATION, "port number"),
+        ({LISTEN_PORT_ANNOTATION: "8080"}, (8080,), LISTEN_PORT_ANNOTATION, "already used"),
+        ({UPSTREAM_PORT_ANNOTATION: "8181"}, (8080,), UPSTREAM_PORT_ANNOTATION, "must differ"),
+        ({BEHAVIOR_ANNOTATION: "allow"}, (8080,), BEHAVIOR_ANNOTATION, "fallback_team_mapping"),
+        ({CLAIM_FIELD_ANNOTATION: "a..b"}, (8080,), CLAIM_FIELD_ANNOTATION, "empty segment"),
+        ({CONFIG_ANNOTATION: "Not_A_Name"}, (8080,), CONFIG_ANNOTATION, "ConfigMap"),
+    ],
+)
+def test_invalid_annotations_are_errors_naming_them(
+    annotations: dict[str, str], ports: tuple[int, ...], field: str, fragment: str
+) -> None:
+    with pytest.raises(InjectionError) as caught:
+        plan(pod(annotations=annotations, ports=ports), DEFAULTS)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+    assert fragment in str(caught.value)
+
+
+def test_a_label_that_is_neither_true_nor_false_is_an_error() -> None:
+    with pytest.raises(InjectionError, match=f"^{INJECT_LABEL}: must be"):
+        plan(pod(labels={INJECT_LABEL: "yes"}), DEFAULTS)
+
+
+def test_host_network_pods_are_refused() -> None:
+    with pytest.raises(InjectionError, match="hostNetwork"):
+        plan(pod(hostNetwork=True), DEFAULTS)
+
+
+# --- the chart's defaults -------------------------------------------------------------------
+
+
+def test_defaults_take_the_charts_camel_case_values() -> None:
+    loaded = InjectionDefaults.model_validate(
+        {
+            "image": "img:1",
+            "nativeSidecar": False,
+            "listenPort": 9999,
+            "database": {"secretName": "db", "key": "dsn"},
+            "extraEnv": [{"name": "X", "value": "1"}],
+        }
+    )
+    assert (loaded.native_sidecar, loaded.listen_port, loaded.database) == (
+        False,
+        9999,
+        loaded.database.__class__(secret_name="db", key="dsn"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
+        ({"settings": {"claim_feild": "x"}}, "claim_feild"),
+        ({"settings": {"database_url": "postgresql://u:p@h/db"}}, "resolver.database"),
+        ({"typo": 1}, "typo"),
+    ],
+)
+def test_bad_defaults_are_rejected(values: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        InjectionDefaults.model_validate(values)
+
+
+def test_events_go_to_the_controlling_owner() -> None:
+    p = pod()
+    p["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "u0"},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "web-5d9",
+            "uid": "u1",
+            "controller": True,
+        },
+    ]
+    assert owner_of(p, "shop") == {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "web-5d9", "uid": "u1", "namespace": "shop"},
+    }
+    assert owner_of(pod(), "shop") is None
