@@ -114,7 +114,7 @@ class InjectionDefaults(_Values):
     # Resolver settings (core.settings names), rendered as JWTKEYMAP_* variables.
     settings: dict[str, Any] = Field(default_factory=dict)
     extra_env: list[dict[str, Any]] = Field(default_factory=list)
-    resources: dict[str, dict[str, str]] = Field(
+    resources: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "256Mi"},
