@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from jwtkeymap.core.bus import InvalidationBus
-from jwtkeymap.core.cache import CacheStats
+from jwtkeymap.core.cache import CacheStats, LRUCache
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.errors import (
     DatabaseUnavailable,
@@ -26,7 +27,7 @@ from jwtkeymap.core.errors import (
     InvalidToken,
     JwtKeyMapError,
 )
-from jwtkeymap.core.policy import Resolver
+from jwtkeymap.core.policy import Decision, Outcome, Resolver
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.core.store import Store
 from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
@@ -38,6 +39,8 @@ from jwtkeymap.resolver.metrics import CONTENT_TYPE, Metrics
 log = logging.getLogger("jwtkeymap.resolver")
 
 READY_TIMEOUT_SECONDS = 2.0
+# How long a whole answer is reused for an identical Authorization header.
+MEMO_TTL_SECONDS = 1.0
 
 
 class TimedStore(Store):
@@ -80,6 +83,9 @@ class Service:
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._strip = settings.strip_authorization
+        self._memo: LRUCache[bytes, tuple[Answer, int]] = LRUCache(
+            settings.token_cache_max_entries, clock
+        )
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     async def start(self) -> None:
@@ -91,6 +97,8 @@ class Service:
             if isinstance(self.store, TimedStore):
                 self.store.metrics = self.metrics
         self.verifier = TokenVerifier(s, session=self.session, clock=self.clock)
+        for keyset in self.verifier.keysets.values():
+            keyset.on_keys_removed = _chain(keyset.on_keys_removed, self._memo.clear)
         if s.oidc_userinfo_url:
             self.userinfo = UserinfoClient(s, session=self.session, clock=self.clock)
         self.resolver = Resolver(s, store=self.store, clock=self.clock)
@@ -130,6 +138,15 @@ class Service:
 
     async def authorize(self, authorization: str | None) -> Answer:
         """Answer one check for the request's ``Authorization`` header."""
+        resolver = self.resolver
+        assert resolver is not None
+        digest = None
+        if authorization:
+            digest = hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+            memo = self._memo.get(digest)
+            fresh = memo is not None and memo[1] == resolver.cache.generation
+            if fresh and memo is not None and not resolver.suspended:
+                return memo[0]
         try:
             token = check.bearer_token(authorization)
             verified = await self._verify(token)
@@ -141,9 +158,31 @@ class Service:
                 "identity_provider_unavailable",
                 "JWT Key Mapping: the identity provider is unavailable. Retry the request.",
             )
-        assert self.resolver is not None
-        decision = await self.resolver.resolve(verified.claims, verified.issuer)
-        return check.answer(decision, strip_authorization=self._strip)
+        generation = resolver.cache.generation
+        decision = await resolver.resolve(verified.claims, verified.issuer)
+        result = check.answer(decision, strip_authorization=self._strip)
+        if digest is not None and not resolver.suspended and _memoizable(decision):
+            self._remember(digest, result, generation, verified, decision)
+        return result
+
+    def _remember(
+        self,
+        digest: bytes,
+        result: Answer,
+        generation: int,
+        verified: VerifiedToken,
+        decision: Decision,
+    ) -> None:
+        """Keep a whole answer briefly: never past the token's or key's expiry.
+
+        The memo is checked against the mapping cache's generation, which every
+        invalidation (and a lost channel) bumps, so it never outlives a change.
+        """
+        now = self.clock.now()
+        ttl = min(MEMO_TTL_SECONDS, verified.expires_at - now.timestamp())
+        if decision.key is not None and decision.key.expires is not None:
+            ttl = min(ttl, (decision.key.expires - now).total_seconds())
+        self._memo.put(digest, (result, generation), ttl)
 
     async def _verify(self, token: str) -> VerifiedToken:
         assert self.verifier is not None
@@ -204,9 +243,24 @@ class Service:
             yield "token", self.verifier.cache.stats, len(self.verifier.cache)
         if self.userinfo is not None:
             yield "userinfo", self.userinfo.cache.stats, len(self.userinfo.cache)
+        yield "answer", self._memo.stats, len(self._memo)
 
 
 SERVICE = web.AppKey("service", Service)
+
+
+def _memoizable(decision: Decision) -> bool:
+    # A registration answers "auto_registered" once; transient failures are retried.
+    return decision.outcome is not Outcome.AUTO_REGISTERED and decision.status in (200, 403)
+
+
+def _chain(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if first is not None:
+            first()
+        second()
+
+    return both
 
 
 async def _open_store(settings: Settings) -> Store:

@@ -265,8 +265,10 @@ async def test_metrics_count_decisions_without_leaking_secrets(
         text = (await resp.read()).decode()
     assert 'jwtkeymap_decisions_total{decision="mapped",reason=""} 3.0' in text
     assert 'jwtkeymap_decisions_total{decision="denied",reason="invalid_token"} 1.0' in text
-    assert 'jwtkeymap_cache_hits_total{cache="mapping"} 2.0' in text
+    # The first check reads the database; the next two reuse the whole answer.
     assert 'jwtkeymap_cache_misses_total{cache="mapping"} 1.0' in text
+    assert 'jwtkeymap_cache_hits_total{cache="answer"} 2.0' in text
+    assert 'jwtkeymap_check_duration_seconds_bucket{le="+Inf"} 4.0' in text
     assert "jwtkeymap_check_duration_seconds_count 4.0" in text
     assert 'jwtkeymap_db_query_duration_seconds_count{operation="lookup"} 1.0' in text
     assert "jwtkeymap_invalidation_connected 1.0" in text
