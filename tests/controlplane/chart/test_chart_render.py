@@ -1,0 +1,320 @@
+"""The Helm chart, rendered offline: lint, Kubernetes schemas, and the choices it encodes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from charttools import CHART, CI_VALUES, Render, find, kinds
+from cryptography import x509
+from harness import REPO_ROOT, Binaries
+
+from jwtkeymap.operator import injector, webhooks
+from jwtkeymap.operator.injection import INJECT_LABEL, InjectionDefaults
+
+pytestmark = pytest.mark.controlplane
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+NS = "jwtkeymap-system"
+# Kinds of other projects' CRDs: kubernetes-validate has no schema for them.
+FOREIGN_KINDS = {"Certificate", "Issuer", "ServiceMonitor", "ClusterKopfPeering"}
+
+
+def schema_version(binaries: Binaries) -> str:
+    """The control plane's minor version, as kubernetes-validate names its schemas."""
+    major, minor = binaries.k8s_version.lstrip("v").split(".")[:2]
+    return f"{major}.{minor}.0"
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_lint_is_clean(run_helm: Helm, values: object) -> None:
+    done = run_helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rendered_objects_match_the_kubernetes_schemas(
+    render: Render, binaries: Binaries, values: object
+) -> None:
+    docs = render(values)
+    version = schema_version(binaries)
+    checked = 0
+    for doc in docs:
+        if doc["kind"] in FOREIGN_KINDS:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+        checked += 1
+    assert checked >= 7  # the Deployment, RBAC, Services, webhooks… were all checked
+
+
+def test_a_broken_object_would_be_caught(binaries: Binaries, render: Render) -> None:
+    # The schema check above is only worth something if it fails on a real mistake.
+    deployment = find(render(), "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPortt"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, schema_version(binaries), strict=True)
+
+
+def test_default_objects(render: Render) -> None:
+    docs = render()
+    assert kinds(docs) == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "CustomResourceDefinition",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+        "ClusterKopfPeering",
+    }
+    assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+# --- values.schema.json is strict --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"operator.replica": "2"}, "additional properties 'replica' not allowed"),
+        ({"injection.resolver.nativeSidecars": "true"}, "'nativeSidecars' not allowed"),
+        ({"webhook.failurePolicy": "Sometimes"}, "failurePolicy"),
+        ({"injection.resolver.settings.database_url": "postgresql://u:p@db/x"}, "settings"),
+        ({"database.existingSecret": ""}, "existingSecret"),
+        ({"operator.replicas": "2", "peering.enabled": "false"}, "needs peering.enabled=true"),
+        (
+            {"metrics.enabled": "false", "metrics.serviceMonitor.enabled": "true"},
+            "needs metrics.enabled",
+        ),
+    ],
+)
+def test_invalid_values_are_refused(run_helm: Helm, sets: dict[str, str], message: str) -> None:
+    args = [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+    done = run_helm("template", "r", str(CHART), *args)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+# --- the CRD -----------------------------------------------------------------------------------
+
+
+def test_chart_crd_is_a_copy_of_the_repository_crd() -> None:
+    source = REPO_ROOT / "crds" / "jwtkeymappings.jwtkeymap.io.yaml"
+    copy = CHART / "files" / "crds" / source.name
+    assert copy.read_bytes() == source.read_bytes(), "run `make chart-crds`"
+
+
+def test_rendered_crd_is_the_repository_crd_plus_labels(render: Render) -> None:
+    source = yaml.safe_load((REPO_ROOT / "crds" / "jwtkeymappings.jwtkeymap.io.yaml").read_text())
+    rendered = find(render(), "CustomResourceDefinition")
+    assert rendered["spec"] == source["spec"]
+    assert rendered["metadata"]["name"] == source["metadata"]["name"]
+    assert source["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+    assert rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_crd_flags(render: Render) -> None:
+    unkept = find(render(sets={"crds.keep": "false"}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
+    assert "CustomResourceDefinition" not in kinds(render(sets={"crds.enabled": "false"}))
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+def test_injector_webhook_is_opt_in_and_fails_closed(render: Render) -> None:
+    docs = render(sets={"injection.excludeNamespaces": "{monitoring}"})
+    hook = find(docs, "MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["clientConfig"]["service"] == {
+        "name": "r-jwtkeymap-webhook",
+        "namespace": NS,
+        "path": f"/{injector.HANDLER_ID}",
+        "port": 443,
+    }
+    assert hook["objectSelector"] == {"matchLabels": {INJECT_LABEL: "true"}}
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["key"] == "kubernetes.io/metadata.name"
+    assert excluded["operator"] == "NotIn"
+    assert excluded["values"] == ["kube-system", "kube-public", NS, "monitoring"]
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert (hook["failurePolicy"], hook["sideEffects"], hook["timeoutSeconds"]) == (
+        "Fail",
+        "None",
+        10,
+    )
+    service = find(docs, "Service", "r-jwtkeymap-webhook")
+    assert service["spec"]["ports"][0]["targetPort"] == "webhook"
+
+
+def test_validating_webhook_routes_to_the_operators_handler(render: Render) -> None:
+    hook = find(render(), "ValidatingWebhookConfiguration")["webhooks"][0]
+    assert hook["clientConfig"]["service"]["path"] == f"/{webhooks.HANDLER_ID}"
+    assert hook["rules"][0]["resources"] == ["jwtkeymappings"]
+    assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+
+
+def test_generated_certificate_serves_the_service_name_and_is_trusted_by_both_webhooks(
+    render: Render,
+) -> None:
+    docs = render()
+    secret = find(docs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls"
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"r-jwtkeymap-webhook.{NS}.svc" in names.get_values_for_type(x509.DNSName)
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert (
+            find(docs, kind)["webhooks"][0]["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+        )
+    deployment = find(docs, "Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_cert_manager_injects_the_ca(render: Render) -> None:
+    docs = render(sets={"webhook.tls.source": "certManager"})
+    assert "Secret" not in kinds(docs)
+    certificate = find(docs, "Certificate", "r-jwtkeymap-webhook")
+    assert certificate["spec"]["secretName"] == "r-jwtkeymap-webhook-tls"
+    assert certificate["spec"]["issuerRef"]["name"] == "r-jwtkeymap-webhook-ca"
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        config = find(docs, kind)
+        assert config["metadata"]["annotations"] == {
+            "cert-manager.io/inject-ca-from": f"{NS}/r-jwtkeymap-webhook"
+        }
+        assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+
+
+def test_development_url_replaces_the_service(render: Render) -> None:
+    docs = render(
+        sets={"webhook.url": "https://127.0.0.1:9443/", "webhook.tls.helm.extraSANs": "{127.0.0.1}"}
+    )
+    client = find(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]
+    assert client["url"] == "https://127.0.0.1:9443/inject-pod"
+    assert "service" not in client
+    cert = x509.load_pem_x509_certificate(base64.b64decode(find(docs, "Secret")["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
+# --- the operator ------------------------------------------------------------------------------
+
+
+def test_operator_is_hardened(render: Render) -> None:
+    pod = find(render(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JWTKEYMAP_DATABASE_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "jwtkeymap-database", "key": "url"}
+    }
+    assert all("value" not in e or "postgres" not in e["value"] for e in container["env"])
+
+
+def test_operator_command_line(render: Render) -> None:
+    args = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("operator") :] == [
+        "operator",
+        "--all-namespaces",
+        "--peering=r-jwtkeymap",
+        "--liveness=http://0.0.0.0:8081/healthz",
+        "--webhook-port=9443",
+        "--webhook-cert=/etc/jwtkeymap/tls/tls.crt",
+        "--webhook-key=/etc/jwtkeymap/tls/tls.key",
+    ]
+    single = render(sets={"operator.replicas": "1", "peering.enabled": "false"})
+    assert (
+        "--standalone"
+        in find(single, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+    assert "PodDisruptionBudget" not in kinds(single)
+    assert "ClusterKopfPeering" not in kinds(single)
+
+
+def test_rbac_is_least_privilege(render: Render) -> None:
+    rules = find(render(), "ClusterRole")["rules"]
+    granted = {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    assert all("*" not in item for item in granted)
+    resources = {r for _, r, _ in granted}
+    assert "pods" not in resources
+    assert "mutatingwebhookconfigurations" not in resources
+    assert ("", "secrets", "get") in granted
+    assert ("", "secrets", "create") not in granted
+    assert ("jwtkeymap.io", "jwtkeymappings/status", "patch") in granted
+    assert ("kopf.dev", "clusterkopfpeerings", "patch") in granted
+
+
+def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Render) -> None:
+    docs = render(CHART / "ci" / "cert-manager-values.yaml", sets={"image.tag": "9.9.9"})
+    data = find(docs, "ConfigMap")["data"]
+    defaults = InjectionDefaults.model_validate(yaml.safe_load(data["injection.yaml"]))
+    assert defaults.image == "ghcr.io/jwtkeymap/jwtkeymap:9.9.9"  # the operator's image
+    assert defaults.native_sidecar is False
+    assert defaults.settings["issuers"][0]["issuer"] == "https://idp.example.com"
+    assert yaml.safe_load(data["config.yaml"]) == {
+        "allowed_claim_names": ["email", "sub"],
+        "drift_interval_seconds": 120,
+    }
+    deployment = find(docs, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env[injector.CONFIG_ENV] == "/etc/jwtkeymap/operator/injection.yaml"
+
+
+def test_values_schema_is_strict_everywhere() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    loose: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if (
+            node.get("type") == "object"
+            and "properties" in node
+            and node.get("additionalProperties") is not False
+        ):
+            loose.append(path or "(root)")
+        for key, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{key}")
+        for child in node.get("oneOf", []):
+            walk(child, path)
+
+    walk(schema, "")
+    assert loose == []
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(defaults) == set(schema["properties"])
