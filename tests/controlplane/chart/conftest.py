@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import sys
 
 import pytest
 import yaml
