@@ -179,7 +179,13 @@ class Service:
         invalidation (and a lost channel) bumps, so it never outlives a change.
         """
         now = self.clock.now()
-        ttl = min(MEMO_TTL_SECONDS, verified.expires_at - now.timestamp())
+        s = self.settings
+        # Never longer than the caches the answer was built from.
+        ttl = min(
+            MEMO_TTL_SECONDS, s.token_cache_ttl_seconds, verified.expires_at - now.timestamp()
+        )
+        if decision.outcome is not Outcome.ADMIN:
+            ttl = min(ttl, s.positive_ttl_seconds if decision.key else s.negative_ttl_seconds)
         if decision.key is not None and decision.key.expires is not None:
             ttl = min(ttl, (decision.key.expires - now).total_seconds())
         self._memo.put(digest, (result, generation), ttl)

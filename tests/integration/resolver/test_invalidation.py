@@ -237,3 +237,28 @@ async def test_listen_connection_is_outside_the_pool(
     names = sorted(row["application_name"] for row in rows)
     assert "jwtkeymap-listen" in names
     assert "jwtkeymap" in names  # the lookup pool, a separate connection
+
+
+async def test_no_answer_outlives_a_received_invalidation(
+    make_settings, database_url, start_resolver, http, map_claim, signing_key, db
+):
+    """Once the NOTIFY is in, the very next check answers from the new row (no memo lag)."""
+    await map_claim("ivy")
+    r = await start_resolver(
+        make_settings(database_url=database_url, unregistered_client_behavior="reject")
+    )
+    await r.wait_ready(http)
+    token = signing_key.sign(sub="ivy")
+    for _ in range(3):  # warm every cache, including the per-token answer memo
+        assert (await check(http, r.url, token))[0] == 200
+    assert r.service.metrics is not None
+    received = r.service.bus.stats.received
+    before = received.get(("postgres", "identity"), 0)
+    await db.execute(
+        "UPDATE \"LiteLLM_JWTKeyMapping\" SET is_active = false WHERE jwt_claim_value = 'ivy'"
+    )
+    await wait_until(
+        lambda: received.get(("postgres", "identity"), 0) > before, what="notification"
+    )
+    status, headers = await check(http, r.url, token)
+    assert (status, headers["reason"]) == (403, "mapping_inactive")

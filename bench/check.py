@@ -1,0 +1,265 @@
+"""Resolver benchmark: /check under wrk, against a trivial aiohttp handler in the same run.
+
+Run: `make bench` or `.venv/bin/python bench/check.py [--seconds N]`. Needs wrk (Debian).
+
+Every server is its own process with the same event loop (uvloop when installed)
+and no access log; wrk sends the same Authorization header to each, so the only
+difference is the work behind the handler. On a machine with two or more cores
+the server is pinned to CPU 0 and wrk to CPU 1, so the load generator is not the
+bottleneck. Scenarios:
+
+Each figure is the median of ``--rounds`` interleaved runs.
+
+* trivial:       an aiohttp handler that returns 200 (the ceiling)
+* cache hit:     one mapped token, every cache warm
+* cache miss:    1,000 mapped tokens in rotation, mapping cache disabled (TTL 0):
+                 one PostgreSQL round trip per request
+* verify always: verified-token cache disabled: an RS256 verification per request
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jwtkeymap.testing.postgres import free_port, throwaway_postgres
+from jwtkeymap.testing.tokens import SigningKey
+
+ISS = "https://idp.bench"
+TOKENS = 1000
+
+
+def serve_trivial(port: int) -> None:
+    """The ceiling: the cheapest aiohttp handler, served like the resolver."""
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/check/{tail:.*}", ok)
+    loop = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
+
+
+def pinned(argv: list[str], cpu: int) -> list[str]:
+    """Prefix ``argv`` with taskset when there are enough cores to separate the processes."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
+@contextlib.contextmanager
+def server(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run a server process until the block ends; wait for /check to answer."""
+    proc = subprocess.Popen(
+        pinned(argv, 0), env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except urllib.error.HTTPError:
+                break  # the trivial server has no /healthz: it is up
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    assert match, text
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, *, seconds: float, connections: int, script: Path) -> dict[str, float]:
+    """Run wrk; return req/s, p50 and p99 in microseconds."""
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(pinned(argv, 1), capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return {"rps": rps, "p50": _seconds(p50) * 1e6, "p99": _seconds(p99) * 1e6}
+
+
+def lua_script(path: Path, tokens: list[str]) -> Path:
+    """A wrk script sending the tokens in rotation."""
+    lines = ["local tokens = {"]
+    lines += [f'  "Bearer {t}",' for t in tokens]
+    lines += [
+        "}",
+        "local i = 0",
+        "request = function()",
+        "  i = i % #tokens + 1",
+        '  return wrk.format("GET", "/check/v1/chat/completions", {["Authorization"] = tokens[i]})',
+        "end",
+    ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def seed(url: str, key: SigningKey) -> list[str]:
+    """Migrate, create one key, map TOKENS subjects to it; return their tokens."""
+    import asyncpg
+
+    from jwtkeymap.core import schema
+    from jwtkeymap.core.store import NewKey, Store
+
+    conn = await asyncpg.connect(url)
+    await schema.migrate(conn, channel="jwtkeymap_invalidate")
+    await conn.close()
+    store = await Store.open(url, min_size=1, max_size=1)
+    _, k = await store.create_key(NewKey(team_id="bench-team", user_id="u"), actor="bench")
+    async with store.connection("seed") as c:
+        await c.executemany(
+            'INSERT INTO "LiteLLM_JWTKeyMapping"(id, jwt_claim_name, jwt_claim_value, token) '
+            "VALUES ($1, 'sub', $1, $2)",
+            [(f"user-{i}", k.token_hash) for i in range(10_000)],
+        )
+    await store.close()
+    return [key.sign(sub=f"user-{i}", ttl=7200) for i in range(TOKENS)]
+
+
+def run(
+    seconds: float, warmup: float, rounds: int
+) -> list[tuple[str, dict[str, float], dict[str, float]]]:
+    """Every scenario: (name, loaded c=64 figures, unloaded c=1 figures), medians of rounds.
+
+    All servers run at once and the rounds interleave them (A B C D, A B C D, ...), so
+    drift in the machine's background load hits every scenario alike.
+    """
+    key = SigningKey(ISS)
+    work = Path(tempfile.mkdtemp(prefix="jwtkeymap-bench-"))
+    with throwaway_postgres() as pg, contextlib.ExitStack() as stack:
+        pg.psql("CREATE DATABASE bench")
+        url = pg.url_for("bench")
+        tokens = asyncio.run(seed(url, key))
+        one = lua_script(work / "one.lua", tokens[:1])
+        many = lua_script(work / "many.lua", tokens)
+        base: dict[str, Any] = {
+            "database_url": url,
+            "unregistered_client_behavior": "reject",
+            "issuers": [{"issuer": ISS, "public_keys": [key.public_pem], "audience": "litellm"}],
+            "log_level": "warning",
+        }
+        scenarios = [
+            ("trivial aiohttp handler", None, one),
+            ("cache hit", {}, one),
+            ("cache miss (PostgreSQL)", {"positive_ttl_seconds": 0}, many),
+            ("verify every request (RS256)", {"token_cache_ttl_seconds": 0}, one),
+        ]
+        targets = []
+        for i, (name, overrides, script) in enumerate(scenarios):
+            port = free_port()
+            if overrides is None:
+                argv = [sys.executable, __file__, "--serve-trivial", str(port)]
+            else:
+                config = work / f"config{i}.yaml"
+                config.write_text(yaml.safe_dump({**base, **overrides}))
+                jwtkeymap = str(Path(sys.executable).parent / "jwtkeymap")
+                argv = [jwtkeymap, "--config", str(config), "resolver", "--listen",
+                        f"127.0.0.1:{port}"]  # fmt: skip
+            stack.enter_context(server(argv, port))
+            target = f"http://127.0.0.1:{port}/check/v1/chat/completions"
+            wrk(target, seconds=warmup, connections=64, script=script)
+            targets.append((name, target, script))
+        loaded: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+        unloaded: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+        for r in range(rounds):
+            for name, target, script in targets:
+                loaded[name].append(wrk(target, seconds=seconds, connections=64, script=script))
+                unloaded[name].append(wrk(target, seconds=seconds, connections=1, script=script))
+                print(f"  round {r + 1}: {name}: {loaded[name][-1]['rps']:,.0f} req/s",
+                      file=sys.stderr)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+    return [(name, _median(loaded[name]), _median(unloaded[name])) for name, _, _ in targets]
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def table(results: list[tuple[str, dict[str, float], dict[str, float]]]) -> str:
+    """A Markdown table with ratios to the trivial handler."""
+    ceiling, ceiling_rtt = results[0][1]["rps"], results[0][2]["p50"]
+    rows = [
+        "| scenario | c=64 req/s | x trivial | c=64 p50 / p99 µs | c=1 p50 / p99 µs "
+        "| c=1 p50 x trivial |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, loaded, unloaded in results:
+        rows.append(
+            f"| {name} | {loaded['rps']:,.0f} | {loaded['rps'] / ceiling:.2f} "
+            f"| {loaded['p50']:,.0f} / {loaded['p99']:,.0f} "
+            f"| {unloaded['p50']:,.0f} / {unloaded['p99']:,.0f} "
+            f"| {unloaded['p50'] / ceiling_rtt:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    """Parse arguments and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve-trivial", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_trivial:
+        serve_trivial(args.serve_trivial)
+        return
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: run `make deps` (Debian package wrk)")
+    results = run(args.seconds, args.warmup, args.rounds)
+    print(table(results))
+    hit, trivial = results[1], results[0]
+    print(
+        f"\ncache hit: {hit[1]['rps'] / trivial[1]['rps']:.2f}x the trivial handler's "
+        f"throughput (target >= 0.9), unloaded p50 {hit[2]['p50'] / trivial[2]['p50']:.2f}x "
+        "its round trip (target <= 1.3)"
+    )
+
+
+if __name__ == "__main__":
+    main()
