@@ -1,0 +1,119 @@
+"""Kubernetes Events posted from admission handlers.
+
+kopf's ``kopf.event()`` only works inside resource handlers: its event queue is
+bound per watched object, and the admission webhook server runs outside that
+context (kopf 1.45). So the injector posts its own core/v1 Events, in the
+background: an admission answer never waits on an Event, and a failed Event is
+logged, never turned into a denied pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from jwtkeymap.operator.kube import Connection
+
+log = logging.getLogger(__name__)
+
+COMPONENT: Final = "jwtkeymap-injector"
+MAX_MESSAGE: Final = 1024
+
+
+async def api_client(connection: Connection | None = None) -> client.ApiClient:
+    """An API client from ``connection``, else the in-cluster account, else the kubeconfig."""
+    if connection is not None:
+        conf = client.Configuration(host=connection.server)
+        conf.api_key = {"BearerToken": connection.token}
+        conf.api_key_prefix = {"BearerToken": "Bearer"}
+        if connection.ca_path is not None:
+            conf.ssl_ca_cert = str(connection.ca_path)
+        return client.ApiClient(conf)
+    conf = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=conf)
+    return client.ApiClient(conf)
+
+
+def event_body(
+    target: Mapping[str, Any], *, type: str, reason: str, message: str, now: dt.datetime
+) -> dict[str, Any]:
+    """A core/v1 Event about ``target`` (an object with apiVersion, kind and metadata)."""
+    meta = target.get("metadata") or {}
+    involved = {
+        "apiVersion": target.get("apiVersion"),
+        "kind": target.get("kind"),
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+    }
+    stamp = now.isoformat()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+        "involvedObject": {k: v for k, v in involved.items() if v},
+        "type": type,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": COMPONENT,
+        "action": "Admission",
+        "count": 1,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+    }
+
+
+class EventPoster:
+    """Posts Events in background tasks on the running loop."""
+
+    def __init__(self, connection: Connection | None = None) -> None:
+        self._connection = connection
+        self._api: client.ApiClient | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the API client."""
+        self._api = await api_client(self._connection)
+
+    async def stop(self) -> None:
+        """Let pending Events go out (briefly), then close the client."""
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=5)
+        for task in self._pending:
+            task.cancel()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    def post(self, target: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        """Schedule an Event about ``target``; returns at once."""
+        if self._api is None:
+            log.warning("not posting %s event: the API client is not started", reason)
+            return
+        body = event_body(
+            target, type=type, reason=reason, message=message, now=dt.datetime.now(dt.UTC)
+        )
+        task = asyncio.get_running_loop().create_task(self._send(body))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, body: dict[str, Any]) -> None:
+        assert self._api is not None
+        namespace = body["metadata"]["namespace"] or "default"
+        try:
+            # A plain dict serialises as it is; the generated model would add nothing.
+            await client.CoreV1Api(self._api).create_namespaced_event(namespace, body)  # type: ignore[arg-type]
+        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not post %s event: %s", body["reason"], exc)
