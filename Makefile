@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv tools demo test test-fast lint fmt bench controlplane-up controlplane-down e2e clean
+.PHONY: help deps venv tools demo test test-fast lint fmt bench controlplane-up controlplane-down e2e chart-crds chart-lint clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,17 @@ test: deps venv tools lint ## Every test: unit, integration (real PostgreSQL/Red
 
 test-fast: venv ## Unit tests only.
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.
+	e2e/run.sh $(E2E_ARGS)
+
+chart-crds: ## Copy crds/ into the Helm chart (it renders the CRDs from files/crds/).
+	cp crds/*.yaml charts/jwtkeymap/files/crds/
+
+chart-lint: tools ## helm lint the chart with each of its ci/ values files.
+	@for values in charts/jwtkeymap/ci/*-values.yaml; do \
+	  $$(hack/envtest/install.sh --check --print-env | sed -n 's/^JWTKEYMAP_HELM=//p') lint --strict charts/jwtkeymap -f $$values || exit 1; \
+	done
 
 bench: deps venv ## Benchmarks (figures, not pass/fail).
 	$(BIN)/python bench/core.py
