@@ -196,7 +196,9 @@ class Reconciler:
         self._store = store
         self._actor = actor
         self._evict = evict
-        self.writes = 0  # statements that changed a mapping row: for tests and benchmarks
+        # For tests, benchmarks and metrics: reconciles run, and statements that changed a row.
+        self.reconciles = 0
+        self.writes = 0
 
     # -- apply -------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class Reconciler:
         Raises DatabaseUnavailable (retry later) and SchemaError (the database
         cannot hold this mapping, e.g. an issuer on an issuer-less schema).
         """
+        self.reconciles += 1
         try:
             result = await self._apply_once(want, dry_run=dry_run)
         except MappingConflict:

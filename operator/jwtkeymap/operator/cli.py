@@ -99,7 +99,7 @@ def operator(
     if not namespaces and not all_namespaces:
         raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")
     registry = kopf.OperatorRegistry()
-    register(registry, settings)
+    register(registry, settings, admission=webhook_port is not None)
 
     if webhook_port is not None:
 

@@ -175,16 +175,13 @@ async def attempt(
         return Verdict(_ready(st.Reason.CONFLICT, result.message), result=result)
     if result.outcome is Outcome.KEY_NOT_FOUND:
         return Verdict(_ready(st.Reason.KEY_NOT_FOUND, result.message), result=result, retry=True)
-    verb = {
-        Outcome.CREATED: "created",
-        Outcome.UPDATED: "updated",
-        Outcome.ADOPTED: "adopted",
-    }.get(result.outcome, "in sync")
     identity = result.identity
     assert identity is not None
     scope = f" for issuer {identity.issuer}" if identity.issuer else ""
+    # The same text whatever was done, so a resume or a timer finds the status current
+    # and writes nothing; what changed is told by the Event and lastSyncTime.
     message = (
-        f"mapping {verb}: {identity.claim_name}={identity.claim_value}{scope} -> key "
+        f"{identity.claim_name}={identity.claim_value}{scope} is mapped to key "
         f"{result.key_fingerprint}"
     )
     return Verdict(_ready(st.Reason.SYNCED, message, ok=True), result=result)
@@ -219,14 +216,19 @@ def record(
     if wrote or transition:
         patch.status["lastSyncTime"] = st.now_rfc3339(now)
     if drift and wrote:
-        kopf.warn(
+        kopf.event(
             body,
+            type="Warning",
             reason="DriftRepaired",
             message=f"row changed outside the operator, restored; {verdict.condition.message}",
         )
     elif transition:
-        emit = kopf.info if verdict.condition.status else kopf.warn
-        emit(body, reason=verdict.condition.reason, message=verdict.condition.message)
+        kopf.event(
+            body,
+            type="Normal" if verdict.condition.status else "Warning",
+            reason=verdict.condition.reason,
+            message=verdict.condition.message,
+        )
 
 
 def register(
@@ -234,14 +236,20 @@ def register(
     settings: Settings,
     *,
     connect_kube: KubeConnector | None = None,
+    admission: bool = False,
 ) -> Runtime:
-    """Register every handler of the operator on ``registry``; return their shared runtime."""
+    """Register every handler of the operator on ``registry``; return their shared runtime.
+
+    With ``admission`` the validating webhook is registered too; kopf then needs
+    ``settings.admission.server`` to be configured (it refuses to run without one).
+    """
     runtime = Runtime(settings=settings, connect_kube=connect_kube or Kube.connect)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
-        # Our own Events mark transitions; kopf's per-handler chatter would drown them.
+        # Our own Events (kopf.event, not subject to this level) mark transitions;
+        # kopf's per-handler INFO chatter would drown them.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = settings.watching.server_timeout or 300
         await runtime.start()
@@ -250,7 +258,7 @@ def register(
     async def close(**_: Any) -> None:
         await runtime.stop()
 
-    @kopf.index(*RESOURCE, registry=registry)
+    @kopf.index(*RESOURCE, registry=registry, id="by_secret")
     def by_secret(
         namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
     ) -> dict[tuple[str, str], tuple[str, str | None]] | None:
@@ -261,7 +269,7 @@ def register(
         seen = meta.annotations.get(SECRET_VERSION_ANNOTATION)
         return {(namespace or "", secret_ref["name"]): (name, seen)}
 
-    @kopf.index(*RESOURCE, registry=registry)
+    @kopf.index(*RESOURCE, registry=registry, id="by_identity")
     def by_identity(
         namespace: str | None, name: str, uid: str, spec: kopf.Spec, **_: Any
     ) -> dict[tuple[str, str, str], tuple[str, str]] | None:
@@ -341,9 +349,11 @@ def register(
                 f"finalizer held until the database is back: {exc}", delay=runtime.backoff(retry)
             ) from None
         if result.outcome is Outcome.DELETED:
-            kopf.info(body, reason="Deleted", message="mapping removed from the database")
+            kopf.event(body, type="Normal", reason="Deleted", message="mapping removed")
         elif result.outcome is Outcome.RETAINED:
-            kopf.info(body, reason="Retained", message="mapping kept (deletionPolicy: Retain)")
+            kopf.event(
+                body, type="Normal", reason="Retained", message="mapping kept (deletionPolicy)"
+            )
 
     @kopf.on.event("", "v1", "secrets", registry=registry, id="secret-changed")
     async def secret_changed(
@@ -383,7 +393,8 @@ def register(
             return f"unavailable: {type(exc).__name__}"
         return "ok"
 
-    from jwtkeymap.operator import webhooks
+    if admission:
+        from jwtkeymap.operator import webhooks
 
-    webhooks.register(registry, settings)
+        webhooks.register(registry, settings)
     return runtime

@@ -45,7 +45,8 @@ class Kube:
         """Use ``connection``, else the in-cluster service account, else the kubeconfig."""
         if connection is not None:
             conf = client.Configuration(host=connection.server)
-            conf.api_key = {"authorization": f"Bearer {connection.token}"}
+            conf.api_key = {"BearerToken": connection.token}
+            conf.api_key_prefix = {"BearerToken": "Bearer"}
             if connection.ca_path is not None:
                 conf.ssl_ca_cert = str(connection.ca_path)
             return cls(client.ApiClient(conf))

@@ -1,0 +1,108 @@
+"""Fixtures for the operator against the real apiserver: the CRD, a running operator, helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from harness import ControlPlane
+
+# operator_kit.py sits next to this file (importlib mode puts nothing on sys.path).
+sys.path.insert(0, str(Path(__file__).parent))
+
+from operator_kit import Cluster, RunningOperator, StartOperator
+
+from jwtkeymap.core.settings import load_settings
+from jwtkeymap.operator import register
+from jwtkeymap.operator.kube import Connection, Kube
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "crds" / "jwtkeymappings.jwtkeymap.io.yaml"
+
+
+@pytest.fixture(scope="session")
+def jkm_crd(controlplane: ControlPlane) -> str:
+    """The JWTKeyMapping CRD, installed and discoverable."""
+    name = "jwtkeymappings.jwtkeymap.io"
+    controlplane.kubectl("apply", "-f", str(CRD), check=True)
+    controlplane.kubectl(
+        "wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True
+    )
+    from harness import poll
+
+    poll(
+        lambda: controlplane.kubectl("get", "jwtkeymappings", "-A").returncode == 0,
+        message="jwtkeymappings to be discoverable",
+    )
+    return name
+
+
+@pytest.fixture
+def cluster(controlplane: ControlPlane, jkm_crd: str) -> Cluster:
+    return Cluster(controlplane)
+
+
+@pytest.fixture
+async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncIterator[StartOperator]:
+    """Start the operator for some namespaces and database; stopped at teardown.
+
+    Each start gets a registry of its own (a restart must not see the first run's handlers).
+    """
+    started: list[RunningOperator] = []
+
+    async def start(
+        namespaces: Sequence[str], database_url: str, **overrides: Any
+    ) -> RunningOperator:
+        base: dict[str, Any] = {
+            "database_url": database_url,
+            "drift_interval_seconds": 300,
+            "reconcile_backoff_seconds": 0.25,
+            "reconcile_backoff_max_seconds": 1,
+        }
+        base.update(overrides)
+        settings = load_settings(None, **base)
+        connection = Connection(
+            server=controlplane.server, token=controlplane.token, ca_path=controlplane.ca_file
+        )
+
+        async def connect() -> Kube:
+            return await Kube.connect(connection)
+
+        registry = kopf.OperatorRegistry()
+
+        @kopf.on.login(registry=registry)
+        def login(**_: object) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(
+                server=controlplane.server,
+                ca_path=str(controlplane.ca_file),
+                token=controlplane.token,
+            )
+
+        runtime = register(registry, settings, connect_kube=connect)
+        kopf_settings = kopf.OperatorSettings()
+        kopf_settings.watching.server_timeout = 10
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            kopf.operator(
+                registry=registry,
+                settings=kopf_settings,
+                standalone=True,
+                namespaces=list(namespaces),
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+        await asyncio.wait_for(ready.wait(), timeout=30)
+        running = RunningOperator(task, stop, settings)
+        running.runtime = runtime
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
