@@ -58,6 +58,7 @@ def _crd_is_foreign(plane: ControlPlane) -> bool:
 
 def _run_injector(
     plane: ControlPlane,
+    token: str,
     defaults: InjectionDefaults,
     port: int,
     tls_dir: Path,
@@ -68,11 +69,10 @@ def _run_injector(
 
     registry = kopf.OperatorRegistry()
 
+    # As the chart's service account: its RBAC is all the injector gets, as in a cluster.
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return kopf.ConnectionInfo(
-            server=plane.server, ca_path=str(plane.ca_file), token=plane.token
-        )
+        return kopf.ConnectionInfo(server=plane.server, ca_path=str(plane.ca_file), token=token)
 
     @kopf.on.startup(registry=registry)
     def webhook_server(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -83,7 +83,7 @@ def _run_injector(
             pkeyfile=str(tls_dir / "tls.key"),
         )
 
-    connection = Connection(server=plane.server, token=plane.token, ca_path=plane.ca_file)
+    connection = Connection(server=plane.server, token=token, ca_path=plane.ca_file)
     assert injector.register(registry, defaults, connection=connection)
     asyncio.run(
         kopf.operator(
@@ -168,8 +168,13 @@ def installed(
             yaml.safe_load(config["data"]["injection.yaml"])
         )
 
+        token = plane.kubectl(
+            "create", "token", f"{RELEASE}-jwtkeymap", "-n", namespace, check=True
+        ).stdout.strip()
         thread = threading.Thread(
-            target=_run_injector, args=(plane, defaults, port, tls_dir, stop, ready), daemon=True
+            target=_run_injector,
+            args=(plane, token, defaults, port, tls_dir, stop, ready),
+            daemon=True,
         )
         thread.start()
         assert ready.wait(60), "the injector did not start"
