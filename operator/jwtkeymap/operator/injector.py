@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import kopf
 import yaml
@@ -62,6 +62,13 @@ def load_defaults(path: str | Path) -> InjectionDefaults:
         ) from None
 
 
+class EventSink(Protocol):
+    """Where the injector reports outcomes (an :class:`EventPoster` in the operator)."""
+
+    def post(self, target: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        """Report an outcome about ``target``."""
+
+
 def _mutate_in_place(mutation: Mutation) -> Any:
     def mutate(raw: Any) -> None:
         patched = apply(raw, mutation)
@@ -72,7 +79,7 @@ def _mutate_in_place(mutation: Mutation) -> Any:
 
 
 def _announce(
-    events: EventPoster | None,
+    events: EventSink | None,
     pod: Mapping[str, Any],
     *,
     warning: bool,
@@ -95,7 +102,7 @@ def review(
     defaults: InjectionDefaults,
     *,
     dryrun: bool,
-    events: EventPoster | None = None,
+    events: EventSink | None = None,
 ) -> Mutation:
     """Plan the injection, record the outcome, and raise kopf.AdmissionError for a bad setting."""
     try:
