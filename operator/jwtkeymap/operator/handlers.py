@@ -393,8 +393,10 @@ def register(
             return f"unavailable: {type(exc).__name__}"
         return "ok"
 
-    if admission:
-        from jwtkeymap.operator import webhooks
+    from jwtkeymap.operator import injector, metrics, webhooks
 
+    if admission:
         webhooks.register(registry, settings)
+        injector.register(registry)  # pod injection, when $JWTKEYMAP_INJECTION_CONFIG is set
+    metrics.register(registry)  # /metrics, when $JWTKEYMAP_METRICS_PORT is set
     return runtime
