@@ -15,7 +15,7 @@ from harness import ControlPlane
 # operator_kit.py sits next to this file (importlib mode puts nothing on sys.path).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operator_kit import Cluster, RunningOperator, StartOperator
+from operator_kit import Cluster, RunningOperator, StartOperator, WebhookSetup
 
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator import register
@@ -56,7 +56,11 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
     started: list[RunningOperator] = []
 
     async def start(
-        namespaces: Sequence[str], database_url: str, **overrides: Any
+        namespaces: Sequence[str],
+        database_url: str,
+        *,
+        webhook: WebhookSetup | None = None,
+        **overrides: Any,
     ) -> RunningOperator:
         base: dict[str, Any] = {
             "database_url": database_url,
@@ -83,7 +87,22 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
                 token=controlplane.token,
             )
 
-        runtime = register(registry, settings, connect_kube=connect)
+        runtime = register(registry, settings, connect_kube=connect, admission=webhook is not None)
+        if webhook is not None:
+
+            @kopf.on.startup(registry=registry)
+            def serve_webhook(settings: kopf.OperatorSettings, **_: Any) -> None:
+                assert webhook is not None
+                settings.admission.server = kopf.WebhookServer(
+                    addr="127.0.0.1",
+                    port=webhook.port,
+                    host="127.0.0.1",
+                    certfile=str(webhook.tls.cert_file),
+                    pkeyfile=str(webhook.tls.key_file),
+                    cafile=str(webhook.tls.ca_file),
+                )
+                settings.admission.managed = webhook.config_name
+
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.watching.server_timeout = 10
         stop, ready = asyncio.Event(), asyncio.Event()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from harness import ControlPlane, apoll
+from harness import ControlPlane, TLSFiles, apoll
 
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import Settings
@@ -97,6 +98,15 @@ class RunningOperator:
 
 
 StartOperator = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSetup:
+    """Serve the validating webhook on 127.0.0.1 and let kopf manage its configuration."""
+
+    tls: TLSFiles
+    port: int
+    config_name: str
 
 
 async def add_key(db: asyncpg.Connection, plaintext: str, team: str = "team-a") -> str:
