@@ -84,8 +84,11 @@ class EventPoster:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Open the API client."""
-        self._api = await api_client(self._connection)
+        """Open the API client; without credentials, Events are off (never the operator)."""
+        try:
+            self._api = await api_client(self._connection)
+        except (config.ConfigException, OSError) as exc:
+            log.warning("injection Events disabled: no Kubernetes credentials (%s)", exc)
 
     async def stop(self) -> None:
         """Let pending Events go out (briefly), then close the client."""

@@ -1,15 +1,16 @@
-"""The chart installed into a real kube-apiserver, with the injector answering its webhook.
+"""The chart installed into a real kube-apiserver, with its operator answering the webhooks.
 
-There is no kubelet here, so the operator Deployment never runs; the injector runs
-in-process instead (kopf's webhook server on 127.0.0.1, with the certificate the
-chart generated and the injection defaults from the chart's ConfigMap), and the
-chart's MutatingWebhookConfiguration points the apiserver at it through
-``webhook.url``. Everything else is what `helm install` created.
+There is no kubelet here, so the chart's Deployment never runs. The operator runs
+in-process instead, configured as that Deployment would configure it: the chart's
+ConfigMap (operator settings and injection defaults, through the same environment
+variable), its generated webhook certificate, its service account's token (so its
+RBAC is all the operator gets) and its ClusterKopfPeering. The webhook
+configurations point the apiserver at it through ``webhook.url``.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import threading
 import uuid
@@ -17,194 +18,174 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import kopf
 import pytest
-import yaml
-from charttools import CHART
+from charttools import CHART, CRD, LABELLED, create, get, helm_install, pod, release_files
 from harness import ControlPlane, free_port, poll
 
-from jwtkeymap.operator import injector
-from jwtkeymap.operator.injection import CONTAINER_NAME, InjectionDefaults
-from jwtkeymap.operator.kube import Connection
+from jwtkeymap.core.keys import hash_key
+from jwtkeymap.core.settings import load_settings
+from jwtkeymap.operator import injector, register
+from jwtkeymap.operator.injection import CONTAINER_NAME
+from jwtkeymap.operator.kube import Connection, Kube
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 
 RELEASE = "jkm"
-CRD = "jwtkeymappings.jwtkeymap.io"
+KEY = "sk-chart-test-key"
+OPERATOR_SETTINGS = {
+    "allowed_claim_names": ["email"],
+    "reconcile_backoff_seconds": 0.25,
+    "reconcile_backoff_max_seconds": 1,
+}
 
 
 class Installed:
-    """The installed release and the in-process injector."""
+    """The installed release and its in-process operator."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, defaults: InjectionDefaults) -> None:
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
         self.plane = plane
         self.namespace = namespace
-        self.defaults = defaults
 
     def counted(self, result: str, reason: str) -> float:
         """How many admissions the injector counted with this result and reason."""
-        value = injector.INJECTIONS.labels(result, reason)._value.get()
-        return float(value)
+        return float(injector.INJECTIONS.labels(result, reason)._value.get())
 
 
-def _crd_is_foreign(plane: ControlPlane) -> bool:
-    # Another test may have applied the CRD with kubectl; Helm refuses to adopt it.
-    got = plane.kubectl("get", "crd", CRD, "-o", "json")
-    if got.returncode != 0:
-        return False
-    labels = json.loads(got.stdout)["metadata"].get("labels", {})
-    return labels.get("app.kubernetes.io/managed-by") != "Helm"
-
-
-def _run_injector(
+def _run_operator(
     plane: ControlPlane,
     token: str,
-    defaults: InjectionDefaults,
+    files: Path,
+    database_url: str,
     port: int,
-    tls_dir: Path,
     stop: threading.Event,
     ready: threading.Event,
 ) -> None:
-    import asyncio
-
     registry = kopf.OperatorRegistry()
+    connection = Connection(server=plane.server, token=token, ca_path=plane.ca_file)
 
-    # As the chart's service account: its RBAC is all the injector gets, as in a cluster.
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=plane.server, ca_path=str(plane.ca_file), token=token)
 
     @kopf.on.startup(registry=registry)
     def webhook_server(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # What `jwtkeymap operator --webhook-port … --webhook-cert … --webhook-key …` sets up.
         settings.admission.server = kopf.WebhookServer(
             addr="127.0.0.1",
             port=port,
-            certfile=str(tls_dir / "tls.crt"),
-            pkeyfile=str(tls_dir / "tls.key"),
+            certfile=str(files / "tls.crt"),
+            pkeyfile=str(files / "tls.key"),
         )
+        settings.watching.server_timeout = 10
 
-    connection = Connection(server=plane.server, token=token, ca_path=plane.ca_file)
-    assert injector.register(registry, defaults, connection=connection)
+    async def connect() -> Kube:
+        return await Kube.connect(connection)
+
+    settings = load_settings(files / "config.yaml", database_url=database_url)
+    register(registry, settings, connect_kube=connect, admission=True)
     asyncio.run(
         kopf.operator(
             registry=registry,
             clusterwide=True,
-            standalone=True,
+            peering_name=f"{RELEASE}-jwtkeymap",
+            priority=100,
             stop_flag=stop,
             ready_flag=ready,
         )
     )
 
 
-def _pod(name: str, *, labels: dict[str, str] | None = None, **meta: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels or {}, **meta},
-        "spec": {
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "registry.k8s.io/pause:3.10",
-                    "ports": [{"containerPort": 8080}],
-                }
-            ]
-        },
-    }
+def _kubeconfig(plane: ControlPlane, token: str, path: Path) -> Path:
+    # For the injector's Event client, which (like in a pod) finds its own credentials.
+    config = json.loads(plane.kubeconfig.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path.write_text(json.dumps(config))
+    return path
 
 
-LABELLED = {"jwtkeymap.io/inject": "true"}
+@pytest.fixture(scope="module")
+def database(pg_server: Any, migrated_template: str) -> Iterator[str]:
+    """A migrated database holding one virtual key (KEY)."""
+    name = f"jkm_chart_{uuid.uuid4().hex[:8]}"
+
+    async def setup() -> None:
+        await pg_server.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+        conn = await asyncpg.connect(pg_server.url_for(name))
+        try:
+            await conn.execute(
+                'INSERT INTO "LiteLLM_VerificationToken" (token, team_id) VALUES ($1, $2)',
+                hash_key(KEY),
+                "team-a",
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    yield pg_server.url_for(name)
+    asyncio.run(pg_server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="module")
 def installed(
-    controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    controlplane: ControlPlane, database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Installed]:
-    """`helm install` of the chart, and the injector serving the apiserver's calls."""
+    """`helm install` of the chart, and its operator serving the apiserver's webhook calls."""
     plane = controlplane
     namespace = f"jkm-{uuid.uuid4().hex[:8]}"
     plane.kubectl("create", "namespace", namespace, check=True)
     port = free_port()
-    crds = "false" if _crd_is_foreign(plane) else "true"
-    done = plane.helm(
-        "install", RELEASE, str(CHART), "-n", namespace,
-        "--set", f"webhook.url=https://127.0.0.1:{port}",
-        "--set", "webhook.tls.helm.extraSANs={127.0.0.1}",
-        "--set", f"crds.enabled={crds}",
-        "--set", "injection.resolver.settings.claim_field=email",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    helm_install(
+        plane,
+        RELEASE,
+        namespace,
+        port,
+        "injection.resolver.settings.claim_field=email",
+        f"json:operator.settings={json.dumps(OPERATOR_SETTINGS)}",
+    )
     stop, ready = threading.Event(), threading.Event()
     thread: threading.Thread | None = None
     try:
-        secret = json.loads(
-            plane.kubectl(
-                "get",
-                "secret",
-                f"{RELEASE}-jwtkeymap-webhook-tls",
-                "-n",
-                namespace,
-                "-o",
-                "json",
-                check=True,
-            ).stdout
-        )
-        tls_dir = tmp_path_factory.mktemp("webhook-tls")
-        for key in ("tls.crt", "tls.key"):
-            (tls_dir / key).write_bytes(base64.b64decode(secret["data"][key]))
-        config = json.loads(
-            plane.kubectl(
-                "get",
-                "configmap",
-                f"{RELEASE}-jwtkeymap",
-                "-n",
-                namespace,
-                "-o",
-                "json",
-                check=True,
-            ).stdout
-        )
-        defaults = InjectionDefaults.model_validate(
-            yaml.safe_load(config["data"]["injection.yaml"])
-        )
-
+        files = release_files(plane, RELEASE, namespace, tmp_path_factory.mktemp("release"))
         token = plane.kubectl(
             "create", "token", f"{RELEASE}-jwtkeymap", "-n", namespace, check=True
         ).stdout.strip()
-        thread = threading.Thread(
-            target=_run_injector,
-            args=(plane, token, defaults, port, tls_dir, stop, ready),
-            daemon=True,
-        )
-        thread.start()
-        assert ready.wait(60), "the injector did not start"
+        with pytest.MonkeyPatch.context() as patch:
+            # As the chart's Deployment sets them.
+            patch.setenv(injector.CONFIG_ENV, str(files / "injection.yaml"))
+            patch.setattr(
+                "kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                str(_kubeconfig(plane, token, files / "kubeconfig")),
+            )
+            thread = threading.Thread(
+                target=_run_operator,
+                args=(plane, token, files, database, port, stop, ready),
+                daemon=True,
+            )
+            thread.start()
+            assert ready.wait(60), "the operator did not start"
         probe_ns = f"probe-{uuid.uuid4().hex[:6]}"
         plane.kubectl("create", "namespace", probe_ns, check=True)
 
         # The apiserver learns about webhook configurations asynchronously: probe with dry runs.
         def injected_dry_run() -> bool:
-            assert thread is not None and thread.is_alive(), "the injector stopped"
+            assert thread is not None and thread.is_alive(), "the operator stopped"
             got = plane.kubectl(
                 "create", "--dry-run=server", "-n", probe_ns, "-o", "json", "-f", "-",
-                input=json.dumps(_pod("probe", labels=LABELLED)),
+                input=json.dumps(pod("probe", labels=LABELLED)),
             )  # fmt: skip
             return got.returncode == 0 and "initContainers" in json.loads(got.stdout)["spec"]
 
         poll(injected_dry_run, timeout=60, message="the apiserver to call the injector")
-        yield Installed(plane, namespace, defaults)
+        yield Installed(plane, namespace)
+        # Release the mappings while the operator still runs (their finalizers need it).
+        plane.kubectl("delete", "jwtkeymappings", "--all", "-A", "--wait", "--timeout=60s")
     finally:
         stop.set()
         if thread is not None:
             thread.join(30)
         plane.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "60s")
-
-
-def get(plane: ControlPlane, *args: str) -> dict[str, Any]:
-    return json.loads(plane.kubectl("get", *args, "-o", "json", check=True).stdout)
-
-
-def create(plane: ControlPlane, namespace: str, obj: dict[str, Any]) -> Any:
-    return plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(obj))
 
 
 def test_release_objects_and_rbac(installed: Installed) -> None:
@@ -235,11 +216,11 @@ def test_release_objects_and_rbac(installed: Installed) -> None:
 
 def test_labelled_pod_gets_the_sidecar(installed: Installed, namespace: str) -> None:
     plane = installed.plane
-    created = create(plane, namespace, _pod("web", labels=LABELLED))
+    created = create(plane, namespace, pod("web", labels=LABELLED))
     assert created.returncode == 0, created.stderr
-    pod = get(plane, "pod", "web", "-n", namespace)
-    assert pod["metadata"]["annotations"]["jwtkeymap.io/status"] == "injected"
-    [sidecar] = pod["spec"]["initContainers"]
+    stored = get(plane, "pod", "web", "-n", namespace)
+    assert stored["metadata"]["annotations"]["jwtkeymap.io/status"] == "injected"
+    [sidecar] = stored["spec"]["initContainers"]
     assert sidecar["name"] == CONTAINER_NAME
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == "ghcr.io/jwtkeymap/jwtkeymap:0.1.0"
@@ -257,16 +238,16 @@ def test_labelled_pod_gets_the_sidecar(installed: Installed, namespace: str) -> 
     }
     assert env["JWTKEYMAP_CLAIM_FIELD"]["value"] == "email"
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
-    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+    assert [c["name"] for c in stored["spec"]["containers"]] == ["app"]
 
 
 def test_unlabelled_pod_is_untouched(installed: Installed, namespace: str) -> None:
     before = installed.counted("skipped", "not_labelled")
-    created = create(installed.plane, namespace, _pod("plain", labels={"app": "plain"}))
+    created = create(installed.plane, namespace, pod("plain", labels={"app": "plain"}))
     assert created.returncode == 0, created.stderr
-    pod = get(installed.plane, "pod", "plain", "-n", namespace)
-    assert "initContainers" not in pod["spec"]
-    assert "jwtkeymap.io/status" not in pod["metadata"].get("annotations", {})
+    stored = get(installed.plane, "pod", "plain", "-n", namespace)
+    assert "initContainers" not in stored["spec"]
+    assert "jwtkeymap.io/status" not in stored["metadata"].get("annotations", {})
     # Filtered by the objectSelector: the apiserver did not even ask.
     assert installed.counted("skipped", "not_labelled") == before
 
@@ -275,7 +256,7 @@ def test_second_admission_of_an_injected_pod_does_not_inject_twice(
     installed: Installed, namespace: str
 ) -> None:
     plane = installed.plane
-    assert create(plane, namespace, _pod("first", labels=LABELLED)).returncode == 0
+    assert create(plane, namespace, pod("first", labels=LABELLED)).returncode == 0
     stored = get(plane, "pod", "first", "-n", namespace)
     # Re-submit the injected pod as a new one (what a controller copying a template would do).
     meta = stored["metadata"]
@@ -288,15 +269,15 @@ def test_second_admission_of_an_injected_pod_does_not_inject_twice(
     before = installed.counted("skipped", "already_injected")
     created = create(plane, namespace, again)
     assert created.returncode == 0, created.stderr
-    pod = get(plane, "pod", "again", "-n", namespace)
-    names = [c["name"] for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]]
+    twice = get(plane, "pod", "again", "-n", namespace)
+    names = [c["name"] for c in twice["spec"]["initContainers"] + twice["spec"]["containers"]]
     assert names.count(CONTAINER_NAME) == 1
     assert installed.counted("skipped", "already_injected") == before + 1
 
 
 def test_invalid_annotation_is_denied_naming_it(installed: Installed, namespace: str) -> None:
-    pod = _pod("bad", labels=LABELLED, annotations={"jwtkeymap.io/upstream-port": "http"})
-    created = create(installed.plane, namespace, pod)
+    bad = pod("bad", labels=LABELLED, annotations={"jwtkeymap.io/upstream-port": "http"})
+    created = create(installed.plane, namespace, bad)
     assert created.returncode != 0
     assert "jwtkeymap.io/upstream-port: must be a port number" in created.stderr
     missing = installed.plane.kubectl("get", "pod", "bad", "-n", namespace)
@@ -312,12 +293,12 @@ def test_injection_is_reported_on_the_owner(installed: Installed, namespace: str
         "spec": {
             "replicas": 0,
             "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": _pod("x")["spec"]},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod("x")["spec"]},
         },
     }
     assert create(plane, namespace, replicaset).returncode == 0
     uid = get(plane, "replicaset", "web-5d9", "-n", namespace)["metadata"]["uid"]
-    owned = _pod(
+    owned = pod(
         "web-5d9-abcde",
         labels={**LABELLED, "app": "web"},
         ownerReferences=[
@@ -344,3 +325,81 @@ def test_injection_is_reported_on_the_owner(installed: Installed, namespace: str
     assert (
         "jwtkeymap-resolver injected on port 8181, proxying to 127.0.0.1:8080" in event["message"]
     )
+
+
+def mapping(name: str, claim: str, value: str, key: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "jwtkeymap.io/v1alpha1",
+        "kind": "JWTKeyMapping",
+        "metadata": {"name": name},
+        "spec": {"claim": {"name": claim, "value": value}, "key": key},
+    }
+
+
+def test_validating_webhook_applies_the_charts_operator_settings(
+    installed: Installed, namespace: str
+) -> None:
+    # allowed_claim_names came from operator.settings in the chart's values.
+    refused = create(
+        installed.plane, namespace, mapping("by-sub", "sub", "alice", {"hash": "0" * 64})
+    )
+    assert refused.returncode != 0
+    assert (
+        'admission webhook "validate.jwtkeymappings.jwtkeymap.io" denied the request'
+        in refused.stderr
+    )
+    assert "spec.claim.name: claim 'sub' is not allowed here (allowed: email)" in refused.stderr
+
+
+def test_mapping_is_reconciled_by_the_operator_as_its_service_account(
+    installed: Installed, namespace: str
+) -> None:
+    plane = installed.plane
+    plane.kubectl(
+        "create", "secret", "generic", "alice-key", "-n", namespace, f"--from-literal=apiKey={KEY}",
+        check=True,
+    )  # fmt: skip
+    created = create(
+        plane,
+        namespace,
+        mapping(
+            "alice",
+            "email",
+            "alice@example.com",
+            {"secretRef": {"name": "alice-key", "key": "apiKey"}},
+        ),
+    )
+    assert created.returncode == 0, created.stderr
+
+    def ready() -> dict[str, Any] | None:
+        status = get(plane, "jwtkeymapping", "alice", "-n", namespace).get("status", {})
+        found = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    condition = poll(ready, message="the mapping to become Ready")
+    assert condition["reason"] == "Synced"
+    stored = get(plane, "jwtkeymapping", "alice", "-n", namespace)
+    assert "jwtkeymap.io/finalizer" in stored["metadata"]["finalizers"]
+
+
+def test_operator_joined_the_charts_peering(installed: Installed) -> None:
+    peering = get(installed.plane, "clusterkopfpeering", f"{RELEASE}-jwtkeymap")
+    peers = peering.get("status", {})
+    assert len(peers) == 1
+    [(_, peer)] = peers.items()
+    assert peer["priority"] == 100
+
+
+def test_upgrade_keeps_the_webhook_certificate(installed: Installed) -> None:
+    plane, ns = installed.plane, installed.namespace
+    secret = f"{RELEASE}-jwtkeymap-webhook-tls"
+    before = get(plane, "secret", secret, "-n", ns)["data"]
+    upgraded = plane.helm(
+        "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values", "--set", "operator.replicas=3"
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert get(plane, "deployment", f"{RELEASE}-jwtkeymap", "-n", ns)["spec"]["replicas"] == 3
+    # Regenerated certificates would break the replicas still serving the old one.
+    assert get(plane, "secret", secret, "-n", ns)["data"] == before
+    hook = get(plane, "mutatingwebhookconfiguration", f"{RELEASE}-jwtkeymap-injector")
+    assert hook["webhooks"][0]["clientConfig"]["caBundle"] == before["ca.crt"]
