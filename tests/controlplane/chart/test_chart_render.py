@@ -318,3 +318,23 @@ def test_values_schema_is_strict_everywhere() -> None:
     assert loose == []
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(defaults) == set(schema["properties"])
+
+
+def test_notes_say_how_to_label_a_workload_and_check_mappings(run_helm: Helm) -> None:
+    def notes(*args: str) -> str:
+        done = run_helm("install", "r", str(CHART), "-n", NS, "--dry-run=client", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split("NOTES:", 1)[1]
+
+    text = notes()
+    assert "kubectl get jkm -A" in text
+    assert '"jwtkeymap.io/inject":"true"' in text
+    assert "no trusted issuers" in text
+    configured = notes(
+        "-f",
+        str(CHART / "ci" / "cert-manager-values.yaml"),
+        "--set",
+        "injection.failurePolicy=Fail",
+    )
+    assert "no trusted issuers" not in configured
+    assert "WARNING: one operator replica with failurePolicy Fail" in configured
