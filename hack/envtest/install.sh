@@ -113,7 +113,7 @@ go_build() {
   log "building $name from $pkg ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
   started=$(date +%s)
   # GOWORK/GOTOOLCHAIN/GOFLAGS: build exactly this module with this toolchain; CGO off as upstream does.
-  (cd "$HERE" && GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+  (cd "$HERE" && GOWORK=off GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
     exec "$go_bin" build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
     -o "$CACHE_DIR/.$name.tmp" "$pkg") &
   local pid=$! waited=0
