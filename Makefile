@@ -54,6 +54,12 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 bench: deps venv ## Benchmarks (figures, not pass/fail).
 	$(BIN)/python bench/core.py
 
+controlplane-up: venv tools ## Start kube-apiserver + etcd in the background; prints the KUBECONFIG to export.
+	$(BIN)/python tests/controlplane/harness.py up
+
+controlplane-down: venv ## Stop the control plane started by controlplane-up and delete its files.
+	$(BIN)/python tests/controlplane/harness.py down
+
 fmt: venv ## Format the code.
 	$(BIN)/ruff format operator tests bench
 	$(BIN)/ruff check --fix operator tests bench
