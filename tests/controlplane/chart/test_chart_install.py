@@ -27,7 +27,7 @@ from harness import ControlPlane, free_port, poll
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator import injector, register
-from jwtkeymap.operator.injection import CONTAINER_NAME
+from jwtkeymap.operator.injection import CONTAINER_NAME, apply, plan
 from jwtkeymap.operator.kube import Connection, Kube
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
@@ -44,9 +44,10 @@ OPERATOR_SETTINGS = {
 class Installed:
     """The installed release and its in-process operator."""
 
-    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+    def __init__(self, plane: ControlPlane, namespace: str, files: Path) -> None:
         self.plane = plane
         self.namespace = namespace
+        self.defaults = injector.load_defaults(files / "injection.yaml")
 
     def counted(self, result: str, reason: str) -> float:
         """How many admissions the injector counted with this result and reason."""
@@ -178,7 +179,7 @@ def installed(
             return got.returncode == 0 and "initContainers" in json.loads(got.stdout)["spec"]
 
         poll(injected_dry_run, timeout=60, message="the apiserver to call the injector")
-        yield Installed(plane, namespace)
+        yield Installed(plane, namespace, files)
         # Release the mappings while the operator still runs (their finalizers need it).
         plane.kubectl("delete", "jwtkeymappings", "--all", "-A", "--wait", "--timeout=60s")
     finally:
@@ -239,6 +240,27 @@ def test_labelled_pod_gets_the_sidecar(installed: Installed, namespace: str) -> 
     assert env["JWTKEYMAP_CLAIM_FIELD"]["value"] == "email"
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
     assert [c["name"] for c in stored["spec"]["containers"]] == ["app"]
+
+
+def contains(big: Any, small: Any) -> bool:
+    """Whether ``small`` is ``big`` less the fields the apiserver defaults."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(
+            k in big and contains(big[k], v) for k, v in small.items()
+        )
+    if isinstance(small, list):
+        return isinstance(big, list) and len(big) == len(small) and all(map(contains, big, small))
+    return bool(big == small)
+
+
+def test_webhook_and_offline_inject_agree(installed: Installed, namespace: str) -> None:
+    plane = installed.plane
+    submitted = pod("twin", labels=LABELLED)
+    assert create(plane, namespace, submitted).returncode == 0
+    stored = get(plane, "pod", "twin", "-n", namespace)
+    offline = apply(submitted, plan(submitted, installed.defaults))
+    assert contains(stored["spec"], offline["spec"])
+    assert contains(stored["metadata"]["annotations"], offline["metadata"]["annotations"])
 
 
 def test_unlabelled_pod_is_untouched(installed: Installed, namespace: str) -> None:
