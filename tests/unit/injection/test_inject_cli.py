@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -147,3 +148,17 @@ def test_bad_defaults_are_reported(tmp_path: Path) -> None:
     code, _, err = run("--defaults", str(defaults), "-f", "-", input=MANIFESTS)
     assert code == 1
     assert "listenPort: Input should be greater than or equal to 1" in err
+
+
+def test_injected_manifests_match_the_kubernetes_schemas() -> None:
+    import kubernetes_validate
+
+    code, out, err = run("--all", "-f", "-", input=MANIFESTS)
+    assert code == 0, err
+    docs = list(yaml.safe_load_all(out))
+    for doc in docs:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+    broken = docs[0]
+    broken["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] = 7
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
