@@ -183,9 +183,10 @@ def _port(annotations: Mapping[str, str], name: str) -> int | None:
     return int(text)
 
 
-def _declared_ports(spec: Mapping[str, Any]) -> list[int]:
+def _declared_ports(spec: Mapping[str, Any], *, sidecars: bool = False) -> list[int]:
     ports: list[int] = []
-    for container in _app_containers(spec):
+    containers = _all_containers(spec) if sidecars else _app_containers(spec)
+    for container in containers:
         for port in container.get("ports") or []:
             if str(port.get("protocol", "TCP")).upper() == "TCP" and "containerPort" in port:
                 ports.append(int(port["containerPort"]))
@@ -209,7 +210,8 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
 
     listen_port = _port(annotations, LISTEN_PORT_ANNOTATION) or defaults.listen_port
     declared = _declared_ports(spec)
-    if listen_port in declared:
+    # Init containers too: a restartable one (another sidecar) shares the pod's network.
+    if listen_port in _declared_ports(spec, sidecars=True):
         raise InjectionError(
             LISTEN_PORT_ANNOTATION,
             f"port {listen_port} is already used by a container of the pod; choose another",
@@ -389,9 +391,10 @@ def skip_reason(pod: Mapping[str, Any]) -> SkipReason | None:
     labels: Mapping[str, str] = meta.get("labels") or {}
     annotations: Mapping[str, str] = meta.get("annotations") or {}
     label = labels.get(INJECT_LABEL)
-    if label is None or str(label).lower() == "false":
+    if label is None or label == "false":
         return SkipReason.NOT_LABELLED
-    if str(label).lower() != "true":
+    if label != "true":
+        # Exactly "true": that is all the webhook's objectSelector matches.
         raise InjectionError(INJECT_LABEL, f'must be "true" or "false", got {label!r}')
     if annotations.get(STATUS_ANNOTATION) == INJECTED:
         return SkipReason.ALREADY_INJECTED

@@ -261,9 +261,24 @@ def test_invalid_annotations_are_errors_naming_them(
     assert fragment in str(caught.value)
 
 
-def test_a_label_that_is_neither_true_nor_false_is_an_error() -> None:
+@pytest.mark.parametrize("value", ["yes", "True", ""])
+def test_a_label_that_is_neither_true_nor_false_is_an_error(value: str) -> None:
+    # The webhook's objectSelector matches "true" exactly; anything else would silently differ.
     with pytest.raises(InjectionError, match=f"^{INJECT_LABEL}: must be"):
-        plan(pod(labels={INJECT_LABEL: "yes"}), DEFAULTS)
+        plan(pod(labels={INJECT_LABEL: value}), DEFAULTS)
+
+
+def test_listen_port_must_not_collide_with_another_sidecar() -> None:
+    other = {
+        "name": "mesh",
+        "image": "mesh:1",
+        "restartPolicy": "Always",
+        "ports": [{"containerPort": 8181}],
+    }
+    with pytest.raises(
+        InjectionError, match=f"^{LISTEN_PORT_ANNOTATION}: port 8181 is already used"
+    ):
+        plan(pod(initContainers=[other]), DEFAULTS)
 
 
 def test_host_network_pods_are_refused() -> None:
