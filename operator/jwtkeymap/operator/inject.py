@@ -19,6 +19,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
+from jwtkeymap import __version__
 from jwtkeymap.core.settings import format_validation_error
 from jwtkeymap.operator.injection import (
     INJECT_LABEL,
@@ -106,8 +107,31 @@ def _read(path: str) -> tuple[str, str]:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _chart_image(values: Mapping[str, Any]) -> str | None:
+    image = values.get("image")
+    if not isinstance(image, Mapping) or not image.get("repository"):
+        return None
+    if image.get("digest"):
+        return f"{image['repository']}@{image['digest']}"
+    return f"{image['repository']}:{image.get('tag') or __version__}"
+
+
+def defaults_data(loaded: Mapping[str, Any]) -> dict[str, Any]:
+    """Injection defaults from a chart values file, or from the chart's injection.yaml."""
+    if "injection" not in loaded:
+        return dict(loaded)
+    resolver = dict((loaded.get("injection") or {}).get("resolver") or {})
+    # As the chart does: an empty resolver image means the operator's image.
+    if not resolver.get("image"):
+        resolver.pop("image", None)
+        image = _chart_image(loaded)
+        if image is not None:
+            resolver["image"] = image
+    return resolver
+
+
 def load_defaults(path: str | None, image: str | None) -> InjectionDefaults:
-    """The injection defaults from a YAML file (the chart's ``resolver:`` values), or built in."""
+    """The injection defaults from a YAML file (chart values or injection.yaml), or built in."""
     data: dict[str, Any] = {}
     if path is not None:
         label, text = _read(path)
@@ -117,7 +141,7 @@ def load_defaults(path: str | None, image: str | None) -> InjectionDefaults:
             raise click.ClickException(f"{label}: not YAML: {exc}") from None
         if not isinstance(loaded, Mapping):
             raise click.ClickException(f"{label}: expected a mapping of injection defaults")
-        data.update(loaded)
+        data.update(defaults_data(loaded))
     if image is not None:
         data["image"] = image
     try:
@@ -140,7 +164,8 @@ def load_defaults(path: str | None, image: str | None) -> InjectionDefaults:
     "--defaults",
     "defaults_file",
     type=click.Path(dir_okay=False),
-    help="YAML of injection defaults (the chart's `resolver:` values).",
+    help="Your Helm values file for the chart (its injection.resolver and image), "
+    "or the injection.yaml of the chart's ConfigMap.",
 )
 @click.option("--image", help="Resolver image (overrides the defaults).")
 @click.option(

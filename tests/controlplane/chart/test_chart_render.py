@@ -16,6 +16,7 @@ from cryptography import x509
 from harness import REPO_ROOT, Binaries
 
 from jwtkeymap.operator import injector, webhooks
+from jwtkeymap.operator.inject import load_defaults
 from jwtkeymap.operator.injection import INJECT_LABEL, InjectionDefaults
 
 pytestmark = pytest.mark.controlplane
@@ -338,3 +339,21 @@ def test_notes_say_how_to_label_a_workload_and_check_mappings(run_helm: Helm) ->
     )
     assert "no trusted issuers" not in configured
     assert "WARNING: one operator replica with failurePolicy Fail" in configured
+
+
+INJECTING = [
+    p
+    for p in CI_VALUES
+    if (yaml.safe_load(p.read_text()) or {}).get("injection", {}).get("enabled", True)
+]
+
+
+@pytest.mark.parametrize("values", INJECTING, ids=lambda p: p.name)
+def test_offline_inject_with_the_values_file_matches_the_chart(render: Render, values: Any) -> None:
+    # `jwtkeymap inject --defaults my-values.yaml` must inject what the installed chart would:
+    # the chart's defaults and the model's defaults have to agree.
+    docs = render(values)
+    chart = InjectionDefaults.model_validate(
+        yaml.safe_load(find(docs, "ConfigMap")["data"]["injection.yaml"])
+    )
+    assert load_defaults(str(values), None) == chart

@@ -162,3 +162,18 @@ def test_injected_manifests_match_the_kubernetes_schemas() -> None:
     broken["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] = 7
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_defaults_from_the_charts_values_file(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "image: {repository: reg.example/jkm, tag: '2.0'}\n"
+        "operator: {replicas: 3}\n"
+        "injection:\n  resolver:\n    listenPort: 9100\n    settings: {claim_field: email}\n"
+    )
+    code, out, err = run("--defaults", str(values), "-f", "-", input=MANIFESTS)
+    assert code == 0, err
+    resolver = next(yaml.safe_load_all(out))["spec"]["template"]["spec"]["initContainers"][0]
+    assert resolver["image"] == "reg.example/jkm:2.0"  # the operator's image, as the chart does
+    assert resolver["ports"][0]["containerPort"] == 9100
+    assert {"name": "JWTKEYMAP_CLAIM_FIELD", "value": "email"} in resolver["env"]
