@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv tools demo test test-fast lint fmt bench controlplane-up controlplane-down e2e chart-crds chart-lint clean
+.PHONY: help deps venv tools demo test test-fast lint fmt bench bench-operator controlplane-up controlplane-down e2e chart-crds chart-lint clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 
 bench: deps venv ## Benchmarks (figures, not pass/fail).
 	$(BIN)/python bench/core.py
+
+bench-operator: deps venv tools ## Operator benchmark: resume with 1,000 JWTKeyMappings, CR -> NOTIFY latency.
+	$(BIN)/python bench/operator.py --count $(or $(COUNT),1000)
 
 controlplane-up: venv tools ## Start kube-apiserver + etcd in the background; prints the KUBECONFIG to export.
 	$(BIN)/python tests/controlplane/harness.py up
