@@ -357,3 +357,21 @@ def test_offline_inject_with_the_values_file_matches_the_chart(render: Render, v
         yaml.safe_load(find(docs, "ConfigMap")["data"]["injection.yaml"])
     )
     assert load_defaults(str(values), None) == chart
+
+
+def test_deployment_arguments_parse_with_the_real_command_line(render: Render) -> None:
+    # Guards against the chart and `jwtkeymap operator` drifting apart (renamed flags).
+    import click
+
+    from jwtkeymap.cli import cli
+
+    args = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    split = args.index("operator")
+    with cli.make_context("jwtkeymap", args[: split + 1]) as root:
+        command = cli.get_command(root, "operator")
+        assert isinstance(command, click.Command)
+        parsed = command.make_context("operator", args[split + 1 :], parent=root)
+    assert root.params["config"] == "/etc/jwtkeymap/operator/config.yaml"
+    assert parsed.params["webhook_port"] == 9443
+    assert parsed.params["peering_name"] == "r-jwtkeymap"
+    assert parsed.params["all_namespaces"] is True

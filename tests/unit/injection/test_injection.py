@@ -338,3 +338,27 @@ def test_events_go_to_the_controlling_owner() -> None:
         "metadata": {"name": "web-5d9", "uid": "u1", "namespace": "shop"},
     }
     assert owner_of(pod(), "shop") is None
+
+
+@pytest.mark.parametrize(
+    "annotations", [{}, {CONFIG_ANNOTATION: "own"}, {MODE_ANNOTATION: "ext-authz"}]
+)
+def test_sidecar_arguments_parse_with_the_real_command_line(annotations: dict[str, str]) -> None:
+    # Guards against the injected args and `jwtkeymap resolver` drifting apart.
+    import click
+
+    from jwtkeymap.cli import cli
+
+    args = sidecar(injected(pod(annotations=annotations)))["args"]
+    split = args.index("resolver")
+    with cli.make_context("jwtkeymap", args[: split + 1]) as root:
+        command = cli.get_command(root, "resolver")
+        assert isinstance(command, click.Command)
+        parsed = command.make_context("resolver", args[split + 1 :], parent=root)
+    assert parsed.params["listen"] == "0.0.0.0:8181"
+    assert parsed.params["upstream"] == (
+        None if annotations.get(MODE_ANNOTATION) else "http://127.0.0.1:8080"
+    )
+    assert root.params["config"] == (
+        "/etc/jwtkeymap/config.yaml" if CONFIG_ANNOTATION in annotations else None
+    )
