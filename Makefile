@@ -43,8 +43,9 @@ test-fast: venv ## Unit tests only.
 e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.
 	e2e/run.sh $(E2E_ARGS)
 
-chart-crds: ## Copy crds/ into the Helm chart (it renders the CRDs from files/crds/).
-	cp crds/*.yaml charts/jwtkeymap/files/crds/
+chart-crds: ## Copy crds/ into the Helm chart (the CRD is rendered from files/crds/; kopf's peering CRDs go to crds/).
+	cp crds/jwtkeymappings.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
+	cp crds/kopf-peering.yaml charts/jwtkeymap/crds/
 
 chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 	@for values in charts/jwtkeymap/ci/*-values.yaml; do \
