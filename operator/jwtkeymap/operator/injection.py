@@ -26,6 +26,7 @@ import jsonpatch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from jwtkeymap import __version__
 from jwtkeymap.core.claims import split_path
 from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.settings import Behavior, Settings
@@ -42,6 +43,7 @@ CONFIG_ANNOTATION: Final = f"{PREFIX}/config"
 INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
+IMAGE_REPOSITORY: Final = "ghcr.io/jwtkeymap/jwtkeymap"
 PORT_NAME: Final = "jwtkeymap"
 TMP_VOLUME: Final = "jwtkeymap-tmp"
 CONFIG_VOLUME: Final = "jwtkeymap-config"
@@ -97,9 +99,10 @@ class SecretKeyRef(_Values):
 
 
 class InjectionDefaults(_Values):
-    """The resolver sidecar as the chart configures it (``resolver:`` in values.yaml)."""
+    """The resolver sidecar as the chart configures it (``injection.resolver`` in its values)."""
 
-    image: str = Field(default="ghcr.io/jwtkeymap/jwtkeymap:0.1.0", min_length=1)
+    # The chart's default too: its appVersion is the package version.
+    image: str = Field(default=f"{IMAGE_REPOSITORY}:{__version__}", min_length=1)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     mode: Mode = Mode.PROXY
     listen_port: int = Field(default=8181, ge=1, le=65535)

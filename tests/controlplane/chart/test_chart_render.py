@@ -382,3 +382,10 @@ def test_deployment_arguments_parse_with_the_real_command_line(render: Render) -
     assert parsed.params["webhook_port"] == 9443
     assert parsed.params["peering_name"] == "r-jwtkeymap"
     assert parsed.params["all_namespaces"] is True
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    from jwtkeymap import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
