@@ -11,6 +11,8 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "deps: system packages present"
