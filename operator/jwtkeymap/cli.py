@@ -12,7 +12,7 @@ import functools
 import importlib
 import json
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -166,7 +166,9 @@ async def with_store(ctx: Context, body: Callable[[Store], Awaitable[T]]) -> T:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @click.version_option(__version__, prog_name="jwtkeymap")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, database_url: str | None, log_level: str | None):
+def cli(
+    ctx: click.Context, config: str | None, database_url: str | None, log_level: str | None
+) -> None:
     """Map JWT claims to LLM-gateway virtual keys, and enforce the unregistered-client policy."""
     ctx.obj = Context(config, database_url, log_level)
 
@@ -394,7 +396,7 @@ def _label(identity: MappingIdentity) -> str:
     return f"{scope}{identity.claim_name}={identity.claim_value}"
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
+def format_table(rows: Sequence[Sequence[str]]) -> str:
     """Align rows of strings into columns."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(

@@ -27,13 +27,10 @@ class SigningKey:
     @property
     def public_pem(self) -> str:
         """The public key as PEM."""
-        return (
-            self._private.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode()
+        pem: bytes = self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        return pem.decode()
 
     def jwk(self) -> dict[str, Any]:
         """The public key as a JWK with ``kid``, ``alg`` and ``use``."""
