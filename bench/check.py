@@ -1,6 +1,6 @@
 """Resolver benchmark: /check under wrk, against a trivial aiohttp handler in the same run.
 
-Run: `make bench` or `.venv/bin/python bench/check.py [--seconds N]`. Needs wrk (Debian).
+Run: `make bench` or `.venv/bin/python -P bench/check.py [--seconds N]`. Needs wrk (Debian).
 
 Every server is its own process with the same event loop (uvloop when installed)
 and no access log; wrk sends the same Authorization header to each, so the only
@@ -193,7 +193,7 @@ def run(
         for i, (name, overrides, script) in enumerate(scenarios):
             port = free_port()
             if overrides is None:
-                argv = [sys.executable, __file__, "--serve-trivial", str(port)]
+                argv = [sys.executable, "-P", __file__, "--serve-trivial", str(port)]
             else:
                 config = work / f"config{i}.yaml"
                 config.write_text(yaml.safe_dump({**base, **overrides}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import time
@@ -19,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from jwtkeymap.core.bus import InvalidationBus
-from jwtkeymap.core.cache import CacheStats, LRUCache
+from jwtkeymap.core.cache import CacheStats
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.errors import (
     DatabaseUnavailable,
@@ -34,6 +35,7 @@ from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
 from jwtkeymap.core.userinfo import UserinfoClient
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.memo import AnswerMemo
 from jwtkeymap.resolver.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("jwtkeymap.resolver")
@@ -83,9 +85,7 @@ class Service:
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
         self._strip = settings.strip_authorization
-        self._memo: LRUCache[bytes, tuple[Answer, int]] = LRUCache(
-            settings.token_cache_max_entries, clock
-        )
+        self.memo = AnswerMemo(settings.token_cache_max_entries, clock)
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     async def start(self) -> None:
@@ -98,7 +98,7 @@ class Service:
                 self.store.metrics = self.metrics
         self.verifier = TokenVerifier(s, session=self.session, clock=self.clock)
         for keyset in self.verifier.keysets.values():
-            keyset.on_keys_removed = _chain(keyset.on_keys_removed, self._memo.clear)
+            keyset.on_keys_removed = _chain(keyset.on_keys_removed, self.memo.clear)
         if s.oidc_userinfo_url:
             self.userinfo = UserinfoClient(s, session=self.session, clock=self.clock)
         self.resolver = Resolver(s, store=self.store, clock=self.clock)
@@ -111,6 +111,9 @@ class Service:
         # otherwise readiness reports it and requests needing the database get 503.
         if self.bus.configured and not await self.bus.wait_connected(s.db_timeout_seconds):
             log.warning("invalidation channel not connected yet: not ready")
+        # Everything allocated so far lives as long as the process: keep the cyclic
+        # collector from rescanning it on every collection of the request path.
+        gc.freeze()
 
     async def stop(self) -> None:
         """Close everything, in reverse order."""
@@ -136,17 +139,13 @@ class Service:
 
     # -- the check -------------------------------------------------------------------
 
-    async def authorize(self, authorization: str | None) -> Answer:
-        """Answer one check for the request's ``Authorization`` header."""
+    async def authorize(self, authorization: str | None, digest: bytes | None = None) -> Answer:
+        """Answer one check for the request's ``Authorization`` header (no memo lookup).
+
+        With ``digest`` (sha256 of the header) a reusable answer is remembered.
+        """
         resolver = self.resolver
         assert resolver is not None
-        digest = None
-        if authorization:
-            digest = hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
-            memo = self._memo.get(digest)
-            fresh = memo is not None and memo[1] == resolver.cache.generation
-            if fresh and memo is not None and not resolver.suspended:
-                return memo[0]
         try:
             token = check.bearer_token(authorization)
             verified = await self._verify(token)
@@ -162,25 +161,14 @@ class Service:
         decision = await resolver.resolve(verified.claims, verified.issuer)
         result = check.answer(decision, strip_authorization=self._strip)
         if digest is not None and not resolver.suspended and _memoizable(decision):
-            self._remember(digest, result, generation, verified, decision)
+            self.memo.remember(digest, result, generation, self._memo_ttl(verified, decision))
         return result
 
-    def _remember(
-        self,
-        digest: bytes,
-        result: Answer,
-        generation: int,
-        verified: VerifiedToken,
-        decision: Decision,
-    ) -> None:
-        """Keep a whole answer briefly: never past the token's or key's expiry.
-
-        The memo is checked against the mapping cache's generation, which every
-        invalidation (and a lost channel) bumps, so it never outlives a change.
-        """
+    def _memo_ttl(self, verified: VerifiedToken, decision: Decision) -> float:
+        """How long an answer may be reused: never past the token's or key's expiry,
+        nor longer than the caches it was built from."""
         now = self.clock.now()
         s = self.settings
-        # Never longer than the caches the answer was built from.
         ttl = min(
             MEMO_TTL_SECONDS, s.token_cache_ttl_seconds, verified.expires_at - now.timestamp()
         )
@@ -188,7 +176,7 @@ class Service:
             ttl = min(ttl, s.positive_ttl_seconds if decision.key else s.negative_ttl_seconds)
         if decision.key is not None and decision.key.expires is not None:
             ttl = min(ttl, (decision.key.expires - now).total_seconds())
-        self._memo.put(digest, (result, generation), ttl)
+        return ttl
 
     async def _verify(self, token: str) -> VerifiedToken:
         assert self.verifier is not None
@@ -197,13 +185,21 @@ class Service:
         return await self.userinfo.verify(token)
 
     async def answer(self, authorization: str | None) -> Answer:
-        """``authorize``, timed and counted, never raising."""
+        """The check: from the memo when possible, else ``authorize``; timed, never raising."""
         start = time.perf_counter()
-        try:
-            result = await self.authorize(authorization)
-        except Exception:
-            log.exception("check failed")
-            result = check.deny(500, "internal_error", "JWT Key Mapping: internal error.")
+        resolver = self.resolver
+        assert resolver is not None
+        result = digest = None
+        if authorization:
+            digest = hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+            if not resolver.suspended:
+                result = self.memo.recall(digest, resolver.cache.generation)
+        if result is None:
+            try:
+                result = await self.authorize(authorization, digest)
+            except Exception:
+                log.exception("check failed")
+                result = check.deny(500, "internal_error", "JWT Key Mapping: internal error.")
         self.metrics.count(result.decision, result.reason, time.perf_counter() - start)
         if result.status >= 500:
             log.warning("check answered %s", result.status, extra={"reason": result.reason})
@@ -249,7 +245,7 @@ class Service:
             yield "token", self.verifier.cache.stats, len(self.verifier.cache)
         if self.userinfo is not None:
             yield "userinfo", self.userinfo.cache.stats, len(self.userinfo.cache)
-        yield "answer", self._memo.stats, len(self._memo)
+        yield "answer", self.memo.stats, len(self.memo)
 
 
 SERVICE = web.AppKey("service", Service)
@@ -296,12 +292,6 @@ def _response(result: Answer) -> web.Response:
     return web.Response(status=result.status, body=result.body, headers=result.headers)
 
 
-async def handle_check(request: web.Request) -> web.Response:
-    """``ANY /check[/{tail}]``: the ext_authz / auth_request check; the body is ignored."""
-    service = request.app[SERVICE]
-    return _response(await service.answer(request.headers.get("Authorization")))
-
-
 async def handle_healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: the process is alive."""
     return web.json_response({"ok": True})
@@ -335,6 +325,11 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
+
+    async def handle_check(request: web.Request) -> web.Response:
+        """``ANY /check[/{tail}]``: the ext_authz / auth_request check; the body is ignored."""
+        return _response(await service.answer(request.headers.get("Authorization")))
+
     app.router.add_route("*", "/check", handle_check)
     app.router.add_route("*", "/check/{tail:.*}", handle_check)
     app.router.add_get("/healthz", handle_healthz, allow_head=True)
