@@ -20,7 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from jwtkeymap.core.bus import InvalidationBus
-from jwtkeymap.core.cache import CacheStats
+from jwtkeymap.core.cache import CacheStats, Entry
+from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.errors import (
     DatabaseUnavailable,
@@ -30,7 +31,7 @@ from jwtkeymap.core.errors import (
 )
 from jwtkeymap.core.policy import Decision, Outcome, Resolver
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.core.store import Store
+from jwtkeymap.core.store import NewKey, Store
 from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
 from jwtkeymap.core.userinfo import UserinfoClient
 from jwtkeymap.resolver import check
@@ -50,7 +51,7 @@ class TimedStore(Store):
 
     metrics: Metrics | None = None
 
-    async def lookup(self, identity: Any) -> Any:
+    async def lookup(self, identity: MappingIdentity) -> Entry:
         """Time the mapping lookup."""
         start = time.perf_counter()
         try:
@@ -59,7 +60,9 @@ class TimedStore(Store):
             if self.metrics is not None:
                 self.metrics.observe_db("lookup")(time.perf_counter() - start)
 
-    async def register(self, identity: Any, spec: Any, *, description: str | None = None) -> Any:
+    async def register(
+        self, identity: MappingIdentity, spec: NewKey, *, description: str | None = None
+    ) -> tuple[Entry, bool]:
         """Time the auto-registration transaction."""
         start = time.perf_counter()
         try:
@@ -111,9 +114,6 @@ class Service:
         # otherwise readiness reports it and requests needing the database get 503.
         if self.bus.configured and not await self.bus.wait_connected(s.db_timeout_seconds):
             log.warning("invalidation channel not connected yet: not ready")
-        # Everything allocated so far lives as long as the process: keep the cyclic
-        # collector from rescanning it on every collection of the request path.
-        gc.freeze()
 
     async def stop(self) -> None:
         """Close everything, in reverse order."""
@@ -367,8 +367,16 @@ def run(settings: Settings) -> None:
         "resolver listening",
         extra={"listen": f"{host}:{port}", "upstream": bool(settings.upstream)},
     )
+    app = create_app(settings)
+
+    async def freeze(_app: web.Application) -> None:
+        # Everything allocated at startup lives as long as the process: keep the
+        # cyclic collector from rescanning it on every collection of the request path.
+        gc.freeze()
+
+    app.on_startup.append(freeze)
     web.run_app(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         shutdown_timeout=settings.shutdown_grace_seconds,
