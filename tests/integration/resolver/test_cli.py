@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import yaml
 
 from jwtkeymap.testing.postgres import free_port
@@ -120,3 +121,37 @@ async def test_unknown_setting_is_a_startup_error(tmp_path, signing_key):
     )
     assert result.returncode != 0
     assert "stale_while_disconected_seconds" in result.stderr
+
+
+async def test_sigterm_cuts_requests_still_running_after_the_grace(
+    tmp_path, database_url, upstream, http, map_claim, signing_key
+):
+    echo, upstream_port = upstream
+    await map_claim("alice")
+    port = free_port()
+    config = write_config(tmp_path, signing_key, shutdown_grace_seconds=1)
+    proc = subprocess.Popen(
+        [JWTKEYMAP, "--config", str(config), "resolver", "--listen", f"127.0.0.1:{port}",
+         "--upstream", f"http://127.0.0.1:{upstream_port}"],
+        env={**os.environ, "JWTKEYMAP_DATABASE_URL": database_url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: port_open(port), timeout=20, what="resolver listening")
+        auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+        held = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/hold", headers=auth))
+        await wait_until(lambda: echo.held == 1, what="request held upstream")
+        proc.send_signal(signal.SIGTERM)
+        # The upstream never answers: the process still exits, soon after the grace.
+        await wait_until(lambda: proc.poll() is not None, timeout=15, what="process exit")
+        assert proc.returncode == 0
+        try:
+            resp = await asyncio.wait_for(held, 10)
+            assert resp.status != 200 or await resp.read() != b"released"
+        except (TimeoutError, aiohttp.ClientError):
+            pass  # the connection was cut: what a request past the grace gets
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

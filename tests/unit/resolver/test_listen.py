@@ -1,0 +1,26 @@
+"""--listen parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from jwtkeymap.resolver.app import parse_listen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
+        ("127.0.0.1:1", ("127.0.0.1", 1)),
+        ("[::1]:9000", ("::1", 9000)),
+        (":8080", ("0.0.0.0", 8080)),
+    ],
+)
+def test_valid(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8080", "host", "host:", "host:0", "host:65536", "h:80x"])
+def test_invalid(text):
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_listen(text)
