@@ -54,6 +54,7 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 
 bench: deps venv ## Benchmarks (figures, not pass/fail).
 	$(BIN)/python bench/core.py
+	$(BIN)/python -P bench/check.py
 
 bench-operator: deps venv tools ## Operator benchmark: resume with 1,000 JWTKeyMappings, CR -> NOTIFY latency.
 	$(BIN)/python bench/operator.py --count $(or $(COUNT),1000)
