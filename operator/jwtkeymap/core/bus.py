@@ -295,6 +295,10 @@ class InvalidationBus:
             self._redis = _RedisSource(self, settings.redis_url)
             self.sources.append(self._redis)
         self._relay = bool(settings.invalidation_relay and self._redis and len(self.sources) == 2)
+        if settings.invalidation_relay and not self._relay:
+            log.warning("invalidation_relay needs both database_url (LISTEN) and redis_url: off")
+        if settings.database_url and not self.sources:
+            log.warning("no invalidation channel: a cached mapping may be stale for up to its TTL")
         self._coherent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._relay_tasks: set[asyncio.Task[None]] = set()
