@@ -4,6 +4,7 @@ Nothing here knows about Kubernetes or serves HTTP; the operator and the
 resolver are two thin edges over this package.
 """
 
+from jwtkeymap.core.bus import Invalidation, InvalidationBus
 from jwtkeymap.core.cache import Inactive, Mapped, MappingCache, Unmapped
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import Clock, ManualClock, SystemClock
@@ -13,6 +14,7 @@ from jwtkeymap.core.errors import (
     ClaimMissing,
     ConfigError,
     DatabaseUnavailable,
+    IdentityProviderUnavailable,
     InvalidToken,
     JwtKeyMapError,
     KeyNotFound,
@@ -26,6 +28,7 @@ from jwtkeymap.core.policy import Decision, Outcome, Reason, Resolver
 from jwtkeymap.core.settings import Behavior, Settings, load_settings
 from jwtkeymap.core.store import MappingRow, NewKey, Store
 from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
+from jwtkeymap.core.userinfo import UserinfoClient
 
 __all__ = [
     "Behavior",
@@ -36,8 +39,11 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "Decision",
+    "IdentityProviderUnavailable",
     "Inactive",
     "InvalidToken",
+    "Invalidation",
+    "InvalidationBus",
     "JwtKeyMapError",
     "KeyIdentity",
     "KeyNotFound",
@@ -59,6 +65,7 @@ __all__ = [
     "SystemClock",
     "TokenVerifier",
     "Unmapped",
+    "UserinfoClient",
     "VerifiedToken",
     "fingerprint",
     "generate_key",
