@@ -99,6 +99,13 @@ def operator(
     if not namespaces and not all_namespaces:
         raise click.UsageError("give --namespace NS (repeatable) or --all-namespaces")
     registry = kopf.OperatorRegistry()
+
+    # A registry of our own does not carry kopf's default login handlers: in a pod use the
+    # service account, elsewhere $KUBECONFIG (or ~/.kube/config).
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     register(registry, settings, admission=webhook_port is not None)
 
     if webhook_port is not None:

@@ -281,9 +281,11 @@ def register(
         key = (identity.issuer, identity.claim_name, identity.claim_value)
         return {key: (ref_of(namespace, name), uid)}
 
-    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")
-    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile")
+    # Distinct ids: kopf tracks progress per id, and a resume sharing its id with the
+    # update handler would mark a change made while we were down as already handled.
+    @kopf.on.resume(*RESOURCE, registry=registry, id="resume")
+    @kopf.on.create(*RESOURCE, registry=registry, id="create")
+    @kopf.on.update(*RESOURCE, registry=registry, id="update")
     async def reconcile(
         body: kopf.Body,
         spec: kopf.Spec,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
         database_url: str,
         *,
         webhook: WebhookSetup | None = None,
+        peering: tuple[str, int] | None = None,
         **overrides: Any,
     ) -> RunningOperator:
         base: dict[str, Any] = {
@@ -110,7 +112,11 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
             kopf.operator(
                 registry=registry,
                 settings=kopf_settings,
-                standalone=True,
+                standalone=peering is None,
+                peering_name=peering[0] if peering else None,
+                priority=peering[1] if peering else None,
+                # Replicas in one process would share kopf's default host@pid identity.
+                identity=f"test-{uuid.uuid4().hex[:8]}" if peering else None,  # type: ignore[arg-type]
                 namespaces=list(namespaces),
                 stop_flag=stop,
                 ready_flag=ready,

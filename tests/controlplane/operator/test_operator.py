@@ -413,3 +413,29 @@ async def test_resume_writes_nothing(
     assert after is not None
     assert after["status"] == before["status"]
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+async def test_changes_after_a_restart_are_handled(
+    cluster: Cluster,
+    namespace: str,
+    start_operator: StartOperator,
+    database_url: str,
+    db: asyncpg.Connection,
+) -> None:
+    token = await add_key(db, "sk-leo")
+    first = await start_operator([namespace], database_url)
+    await cluster.apply_mapping(namespace, "leo", spec("leo@example.com", key=by_hash(token)))
+    await cluster.wait_reason(namespace, "leo", "Synced")
+    await first.stop()
+    second = await start_operator([namespace], database_url)
+
+    async def resumed() -> bool:
+        return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
+
+    await apoll(resumed, message="the resume handler to reconcile")
+    await cluster.apply_mapping(namespace, "leo", spec("leo@new.example.com", key=by_hash(token)))
+
+    async def moved() -> bool:
+        return [r["jwt_claim_value"] for r in await rows(db)] == ["leo@new.example.com"]
+
+    await apoll(moved, message="the change to be reconciled")
