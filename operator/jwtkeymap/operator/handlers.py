@@ -247,6 +247,11 @@ def register(
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf logs whole objects at DEBUG: Secrets (plaintext keys) and specs with key
+        # hashes. Never below INFO for kopf, whatever the configured level.
+        kopf_logger = logging.getLogger("kopf")
+        if kopf_logger.getEffectiveLevel() < logging.INFO:
+            kopf_logger.setLevel(logging.INFO)
         settings.persistence.finalizer = FINALIZER
         # Our own Events (kopf.event, not subject to this level) mark transitions;
         # kopf's per-handler INFO chatter would drown them.
