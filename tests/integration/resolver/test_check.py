@@ -268,6 +268,7 @@ async def test_metrics_count_decisions_without_leaking_secrets(
     # The first check reads the database; the next two reuse the whole answer.
     assert 'jwtkeymap_cache_misses_total{cache="mapping"} 1.0' in text
     assert 'jwtkeymap_cache_hits_total{cache="answer"} 2.0' in text
+    assert 'jwtkeymap_cache_misses_total{cache="answer"} 1.0' in text
     assert 'jwtkeymap_check_duration_seconds_bucket{le="+Inf"} 4.0' in text
     assert "jwtkeymap_check_duration_seconds_count 4.0" in text
     assert 'jwtkeymap_db_query_duration_seconds_count{operation="lookup"} 1.0' in text
