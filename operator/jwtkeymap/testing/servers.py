@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -406,6 +407,108 @@ class RedisServer(_Process):
             self.proc.wait()
 
 
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """One /check answer: status, lower-cased headers, and the denial reason if any."""
+
+    status: int
+    headers: dict[str, str]
+    reason: str | None
+
+    @property
+    def key_hash(self) -> str | None:
+        """The key hash the resolver hands its proxy (allowed answers only)."""
+        return self.headers.get("x-jwtkeymap-key-hash")
+
+
+async def check_token(
+    session: Any, url: str, token: str | None, *, headers: dict[str, str] | None = None
+) -> Checked:
+    """GET ``{url}/check`` with ``Authorization: Bearer <token>`` (none when ``token`` is None)."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    async with session.get(f"{url}/check", headers=sent) as resp:
+        body = await resp.read()
+        got = {k.lower(): v for k, v in resp.headers.items()}
+        reason = None
+        if resp.status != 200:
+            reason = json.loads(body)["error"]["reason"]
+        return Checked(resp.status, got, reason)
+
+
 def json_body(data: bytes) -> Any:
     """Decode a JSON response body."""
     return json.loads(data)
+
+
+class ResolverProcess(_Process):
+    """``python -m jwtkeymap resolver`` as a child process, configured from a dict.
+
+    Fault tests need real processes: each one holds its own pool, cache and
+    LISTEN connection, exactly as one sidecar per pod does.
+    """
+
+    name = "resolver"
+
+    def __init__(self, settings: dict[str, Any], *, upstream: str | None = None) -> None:
+        super().__init__()
+        self.port = free_port()
+        self.settings = {"log_level": "info", **settings}
+        self.upstream = upstream
+
+    @property
+    def url(self) -> str:
+        """Base URL of the resolver."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Write the config, spawn, and wait until the port answers (ready or not)."""
+        config = self.dir / "config.yaml"
+        config.write_text(json.dumps(self.settings))  # JSON is YAML
+        argv = [sys.executable, "-m", "jwtkeymap", "--config", str(config), "resolver",
+                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
+        if self.upstream:
+            argv += ["--upstream", self.upstream]
+        self._spawn(argv)
+        await self._wait_port(self.port, timeout=30)
+
+    def kill(self) -> None:
+        """SIGKILL the process (a crash), keeping its directory and log."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        """Tell whether the process still runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    async def readiness(self, session: Any) -> dict[str, Any]:
+        """The /readyz body, with the HTTP ``status`` added."""
+        async with session.get(f"{self.url}/readyz") as resp:
+            body = await resp.json()
+            return {"status": resp.status, **body}
+
+    async def metric(self, session: Any, prefix: str) -> float:
+        """The sum of the /metrics samples whose line starts with ``prefix``."""
+        async with session.get(f"{self.url}/metrics") as resp:
+            text = await resp.text()
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+
+
+async def wait_ready(
+    session: Any, procs: list[ResolverProcess], *, ready: bool = True, timeout: float = 20
+) -> None:
+    """Poll /readyz of every resolver process until each says ``ready``."""
+
+    async def all_there() -> bool:
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"resolver exited: {proc.output()}")
+            if (await proc.readiness(session))["ready"] is not ready:
+                return False
+        return True
+
+    await wait_until(all_there, timeout=timeout, what=f"resolvers ready={ready}")
