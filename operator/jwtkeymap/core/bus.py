@@ -4,8 +4,9 @@ Any writer only has to NOTIFY (the migration's triggers do it for every change
 to the mapping and key tables, whoever makes it). Each process LISTENs on one
 dedicated connection, outside the lookup pool, and evicts what a message names.
 
-Coherence fails closed: the cache is trusted only while every configured
-channel is connected. When one drops (which includes any database outage) the
+Coherence fails closed: the cache is trusted only while the channels can see
+every change: the LISTEN connection when this process has one (Redis is then a
+redundant second path), else every configured channel. When that stops (which includes any database outage) the
 policy engine is suspended (cache cleared, 503s for anything that needs the
 database) and the channel is reconnected with backoff; once it is back the
 engine resumes from an empty cache, so no message lost in the gap can matter.
@@ -313,7 +314,7 @@ class InvalidationBus:
 
     @property
     def connected(self) -> bool:
-        """Tell whether every configured channel is connected (the cache is coherent)."""
+        """Tell whether the cache is coherent: LISTEN connected, or else every channel."""
         return self._coherent.is_set()
 
     def status(self) -> dict[str, Any]:
@@ -358,9 +359,21 @@ class InvalidationBus:
         if self._relay and source.name == "postgres":
             # Notifications sent while the relay was away are lost for the whole fleet.
             self._relay_publish(FLUSH_ALL)
-        if all(s.connected for s in self.sources) and not self._coherent.is_set():
+        if self._sufficient() and not self._coherent.is_set():
             self.target.resume()
             self._coherent.set()
+
+    def _sufficient(self) -> bool:
+        """Tell whether the connected channels see every change.
+
+        A process that LISTENs on PostgreSQL gets every NOTIFY first-hand; Redis is
+        then only a second path, and losing it loses nothing. Without LISTEN,
+        Redis is the only path and must be up.
+        """
+        postgres = [s for s in self.sources if s.name == "postgres"]
+        if postgres:
+            return postgres[0].connected
+        return all(s.connected for s in self.sources)
 
     def _down(self, source: _Source) -> None:
         if source.connected:
@@ -368,11 +381,16 @@ class InvalidationBus:
         source.connected = False
         if self._stopping:
             return
-        if self._coherent.is_set():
+        if self._coherent.is_set() and not self._sufficient():
             self._coherent.clear()
             self.target.suspend()
             log.warning(
                 "invalidation channel disconnected: cache suspended",
+                extra={"channel": source.name},
+            )
+        elif self._coherent.is_set():
+            log.warning(
+                "invalidation channel disconnected: working on PostgreSQL alone",
                 extra={"channel": source.name},
             )
 

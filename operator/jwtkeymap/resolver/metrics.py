@@ -168,7 +168,12 @@ class _ServiceCollector(Collector):
         )
         connected = GaugeMetricFamily(
             "jwtkeymap_invalidation_connected",
-            "1 while every invalidation channel is connected (the cache is coherent).",
+            "1 while the invalidation channels see every change (the cache is coherent).",
+        )
+        channel_up = GaugeMetricFamily(
+            "jwtkeymap_invalidation_channel_connected",
+            "1 while this invalidation channel is connected.",
+            labels=["channel"],
         )
         if bus is not None:
             for (channel, kind), value in sorted(bus.stats.received.items()):
@@ -177,4 +182,6 @@ class _ServiceCollector(Collector):
             for channel, value in sorted(bus.stats.disconnects.items()):
                 disconnects.add_metric([channel], value)
             connected.add_metric([], 1 if bus.connected else 0)
-        yield from (received, evicted, disconnects, connected)
+            for source in bus.sources:
+                channel_up.add_metric([source.name], 1 if source.connected else 0)
+        yield from (received, evicted, disconnects, connected, channel_up)

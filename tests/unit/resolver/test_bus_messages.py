@@ -78,20 +78,33 @@ class Target:
         self.calls.append("resume")
 
 
-async def test_coherent_only_while_every_channel_is_up():
+async def test_coherent_while_listen_is_up_redis_is_a_redundant_path():
     settings = load_settings(None, database_url="postgresql://x@h/db", redis_url="redis://h")
     target = Target()
     bus = InvalidationBus(settings, target)
     pg, redis = bus.sources
-    bus._up(pg)
+    bus._up(redis)
     assert not bus.connected and target.calls == []
+    bus._up(pg)
+    assert bus.connected and target.calls == ["resume"]
+    bus._down(redis)  # LISTEN still sees every change: keep serving
+    assert bus.connected and target.calls == ["resume"]
+    bus._down(pg)
+    assert not bus.connected and target.calls == ["resume", "suspend"]
+    assert bus.stats.disconnects == {"redis": 1, "postgres": 1}
+
+
+async def test_redis_only_channel_must_be_up():
+    settings = load_settings(
+        None, database_url="postgresql://x@h/db", redis_url="redis://h", invalidation_listen=False
+    )
+    target = Target()
+    bus = InvalidationBus(settings, target)
+    [redis] = bus.sources
     bus._up(redis)
     assert bus.connected and target.calls == ["resume"]
     bus._down(redis)
     assert not bus.connected and target.calls == ["resume", "suspend"]
-    bus._down(pg)  # already suspended: nothing more
-    assert target.calls == ["resume", "suspend"]
-    assert bus.stats.disconnects == {"redis": 1, "postgres": 1}
 
 
 async def test_malformed_message_flushes_and_is_counted():
