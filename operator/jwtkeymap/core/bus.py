@@ -6,10 +6,11 @@ dedicated connection, outside the lookup pool, and evicts what a message names.
 
 Coherence fails closed: the cache is trusted only while the channels can see
 every change: the LISTEN connection when this process has one (Redis is then a
-redundant second path), else every configured channel. When that stops (which includes any database outage) the
-policy engine is suspended (cache cleared, 503s for anything that needs the
-database) and the channel is reconnected with backoff; once it is back the
-engine resumes from an empty cache, so no message lost in the gap can matter.
+redundant second path), else every configured channel. When that stops (which
+includes any database outage) the policy engine is suspended (cache cleared,
+503s for anything that needs the database) and the channel is reconnected with
+backoff; once it is back the engine resumes from an empty cache, so no message
+lost in the gap can matter.
 
 Redis is an optional second (or only) channel, for fleets that cannot hold a
 LISTEN connection per process (PgBouncer in transaction mode). Something must

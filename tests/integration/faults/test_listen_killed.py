@@ -101,9 +101,7 @@ async def test_revocations_racing_a_killed_listen_are_never_honoured(
             assert body["checks"]["invalidation"]["ok"] is False
             got = await check_token(http, proc.url, tokens[last])
             assert (got.status, got.reason) == (503, "database_unavailable")
-            await db.execute(
-                "DELETE FROM \"LiteLLM_JWTKeyMapping\" WHERE jwt_claim_value = $1", last
-            )
+            await db.execute('DELETE FROM "LiteLLM_JWTKeyMapping" WHERE jwt_claim_value = $1', last)
         finally:
             await pg_server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await wait_ready(http, [proc])
