@@ -172,3 +172,24 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         yield pg
     finally:
         pg.destroy()
+
+
+@contextlib.contextmanager
+def migrated_postgres(channel: str = "jwtkeymap_invalidate") -> Iterator[ThrowawayPostgres]:
+    """A private server whose ``postgres`` database is migrated (for tests that stop it)."""
+    import asyncio
+
+    import asyncpg
+
+    from jwtkeymap.core import schema
+
+    async def migrate(url: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await schema.migrate(conn, channel=channel)
+        finally:
+            await conn.close()
+
+    with throwaway_postgres() as pg:
+        asyncio.run(migrate(pg.url))
+        yield pg

@@ -457,6 +457,25 @@ class ResolverProcess(_Process):
         self.settings = {"log_level": "info", **settings}
         self.upstream = upstream
 
+    @classmethod
+    def trusting(cls, key: SigningKey, database_url: str, **extra: Any) -> ResolverProcess:
+        """A resolver trusting ``key``'s issuer, with long TTLs (only invalidation evicts)
+        and quick reconnects (recovery is observed in seconds); ``extra`` overrides."""
+        settings: dict[str, Any] = {
+            "database_url": database_url,
+            "claim_field": "sub",
+            "issuers": [
+                {"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm"}
+            ],
+            "positive_ttl_seconds": 300,
+            "negative_ttl_seconds": 300,
+            "db_timeout_seconds": 1,
+            "invalidation_liveness_seconds": 0.5,
+            "invalidation_reconnect_max_seconds": 0.3,
+        }
+        settings.update(extra)
+        return cls(settings)
+
     @property
     def url(self) -> str:
         """Base URL of the resolver."""
@@ -512,3 +531,61 @@ async def wait_ready(
         return True
 
     await wait_until(all_there, timeout=timeout, what=f"resolvers ready={ready}")
+
+
+class OperatorProcess(_Process):
+    """``python -m jwtkeymap operator`` as a child process (standalone), for crash tests.
+
+    ``env`` must let it reach the API server (``KUBECONFIG``); metrics are served on
+    ``metrics_port`` so a test can read what the operator exports.
+    """
+
+    name = "operator"
+
+    def __init__(
+        self, namespaces: list[str], settings: dict[str, Any], *, env: dict[str, str]
+    ) -> None:
+        super().__init__()
+        self.namespaces = namespaces
+        self.settings = settings
+        self.env = env
+        self.metrics_port = free_port()
+        self.starts = 0
+
+    def start(self) -> None:
+        """Spawn (again); output is appended to the same log."""
+        config = self.dir / "config.yaml"
+        config.write_text(json.dumps(self.settings))
+        argv = [sys.executable, "-m", "jwtkeymap", "--config", str(config), "operator",
+                "--standalone", "--liveness", ""]  # fmt: skip
+        for ns in self.namespaces:
+            argv += ["-n", ns]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env={**self.env, "JWTKEYMAP_METRICS_PORT": str(self.metrics_port)},
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handler runs, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def metrics(self) -> str:
+        """The /metrics text ('' while it is not served)."""
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    def full_output(self) -> str:
+        """Everything every run printed."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
