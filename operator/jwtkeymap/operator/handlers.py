@@ -46,6 +46,7 @@ from jwtkeymap.operator.resource import (
     FINALIZER,
     GROUP,
     PLURAL,
+    RELEASED_ANNOTATION,
     SECRET_VERSION_ANNOTATION,
     VERSION,
     MappingSpec,
@@ -341,9 +342,10 @@ def register(
         name: str,
         uid: str,
         retry: int,
-        **_: Any,
+        logger: kopf.Logger,
+        **kwargs: Any,
     ) -> None:
-        assert runtime.reconciler is not None
+        assert runtime.reconciler is not None and runtime.kube is not None
         retain = spec.get("deletionPolicy") == "Retain"
         try:
             result = await runtime.reconciler.delete(
@@ -357,6 +359,21 @@ def register(
             ) from None
         if result.outcome is Outcome.DELETED:
             kopf.event(body, type="Normal", reason="Deleted", message="mapping removed")
+            # Resources that lost a Conflict over this identity may now take it.
+            taken: kopf.Index[tuple[str, str, str], tuple[str, str]] = kwargs["by_identity"]
+            identity = result.identity
+            assert identity is not None
+            key = (identity.issuer, identity.claim_name, identity.claim_value)
+            for ref, other_uid in taken.get(key, []):
+                if other_uid == uid:
+                    continue
+                other_ns, _, other_name = ref.partition("/")
+                try:
+                    await runtime.kube.annotate_mapping(
+                        other_ns, other_name, {RELEASED_ANNOTATION: uid}
+                    )
+                except JwtKeyMapError as exc:
+                    logger.warning("could not wake %s after the release: %s", ref, exc)
         elif result.outcome is Outcome.RETAINED:
             kopf.event(
                 body, type="Normal", reason="Retained", message="mapping kept (deletionPolicy)"

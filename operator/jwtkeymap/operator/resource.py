@@ -28,6 +28,9 @@ FINALIZER: Final = "jwtkeymap.io/finalizer"
 ADOPT_ANNOTATION: Final = "jwtkeymap.io/adopt"
 # Set by the operator on a mapping when its Secret changes, so kopf re-runs the reconcile.
 SECRET_VERSION_ANNOTATION: Final = "jwtkeymap.io/secret-version"
+# Set on mappings that lost a Conflict when the winner lets go of the identity, so they
+# retry at once instead of on the next drift timer.
+RELEASED_ANNOTATION: Final = "jwtkeymap.io/released-by"
 
 _HASH_RE: Final = re.compile(r"[0-9a-f]{64}")
 _DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -235,8 +235,19 @@ async def test_conflict_between_namespaces(
     assert any(e["reason"] == "Conflict" and e["type"] == "Warning" for e in events)
 
     # Deleting the loser leaves the winner's row alone.
+    third_ns = f"t-{uuid.uuid4().hex[:10]}"
+    await controlplane.akubectl("create", "namespace", third_ns, check=True)
     await controlplane.akubectl("delete", "jkm", "erin", "-n", second_ns, check=True)
     assert [r["token"] for r in await rows(db)] == [token]
+
+    # Deleting the winner lets a waiting loser take the identity at once (no drift timer:
+    # it runs every 300 s here).
+    await cluster.apply_mapping(first_ns, "erin-2", spec("erin@example.com", key=by_hash(other)))
+    await cluster.wait_reason(first_ns, "erin-2", "Conflict")
+    await controlplane.akubectl("delete", "jkm", "erin", "-n", first_ns, check=True)
+    obj = await cluster.wait_reason(first_ns, "erin-2", "Synced", timeout=15)
+    [row] = await rows(db)
+    assert (row["token"], row["owner"]) == (other, f"k8s:{obj['metadata']['uid']}")
 
 
 async def test_key_not_found_then_key_created(
