@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
+from prometheus_client import Counter
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import MappingConflict, SchemaError
@@ -41,6 +42,10 @@ from jwtkeymap.core.store import Store
 log = logging.getLogger(__name__)
 
 OPERATOR_ACTOR: Final = "jwtkeymap:operator"
+
+RECONCILES = Counter(
+    "jwtkeymap_reconciles", "Reconciles of desired mappings, by outcome.", ["outcome", "actor"]
+)
 OFFLINE_ACTOR: Final = "jwtkeymap:apply"
 
 
@@ -216,6 +221,7 @@ class Reconciler:
             # a second pass sees its row and reports the conflict properly.
             result = await self._apply_once(want, dry_run=dry_run)
         if not dry_run:
+            RECONCILES.labels(outcome=result.outcome.value, actor=self._actor).inc()
             await self._after_commit(result)
         return result
 
@@ -341,6 +347,10 @@ class Reconciler:
             else:
                 for row in owned:
                     await self._delete_row(conn, row.id)
+        RECONCILES.labels(
+            outcome=(Outcome.RETAINED if retain else Outcome.DELETED) if owned else Outcome.ABSENT,
+            actor=self._actor,
+        ).inc()
         if not owned:
             return ReconcileResult(Outcome.ABSENT, identity=None, ref=ref)
         first = owned[0]

@@ -328,3 +328,18 @@ async def test_database_down_raises_database_unavailable() -> None:
         await store.close()
     finally:
         pg.destroy()
+
+
+async def test_outcomes_are_counted(store: Store, reconciler: Reconciler) -> None:
+    from jwtkeymap.core.reconcile import RECONCILES
+
+    def count(outcome: str) -> float:
+        return RECONCILES.labels(outcome=outcome, actor="jwtkeymap:operator")._value.get()
+
+    before = {o: count(o) for o in ("created", "unchanged", "deleted")}
+    token = await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    await reconciler.apply(desired(ALICE, token))
+    await reconciler.apply(desired(ALICE, token), dry_run=True)  # dry runs are not counted
+    await reconciler.delete("k8s:uid-1")
+    assert {o: count(o) - before[o] for o in before} == {"created": 1, "unchanged": 1, "deleted": 1}
