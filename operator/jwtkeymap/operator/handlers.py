@@ -166,13 +166,13 @@ async def attempt(
         return Verdict(_ready(st.Reason.SECRET_NOT_FOUND, str(exc)), permanent=True)
     except SecretKeyMissing as exc:
         return Verdict(_ready(st.Reason.SECRET_KEY_MISSING, str(exc)), permanent=True)
-    except (DatabaseUnavailable, KubeUnavailable) as exc:
-        return Verdict(_ready(st.Reason.DATABASE_UNAVAILABLE, str(exc), ok=None), retry=True)
-    except StoreError as exc:
+    except KubeUnavailable as exc:
+        return Verdict(_ready(st.Reason.SECRET_UNREADABLE, str(exc), ok=None), retry=True)
+    except (DatabaseUnavailable, StoreError) as exc:
         return Verdict(_ready(st.Reason.DATABASE_UNAVAILABLE, str(exc), ok=None), retry=True)
     if result.outcome is Outcome.CONFLICT:
-        # Not retried on a timer of its own: the drift timer tries again, so the mapping
-        # takes over once the other owner lets go.
+        # No retry loop: the holder's deletion wakes this resource (RELEASED_ANNOTATION),
+        # and the drift timer tries again anyway.
         return Verdict(_ready(st.Reason.CONFLICT, result.message), result=result)
     if result.outcome is Outcome.KEY_NOT_FOUND:
         return Verdict(_ready(st.Reason.KEY_NOT_FOUND, result.message), result=result, retry=True)
@@ -204,7 +204,7 @@ def record(
     result = verdict.result
     wrote = result is not None and result.outcome.wrote
     transition = st.is_transition(conditions, verdict.condition)
-    if not (wrote or not st.is_current(conditions, verdict.condition, generation=generation)):
+    if not wrote and st.is_current(conditions, verdict.condition, generation=generation):
         return  # nothing to say: no status write at all (resume and timers stay free)
     patch.status["conditions"] = st.set_condition(
         conditions, verdict.condition, generation=generation, now=now

@@ -26,10 +26,10 @@ class Reason(enum.StrEnum):
     KEY_NOT_FOUND = "KeyNotFound"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_MISSING = "SecretKeyMissing"
+    SECRET_UNREADABLE = "SecretUnreadable"  # the API refused or failed (RBAC, outage): retried
     CONFLICT = "Conflict"
     INVALID_SPEC = "InvalidSpec"
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
-    DELETING = "Deleting"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

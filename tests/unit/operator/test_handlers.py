@@ -1,0 +1,180 @@
+"""Handler logic without kopf running: how each failure becomes a condition, what gets written."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import kopf
+import pytest
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
+from jwtkeymap.core.keys import fingerprint, hash_key
+from jwtkeymap.core.reconcile import DesiredMapping, Outcome, ReconcileResult
+from jwtkeymap.core.settings import load_settings
+from jwtkeymap.operator.handlers import Runtime, Verdict, attempt, record
+from jwtkeymap.operator.kube import KubeUnavailable
+from jwtkeymap.operator.status import Condition
+
+TOKEN = hash_key("sk-unit")
+ALICE = MappingIdentity("", "email", "alice@example.com")
+META = {"uid": "uid-1", "name": "alice", "generation": 2, "annotations": {}}
+NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class FakeReconciler:
+    def __init__(self, outcome: Outcome | Exception) -> None:
+        self.outcome = outcome
+        self.wanted: list[DesiredMapping] = []
+
+    async def apply(self, want: DesiredMapping) -> ReconcileResult:
+        self.wanted.append(want)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        message = "held by JWTKeyMapping b/alice" if self.outcome is Outcome.CONFLICT else ""
+        return ReconcileResult(
+            self.outcome,
+            identity=want.identity,
+            mapping_id="m-1",
+            key_fingerprint=want.key_fingerprint,
+            message=message,
+        )
+
+
+class FakeKube:
+    def __init__(self, data: dict[str, str] | Exception | None) -> None:
+        self.data = data
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        if isinstance(self.data, Exception):
+            raise self.data
+        return self.data
+
+
+def runtime(outcome: Outcome | Exception, kube: Any = None) -> Runtime:
+    rt = Runtime(settings=load_settings(None), connect_kube=None)  # type: ignore[arg-type]
+    rt.reconciler = FakeReconciler(outcome)  # type: ignore[assignment]
+    rt.kube = kube
+    return rt
+
+
+def by_hash(**extra: Any) -> dict[str, Any]:
+    return {
+        "claim": {"name": "email", "value": "alice@example.com"},
+        "key": {"hash": TOKEN},
+        **extra,
+    }
+
+
+def by_secret() -> dict[str, Any]:
+    ref = {"secretRef": {"name": "keys", "key": "alice"}}
+    return {"claim": {"name": "email", "value": "alice@example.com"}, "key": ref}
+
+
+async def test_synced() -> None:
+    rt = runtime(Outcome.CREATED)
+    verdict = await attempt(rt, by_hash(), META, "ns")
+    assert (verdict.condition.status, verdict.condition.reason) == (True, "Synced")
+    assert (
+        verdict.condition.message
+        == f"email=alice@example.com is mapped to key {fingerprint(TOKEN)}"
+    )
+    assert not verdict.retry and not verdict.permanent
+    [want] = rt.reconciler.wanted  # type: ignore[union-attr]
+    assert (want.owner, want.ref, want.identity) == ("k8s:uid-1", "ns/alice", ALICE)
+
+
+async def test_secret_is_read_and_hashed() -> None:
+    data = {"alice": base64.b64encode(b"sk-unit").decode()}
+    rt = runtime(Outcome.UNCHANGED, FakeKube(data))
+    verdict = await attempt(rt, by_secret(), META, "ns")
+    assert verdict.condition.reason == "Synced"
+    assert rt.reconciler.wanted[0].token_hash == TOKEN  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("spec", "outcome", "kube", "reason", "status", "retry", "permanent"),
+    [
+        (by_hash(active="maybe"), Outcome.CREATED, None, "InvalidSpec", False, False, True),
+        (by_hash(), SchemaError("no jwt_issuer column"), None, "InvalidSpec", False, False, True),
+        (by_secret(), Outcome.CREATED, FakeKube(None), "SecretNotFound", False, False, True),
+        (by_secret(), Outcome.CREATED, FakeKube({}), "SecretKeyMissing", False, False, True),
+        (
+            by_secret(), Outcome.CREATED, FakeKube(KubeUnavailable("HTTP 403")),
+            "SecretUnreadable", None, True, False,
+        ),
+        (by_hash(), DatabaseUnavailable("down"), None, "DatabaseUnavailable", None, True, False),
+        (by_hash(), Outcome.KEY_NOT_FOUND, None, "KeyNotFound", False, True, False),
+        (by_hash(), Outcome.CONFLICT, None, "Conflict", False, False, False),
+    ],
+)  # fmt: skip
+async def test_failures(
+    spec: dict[str, Any],
+    outcome: Any,
+    kube: Any,
+    reason: str,
+    status: bool | None,
+    retry: bool,
+    permanent: bool,
+) -> None:
+    verdict = await attempt(runtime(outcome, kube), spec, META, "ns")
+    assert (verdict.condition.reason, verdict.condition.status) == (reason, status)
+    assert (verdict.retry, verdict.permanent) == (retry, permanent)
+    assert TOKEN not in verdict.condition.message
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        kopf, "event", lambda body, *, type, reason, message: seen.append((type, reason))
+    )
+    return seen
+
+
+def synced(outcome: Outcome) -> Verdict:
+    result = ReconcileResult(outcome, identity=ALICE, mapping_id="m-1", key_fingerprint="fp")
+    return Verdict(Condition("Ready", True, "Synced", "mapped"), result=result)
+
+
+def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str, str]]) -> None:
+    patch = kopf.Patch()
+    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=patch, now=NOW)
+    assert patch["status"] == {
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Synced", "message": "mapped",
+             "lastTransitionTime": "2026-05-01T12:00:00Z", "observedGeneration": 2}
+        ],
+        "observedGeneration": 2,
+        "mappingId": "m-1",
+        "keyFingerprint": "fp",
+        "lastSyncTime": "2026-05-01T12:00:00Z",
+    }  # fmt: skip
+    assert events == [("Normal", "Synced")]
+
+
+def test_record_is_silent_when_nothing_changed(events: list[tuple[str, str]]) -> None:
+    first = kopf.Patch()
+    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=first, now=NOW)
+    status = dict(first["status"])
+    events.clear()
+    again = kopf.Patch()
+    record(synced(Outcome.UNCHANGED), body=kopf.Body({}), status=status, meta=META, patch=again)
+    assert dict(again) == {} and events == []
+
+
+def test_record_drift_repair_warns(events: list[tuple[str, str]]) -> None:
+    first = kopf.Patch()
+    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=first, now=NOW)
+    events.clear()
+    later = NOW + dt.timedelta(hours=1)
+    patch = kopf.Patch()
+    status = dict(first["status"])
+    record(synced(Outcome.CREATED), body=kopf.Body({}), status=status, meta=META, patch=patch,
+           now=later, drift=True)  # fmt: skip
+    assert events == [("Warning", "DriftRepaired")]
+    assert patch["status"]["lastSyncTime"] == "2026-05-01T13:00:00Z"
+    # Still Ready: the transition time stays.
+    assert patch["status"]["conditions"][0]["lastTransitionTime"] == "2026-05-01T12:00:00Z"
