@@ -110,6 +110,9 @@ async def test_map_lifecycle_and_decisions(
     assert json.loads(gone.stdout)["reason"] == "unregistered_client"
     again = await jwtkeymap(*base, "map", "remove", mapping_id)
     assert again.returncode != 0 and "not found" in again.stderr
+    for verb in ("disable", "enable"):
+        missing = await jwtkeymap(*base, "map", verb, mapping_id)
+        assert missing.returncode == 1 and "not found" in missing.stderr
 
 
 async def test_duplicate_mapping_is_a_conflict(database_url: str) -> None:
