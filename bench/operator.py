@@ -122,12 +122,12 @@ class Operator:
             await asyncio.wait_for(self._task, timeout=60)
 
 
-async def wait_until(condition: Any, timeout: float, what: str) -> None:
+async def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -176,14 +176,26 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
         "create", "-f", "-", input=manifest_list(namespace, count, tokens), timeout=600
     )
     assert created.returncode == 0, created.stderr
+    assert first.runtime is not None
+
+    async def all_reconciled() -> bool:
+        reconciler = first.runtime.reconciler if first.runtime else None
+        return reconciler is not None and reconciler.reconciles >= count
+
+    # Cheap in-process progress first; listing every object through the API is not.
+    await wait_until(all_reconciled, timeout=3600, what="every resource reconciled")
     await wait_until(
-        lambda: _all_ready(plane, namespace, count), timeout=1800, what="all resources Ready"
+        lambda: _all_ready(plane, namespace, count),
+        timeout=3600,
+        what="all resources Ready",
+        interval=1,
     )
     create_seconds = time.monotonic() - started
     assert first.runtime is not None and first.runtime.reconciler is not None
     first_writes = first.runtime.reconciler.writes
     await first.stop()
     rows.append((f"create {count} resources → all Ready", f"{create_seconds:.1f} s"))
+    print(f"created: {create_seconds:.1f} s", file=sys.stderr, flush=True)
     rows.append(("  mapping rows written", f"{first_writes}"))
 
     # 2. Restart: resume every resource; nothing changed, so nothing may be written.
