@@ -6,10 +6,28 @@ a token or key: callers pass fingerprints only.
 
 from __future__ import annotations
 
+import datetime
+import enum
 import logging
 import sys
+from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
+
+# kopf's per-object loggers pass its whole OperatorSettings (and a flag) as ``extra``:
+# not log content, and not serialisable (it holds queues).
+_NOT_FIELDS = (*RESERVED_ATTRS, "settings", "k8s_skip", "taskName")
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise what JSON cannot, without expanding objects: a dataclass or object passed
+    as ``extra`` is named by its type, so its fields (a key hash, say) never reach a log."""
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return f"<{type(value).__name__}>"
 
 
 def configure_logging(level: str = "info", *, json: bool = True) -> None:
@@ -20,6 +38,8 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
             JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                reserved_attrs=_NOT_FIELDS,
+                json_default=_json_default,
             )
         )
     else:
