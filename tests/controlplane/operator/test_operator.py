@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -450,3 +451,12 @@ async def test_changes_after_a_restart_are_handled(
         return [r["jwt_claim_value"] for r in await rows(db)] == ["leo@new.example.com"]
 
     await apoll(moved, message="the change to be reconciled")
+
+
+async def test_examples_are_valid_for_the_crd(controlplane: ControlPlane, cluster: Cluster) -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples" / "mappings"
+    for ns in ("team-alpha", "team-beta"):
+        await cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    done = await controlplane.akubectl("apply", "--dry-run=server", "-f", str(examples))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("jwtkeymapping.jwtkeymap.io/") == 4
