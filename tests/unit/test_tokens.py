@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from typing import Any
 
@@ -15,7 +13,7 @@ from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.tokens import TokenVerifier, parse_unverified
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.testing.tokens import SigningKey, b64url, hostile_tokens
 
 ISS = "https://idp.unit"
 
@@ -44,11 +42,6 @@ def verifier(*keys: SigningKey, **issuer: Any) -> TokenVerifier:
         ],
     )
     return TokenVerifier(settings)
-
-
-def b64(obj: Any) -> str:
-    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 async def test_valid_rs256_and_es256_tokens_verify(key: SigningKey, es_key: SigningKey) -> None:
@@ -90,63 +83,6 @@ async def test_cache_never_outlives_the_token(key: SigningKey) -> None:
     assert v.cache.get(next(iter(v.cache.keys()))) is None
 
 
-def forge(header: dict[str, Any], payload: dict[str, Any], sig: str = "c2ln") -> str:
-    return f"{b64(header)}.{b64(payload)}.{sig}"
-
-
-def claims(**extra: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {"iss": ISS, "aud": "litellm", "sub": "a", "exp": now + 600, "iat": now, **extra}
-
-
-def hostile_tokens(key: SigningKey) -> dict[str, str]:
-    pem = key.public_pem.encode()
-    now = int(time.time())
-    good = key.sign({"sub": "a"})
-    return {
-        "alg none": forge({"alg": "none", "typ": "JWT"}, claims(), ""),
-        "alg none nonempty sig": forge({"alg": "none"}, claims()),
-        "alg missing": forge({"typ": "JWT"}, claims()),
-        "hs256 with public key as secret": _hs256_confusion(pem),
-        "expired": key.sign({"sub": "a"}, exp=now - 3600),
-        "nbf in future": key.sign({"sub": "a"}, nbf=now + 3600),
-        "wrong iss": SigningKey("https://evil", kid="k1").sign({"sub": "a"}),
-        "trusted iss other key": SigningKey(ISS, kid="k1").sign({"sub": "a"}),
-        "wrong aud": key.sign({"sub": "a"}, audience="someone-else"),
-        "no aud": key.sign({"sub": "a"}, audience=None),
-        "no exp": forge({"alg": "RS256", "kid": "k1"}, {"iss": ISS, "aud": "litellm"}),
-        "malformed base64": "!!!.@@@.###",
-        "truncated": good[: len(good) // 2],
-        "two dots only": "a.b",
-        "four segments": good + ".extra",
-        "three dots": "...",
-        "header not object": f"{b64([1, 2])}.{b64(claims())}.c2ln",
-        "claims not object": f"{b64({'alg': 'RS256'})}.{b64('str')}.c2ln",
-        "claims not json": f"{b64({'alg': 'RS256'})}.{b64(b'{nope')}.c2ln",
-        "huge": key.sign({"sub": "a", "pad": "x" * 65536}),
-        "tampered payload": _tamper(good),
-        "kid not string": forge({"alg": "RS256", "kid": 5}, claims()),
-        "empty": "",
-    }
-
-
-def _hs256_confusion(pem: bytes) -> str:
-    import hashlib
-    import hmac
-
-    header = b64({"alg": "HS256", "typ": "JWT"})
-    payload = b64(claims())
-    sig = hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-    return f"{header}.{payload}.{b64(sig)}"
-
-
-def _tamper(token: str) -> str:
-    h, p, s = token.split(".")
-    body = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
-    body["sub"] = "mallory"
-    return f"{h}.{b64(body)}.{s}"
-
-
 @pytest.mark.parametrize("name", list(hostile_tokens(SigningKey(ISS)).keys()))
 async def test_hostile_tokens_are_rejected(key: SigningKey, name: str) -> None:
     token = hostile_tokens(key)[name]
@@ -179,7 +115,7 @@ async def test_leeway_accepts_a_just_expired_token(key: SigningKey) -> None:
 
 def test_parse_unverified_needs_json_objects() -> None:
     with pytest.raises(InvalidToken, match="not a JSON object"):
-        parse_unverified(f"{b64([1])}.{b64({})}.x")
+        parse_unverified(f"{b64url([1])}.{b64url({})}.x")
 
 
 def test_bad_pem_is_a_config_error() -> None:

@@ -329,7 +329,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     """Build the resolver application (reverse-proxy routes when ``settings.upstream``)."""
-    app = web.Application(handler_args={"max_field_size": 32 * 1024})
+    app = web.Application(handler_args={"max_field_size": check.MAX_HEADER_BYTES})
     service = Service(settings, clock=clock)
     app[SERVICE] = service
 

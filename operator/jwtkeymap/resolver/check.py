@@ -21,6 +21,7 @@ from typing import Final
 
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.policy import Decision, Outcome
+from jwtkeymap.core.tokens import MAX_TOKEN_BYTES
 
 HEADER_PREFIX: Final = "x-jwtkeymap-"
 DECISION_HEADER: Final = "x-jwtkeymap-decision"
@@ -32,6 +33,10 @@ REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
 IDENTITY_HEADERS: Final = (DECISION_HEADER, KEY_HASH_HEADER, TEAM_HEADER, USER_HEADER, ORG_HEADER)
 
 RETRY_AFTER_SECONDS: Final = "1"
+# Headers this large still reach the check, so an oversized token gets the contract's 401
+# (core's MAX_TOKEN_BYTES, enforced here before any path, opaque tokens included) rather
+# than the HTTP parser's bare 400; beyond this the parser refuses.
+MAX_HEADER_BYTES: Final = 128 * 1024
 _WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
 
 
@@ -67,6 +72,8 @@ def bearer_token(authorization: str | None) -> str:
     token = token.strip()
     if not token or " " in token:
         raise InvalidToken("the Bearer token is empty or malformed")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise InvalidToken(f"the Bearer token is longer than {MAX_TOKEN_BYTES} characters")
     return token
 
 
