@@ -95,11 +95,11 @@ def server(
         proc.wait(30)
 
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
 def _seconds(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     assert match, text
     return float(match.group(1)) * _UNITS[match.group(2)]
 
@@ -124,15 +124,24 @@ def wrk(url: str, *, seconds: float, connections: int, script: Path, pid: int) -
         url,
     ]
     out = subprocess.run(pinned(argv, 1), capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
-    p99 = re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    rps, p50, p99 = (
+        re.search(r"Requests/sec:\s+([\d.]+)", out),
+        re.search(r"^\s+50%\s+(\S+)$", out, re.M),
+        re.search(r"^\s+99%\s+(\S+)$", out, re.M),
+    )
+    if rps is None or p50 is None or p99 is None:
+        raise RuntimeError(f"cannot read wrk's output for {url}:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
     count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     cpu = (cpu_seconds(pid) - before) / count * 1e6
-    return {"rps": rps, "p50": _seconds(p50) * 1e6, "p99": _seconds(p99) * 1e6, "cpu": cpu}
+    return {
+        "rps": float(rps.group(1)),
+        "p50": _seconds(p50.group(1)) * 1e6,
+        "p99": _seconds(p99.group(1)) * 1e6,
+        "cpu": cpu,
+    }
 
 
 def lua_script(path: Path, tokens: list[str]) -> Path:

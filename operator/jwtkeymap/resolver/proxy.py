@@ -159,7 +159,7 @@ async def forward(
         if metrics is not None:
             metrics.upstream.labels(f"{upstream.status // 100}xx").inc()
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.update(downstream_response_headers(upstream.headers))
+        response.headers.extend(downstream_response_headers(upstream.headers))
         if upstream.status in _NO_BODY_STATUSES or request.method == "HEAD":
             await response.prepare(request)
             await response.write_eof()
