@@ -10,8 +10,9 @@ changed" answer.
   (LiteLLM's API, psql, auto-registration) and is taken over only on request
   (``adopt``).
 * Nothing changed means nothing written: the live row is compared with the
-  desired one before any statement that could fire the NOTIFY triggers, so a
-  restart, a resync or a timer costs reads only.
+  desired one by one plain read (no transaction, no row lock) before anything
+  that could fire the NOTIFY triggers, so a restart, a resync or a timer costs
+  one query per mapping.
 * A reconcile that cannot reach the desired state (conflict, missing key)
   writes nothing: the previous row stays as it was, and the caller reports why.
 * The invalidation bus is fed by the database triggers on every row change,
@@ -235,6 +236,9 @@ class Reconciler:
             )
         writes = self.writes
         async with self._store.connection("reconcile mapping") as conn:
+            unchanged = await _unchanged(conn, want, scoped=scoped)
+            if unchanged is not None:
+                return unchanged
             try:
                 async with conn.transaction():
                     box.append(await self._plan_and_write(conn, want, scoped=scoped))
@@ -528,6 +532,37 @@ def _live(row: Mapping[str, Any]) -> _Live:
         ref=row["ref"],
         created_by=row["created_by"],
     )
+
+
+async def _unchanged(
+    conn: asyncpg.Connection, want: DesiredMapping, *, scoped: bool
+) -> ReconcileResult | None:
+    """The common case of a resync, in one plain read: no transaction, no row lock.
+
+    Answers only "already exactly as desired, owned by us, key present, and no other
+    row of ours"; anything else goes through the locked path. A change racing this
+    read is another writer's event and gets reconciled on its own.
+    """
+    where, args = _identity_where(want.identity, scoped)
+    owner_arg = f"${len(args) + 1}"
+    issuer = "m.jwt_issuer" if scoped else "''"
+    row = await conn.fetchrow(
+        f"SELECT m.id, {issuer} AS jwt_issuer, m.jwt_claim_name, m.jwt_claim_value, m.token, "
+        "m.description, m.is_active, m.created_by, o.owner, o.ref, "
+        'EXISTS (SELECT 1 FROM "LiteLLM_VerificationToken" k WHERE k.token = m.token) '
+        "AS key_exists, "
+        f"(SELECT count(*) FROM jwtkeymap_mapping_owner x WHERE x.owner = {owner_arg}) AS owned "
+        'FROM "LiteLLM_JWTKeyMapping" m '
+        f"JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id AND o.owner = {owner_arg} "
+        f"WHERE {where}",
+        *args,
+        want.owner,
+    )
+    if row is None or not row["key_exists"] or row["owned"] != 1:
+        return None
+    if _live(row).digest() != want.digest():
+        return None
+    return _result(want, Outcome.UNCHANGED, mapping_id=row["id"])
 
 
 async def _key_exists(conn: asyncpg.Connection, token_hash: str) -> bool:

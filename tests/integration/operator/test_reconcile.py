@@ -343,3 +343,20 @@ async def test_outcomes_are_counted(store: Store, reconciler: Reconciler) -> Non
     await reconciler.apply(desired(ALICE, token), dry_run=True)  # dry runs are not counted
     await reconciler.delete("k8s:uid-1")
     assert {o: count(o) - before[o] for o in before} == {"created": 1, "unchanged": 1, "deleted": 1}
+
+
+async def test_unchanged_takes_no_lock(
+    store: Store, reconciler: Reconciler, database_url: str
+) -> None:
+    token = await new_key(store)
+    want = desired(ALICE, token)
+    await reconciler.apply(want)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute('SELECT 1 FROM "LiteLLM_JWTKeyMapping" FOR UPDATE')
+            # A resync must not wait for a lock someone else holds on the row.
+            async with asyncio.timeout(2):
+                assert (await reconciler.apply(want)).outcome is Outcome.UNCHANGED
+    finally:
+        await blocker.close()
