@@ -1,8 +1,8 @@
 """Reverse-proxy mode: check every request, then stream it to the upstream.
 
 * A denied request never reaches the upstream: the client gets the check's answer.
-* Client-sent ``x-jwtkeymap-*`` headers are dropped and the identity headers
-  added; ``Authorization`` is forwarded unless ``strip_authorization``.
+* Client-sent ``x-jwtkeymap-*`` headers (also spelt with ``_``) are dropped and
+  the identity headers added; ``Authorization`` is forwarded unless ``strip_authorization``.
 * Hop-by-hop headers (and any the ``Connection`` header names) stay on their hop.
 * Bodies are streamed both ways, chunk by chunk: an LLM's Server-Sent Events
   reach the client as the upstream sends them. Responses are passed through
@@ -73,7 +73,8 @@ def upstream_request_headers(
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         low = name.lower()
-        if low in drop or low.startswith(HEADER_PREFIX):
+        # "_" too: many upstream servers (every WSGI one) read x_jwtkeymap_… as x-jwtkeymap-….
+        if low in drop or low.replace("_", "-").startswith(HEADER_PREFIX):
             continue
         out.add(name, value)
     for name, value in result.identity.items():
