@@ -229,6 +229,10 @@ class _Process:
         """What the process printed (for failure messages)."""
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
+    def full_output(self) -> str:
+        """Everything every run printed."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def stop(self) -> None:
         """Stop the process and delete its directory."""
         if self.proc is not None and self.proc.poll() is None:
@@ -585,7 +589,3 @@ class OperatorProcess(_Process):
                 return str(r.read().decode())
         except OSError:
             return ""
-
-    def full_output(self) -> str:
-        """Everything every run printed."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
