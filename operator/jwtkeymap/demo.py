@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -164,12 +167,160 @@ def render(rows: list[list[str]]) -> str:
     return format_table([header, *(tuple(r) for r in rows)])
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mappings"
+EXAMPLE_ISSUER = "https://idp.example.com"
+# The virtual keys the example manifests refer to (demo values, as in their Secrets).
+EXAMPLE_KEYS = {
+    "sk-demo-alpha-alice-7b2e91c4d0a8f356": "team-alpha",
+    "sk-demo-alpha-bob-e4c81d2f95a07b63": "team-alpha",
+    "sk-demo-beta-ci-5a09f3e8b1d47c26": "team-beta",
+}
+CAROL_KEY_HASH = "4163396471d8434d8cac0db62c21575af24d5a8cfa9681145afffa631e550ba0"
+
+
+def _cli(url: str, *args: str) -> str:
+    """Run the real ``jwtkeymap`` command line; return what it printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jwtkeymap", "--database-url", url, "--log-level", "warning", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return (out.stdout + out.stderr).rstrip()
+
+
+async def _seed_example_keys(url: str) -> None:
+    from jwtkeymap.core.keys import hash_key
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = [(hash_key(k), team, "demo") for k, team in EXAMPLE_KEYS.items()]
+        rows.append((CAROL_KEY_HASH, "team-beta", "created in LiteLLM's UI"))
+        await conn.executemany(
+            'INSERT INTO "LiteLLM_VerificationToken"(token, team_id, key_alias) '
+            "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            rows,
+        )
+        # A mapping made by hand before the team moved to manifests (ci-robot adopts it).
+        await conn.execute(
+            'INSERT INTO "LiteLLM_JWTKeyMapping"(id, jwt_claim_name, jwt_claim_value, token, '
+            "created_by) VALUES ('hand-made-1', 'azp', 'beta-ci', $1, 'psql') "
+            "ON CONFLICT DO NOTHING",
+            hash_key("sk-demo-beta-ci-5a09f3e8b1d47c26"),
+        )
+    finally:
+        await conn.close()
+
+
+async def _through_the_resolver(url: str) -> list[tuple[str, str, str]]:
+    """Start a real resolver process and send signed JWTs through ``/check``."""
+    import aiohttp
+
+    from jwtkeymap.testing.servers import ResolverProcess, check_token, wait_until
+
+    idp, partner = SigningKey(EXAMPLE_ISSUER, kid="idp-1"), SigningKey(PARTNER, kid="p-1")
+    resolver = ResolverProcess(
+        {
+            "database_url": url,
+            "claim_field": "email",
+            "unregistered_client_behavior": "reject",
+            "log_level": "warning",
+            "issuers": [
+                {"issuer": k.issuer, "public_keys": [k.public_pem], "audience": "litellm"}
+                for k in (idp, partner)
+            ],
+        }
+    )
+    requests = [
+        ("alice@alpha (any issuer)", idp.sign({"email": "alice@alpha.example.com"})),
+        ("alice@alpha via partner IdP", partner.sign({"email": "alice@alpha.example.com"})),
+        ("bob@alpha (inactive)", idp.sign({"email": "bob@alpha.example.com"})),
+        ("carol@beta via corporate IdP", idp.sign({"email": "carol@beta.example.com"})),
+        ("carol@beta via partner IdP", partner.sign({"email": "carol@beta.example.com"})),
+        ("eve (no mapping)", idp.sign({"email": "eve@example.com"})),
+        ("no Authorization header", None),
+        ("forged signature", SigningKey(EXAMPLE_ISSUER).sign({"email": "alice@alpha.example.com"})),
+    ]
+    out: list[tuple[str, str, str]] = []
+    await resolver.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                return bool((await resolver.readiness(http))["status"] == 200)
+
+            await wait_until(ready, timeout=30, what="resolver readiness")
+            for label, token in requests:
+                got = await check_token(http, resolver.url, token)
+                detail = got.headers.get("x-jwtkeymap-decision") or got.reason or ""
+                team = got.headers.get("x-jwtkeymap-team-id", "")
+                out.append((label, f"{got.status} {detail}", team))
+            # Revoke alice behind everyone's back, in plain SQL: the trigger's NOTIFY evicts
+            # the resolver's cached allow at once (no TTL wait).
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(
+                    'UPDATE "LiteLLM_JWTKeyMapping" SET is_active = false '
+                    "WHERE jwt_claim_value = 'alice@alpha.example.com'"
+                )
+            finally:
+                await conn.close()
+            alice = requests[0][1]
+            start = time.monotonic()
+
+            async def revoked() -> bool:
+                return (await check_token(http, resolver.url, alice)).status == 403
+
+            await wait_until(revoked, timeout=10, what="revocation")
+            ms = (time.monotonic() - start) * 1000
+            out.append(
+                (f"alice after an SQL UPDATE (seen in {ms:.0f} ms)", "403 mapping_inactive", "")
+            )
+    finally:
+        resolver.stop()
+    return out
+
+
+def _cluster_free_flow(url: str) -> None:
+    if not EXAMPLES.is_dir():
+        click.echo("(examples/ not found next to the package: skipping the manifest flow)")
+        return
+    click.echo("\n== 2. The manifests in examples/mappings, applied without a cluster")
+    asyncio.run(_seed_example_keys(url))
+    click.echo("$ jwtkeymap diff -f examples/mappings")
+    click.echo(_cli(url, "diff", "-f", str(EXAMPLES)))
+    click.echo("$ jwtkeymap apply -f examples/mappings")
+    click.echo(_cli(url, "apply", "-f", str(EXAMPLES)))
+    click.echo("$ jwtkeymap apply -f examples/mappings   # again: nothing to do")
+    click.echo(_cli(url, "apply", "-f", str(EXAMPLES)))
+    click.echo("\n== 3. A resolver sidecar answering /check (claim: email, behaviour: reject)")
+    rows = asyncio.run(_through_the_resolver(url))
+    from jwtkeymap.cli import format_table
+
+    click.echo(format_table([("REQUEST", "/check", "TEAM"), *rows]))
+
+
 @click.command()
 def demo() -> None:
     """Show every policy's decision for sample JWTs, on a throwaway PostgreSQL."""
     try:
         with throwaway_postgres() as pg:
-            click.echo(f"started a throwaway PostgreSQL on 127.0.0.1:{pg.port}; migrated; seeded:")
+            pg.psql("CREATE DATABASE examples")
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "jwtkeymap",
+                    "--database-url",
+                    pg.url_for("examples"),
+                    "migrate",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            click.echo(f"started a throwaway PostgreSQL on 127.0.0.1:{pg.port}")
+            click.echo("\n== 1. The policy engine, for each unregistered-client behaviour")
+            click.echo("seeded:")
             click.echo("  alice -> team-alpha key, carol (corp IdP only) -> team-beta key,")
             click.echo(
                 "  bob -> disabled mapping, dave -> blocked key; admin = scope litellm_proxy_admin"
@@ -182,5 +333,6 @@ def demo() -> None:
                 "auto_register created erin's key in team-gamma (from the token's team claim);\n"
                 "tokens from an untrusted signer or past exp never reach the policy (401)."
             )
+            _cluster_free_flow(pg.url_for("examples"))
     except PostgresNotInstalled as exc:
         raise click.ClickException(str(exc)) from None

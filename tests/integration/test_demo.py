@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from jwtkeymap.demo import BEHAVIORS, render, run
+import asyncio
+
+from jwtkeymap.demo import (
+    BEHAVIORS,
+    EXAMPLES,
+    _cli,
+    _seed_example_keys,
+    _through_the_resolver,
+    render,
+    run,
+)
 
 
 async def test_demo_decisions(empty_database_url: str) -> None:
@@ -26,3 +36,20 @@ async def test_demo_decisions(empty_database_url: str) -> None:
     assert set(rows["platform admin (scope)"].values()) == {"200 admin"}
     table = render(table_rows)
     assert table.splitlines()[0].split()[0] == "REQUEST"
+
+
+async def test_demo_manifest_flow_and_resolver(database_url: str) -> None:
+    await _seed_example_keys(database_url)
+    applied = await asyncio.to_thread(_cli, database_url, "apply", "-f", str(EXAMPLES))
+    assert "1 adopted, 3 created" in applied
+    again = await asyncio.to_thread(_cli, database_url, "apply", "-f", str(EXAMPLES))
+    assert "4 unchanged" in again
+    rows = {
+        label: (result, team) for label, result, team in await _through_the_resolver(database_url)
+    }
+    assert rows["alice@alpha (any issuer)"] == ("200 mapped", "team-alpha")
+    assert rows["carol@beta via corporate IdP"] == ("200 mapped", "team-beta")
+    assert rows["carol@beta via partner IdP"][0] == "403 unregistered_client"
+    assert rows["bob@alpha (inactive)"][0] == "403 mapping_inactive"
+    assert rows["no Authorization header"][0] == "401 invalid_token"
+    assert any(label.startswith("alice after an SQL UPDATE") for label in rows)
