@@ -109,10 +109,11 @@ def operator(
     register(registry, settings, admission=webhook_port is not None)
 
     if webhook_port is not None:
+        from jwtkeymap.operator.webhooks import WebhookServer
 
         @kopf.on.startup(registry=registry)
         def webhook_server(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.admission.server = kopf.WebhookServer(
+            settings.admission.server = WebhookServer(
                 addr=webhook_addr,
                 port=webhook_port,
                 host=webhook_host,

@@ -107,6 +107,10 @@ def review(
     """Plan the injection, record the outcome, and raise kopf.AdmissionError for a bad setting."""
     try:
         mutation = plan(pod, defaults)
+    except (AttributeError, TypeError, KeyError):
+        # The apiserver decodes a Pod before admission, so only a forged review gets here.
+        INJECTIONS.labels("denied", "malformed_pod").inc()
+        raise kopf.AdmissionError("jwtkeymap sidecar injection: malformed Pod", code=400) from None
     except InjectionError as exc:
         INJECTIONS.labels("denied", "invalid_setting").inc()
         if not dryrun:

@@ -10,9 +10,11 @@ caught there and reported as a Conflict condition).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.resource import (
@@ -86,3 +88,38 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
     ) -> None:
         taken = kwargs["by_identity"]  # the kopf index registered by the handlers
         check(spec, namespace=namespace, name=name, uid=uid, settings=settings, taken=taken)
+
+
+def malformed_review(body: bytes) -> str | None:
+    """Say what makes ``body`` unusable as an AdmissionReview request, or None when it is one."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "the body is not a UTF-8 JSON document"
+    request = data.get("request") if isinstance(data, dict) else None
+    if not isinstance(request, dict):
+        return "not an AdmissionReview: no request object"
+    if not isinstance(request.get("uid"), str):
+        return "request.uid is missing"
+    for field in ("kind", "resource"):
+        if not isinstance(request.get(field), dict):
+            return f"request.{field} is missing"
+    objects = [request.get("object"), request.get("oldObject")]
+    if any(o is not None and not isinstance(o, dict) for o in objects) or not any(objects):
+        return "request.object is missing or not an object"
+    return None
+
+
+class WebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, answering a malformed review with 400 instead of a 500.
+
+    Only the apiserver should call it, and it sends well-formed reviews; but the port
+    is reachable inside the cluster, and kopf indexes into the body unchecked.
+    """
+
+    @staticmethod
+    async def _serve(fn: Any, request: web.Request) -> web.Response:
+        problem = malformed_review(await request.read())
+        if problem is not None:
+            raise web.HTTPBadRequest(reason=problem)
+        return await kopf.WebhookServer._serve(fn, request)

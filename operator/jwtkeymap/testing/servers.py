@@ -547,9 +547,15 @@ class OperatorProcess(_Process):
     name = "operator"
 
     def __init__(
-        self, namespaces: list[str], settings: dict[str, Any], *, env: dict[str, str]
+        self,
+        namespaces: list[str],
+        settings: dict[str, Any],
+        *,
+        env: dict[str, str],
+        args: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
+        self.args = args
         self.namespaces = namespaces
         self.settings = settings
         self.env = env
@@ -564,6 +570,7 @@ class OperatorProcess(_Process):
                 "--standalone", "--liveness", ""]  # fmt: skip
         for ns in self.namespaces:
             argv += ["-n", ns]
+        argv += self.args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv,
