@@ -1,0 +1,482 @@
+"""Fleet benchmarks: the resolver against its ceiling, a flood of unmapped clients,
+invalidation across resolver processes, CR → eviction through the control plane, memory.
+
+Run: `make bench` or `.venv/bin/python -P bench/fleet.py [--only NAME ...]`. Figures,
+not pass/fail: each section prints a Markdown table with the target it is held to.
+Every resolver is a real `jwtkeymap resolver` process over a throwaway PostgreSQL.
+
+* ceiling:      bench/check.py's wrk run (trivial aiohttp handler, cache hit, cache miss)
+* flood:        1,000 distinct unmapped claims x 10 requests each (distinct tokens),
+                concurrently; database lookups counted by the resolver and by PostgreSQL
+* invalidation: a mapping flipped in the database; time until each of 4 resolver
+                processes answers differently (pollers start before the change)
+* controlplane: the same, the change being a JWTKeyMapping patched through the
+                apiserver and reconciled by a `jwtkeymap operator` process
+* memory:       resolver RSS before and after caching 100k mappings
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import random
+import ssl
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from jwtkeymap.core import schema
+from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.testing.postgres import ThrowawayPostgres, throwaway_postgres
+from jwtkeymap.testing.servers import (
+    OperatorProcess,
+    ResolverProcess,
+    check_token,
+    wait_ready,
+    wait_until,
+)
+from jwtkeymap.testing.tokens import SigningKey
+
+REPO = Path(__file__).resolve().parents[1]
+ISS = "https://idp.fleet.bench"
+CHANNEL = "jwtkeymap_invalidate"
+
+
+def _load(path: Path, name: str) -> Any:
+    # Loaded by path: this folder is never put on sys.path (bench/operator.py would
+    # shadow the standard library's `operator`).
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def migrated(pg: ThrowawayPostgres) -> str:
+    conn = await asyncpg.connect(pg.url)
+    try:
+        await schema.migrate(conn, channel=CHANNEL)
+    finally:
+        await conn.close()
+    return pg.url
+
+
+async def map_many(url: str, values: list[str]) -> str:
+    """One key, and a mapping of claim ``sub`` = each value to it; return the key hash."""
+    store = await Store.open(url, min_size=1, max_size=1)
+    try:
+        _, key = await store.create_key(NewKey(team_id="bench", user_id="u"), actor="bench")
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table(
+            "LiteLLM_JWTKeyMapping",
+            records=[(f"m-{v}", "sub", v, key.token_hash) for v in values],
+            columns=["id", "jwt_claim_name", "jwt_claim_value", "token"],
+        )
+    finally:
+        await conn.close()
+    return key.token_hash
+
+
+def resolver(key: SigningKey, url: str, **extra: Any) -> ResolverProcess:
+    base = {"log_level": "warning", "issuers": [
+        {"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm",
+         "algorithms": [key.alg]}]}  # fmt: skip
+    return ResolverProcess.trusting(key, url, **base, **extra)
+
+
+async def run_all(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
+    """Await ``coros`` with at most ``limit`` in flight."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(c: Awaitable[Any]) -> Any:
+        async with gate:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+# -- ceiling -------------------------------------------------------------------------------
+
+
+def ceiling(args: argparse.Namespace) -> str:
+    """bench/check.py's run, shortened: cache hit vs the trivial handler, cache-miss p50."""
+    check = _load(REPO / "bench" / "check.py", "bench_check")
+    results = check.run(args.seconds, 2, args.rounds)
+    by = {name: (loaded, unloaded) for name, loaded, unloaded in results}
+    trivial = by["trivial aiohttp handler"]
+    hit, miss = by["cache hit"], by["cache miss (PostgreSQL)"]
+    ratio = hit[0]["rps"] / trivial[0]["rps"]
+    return "\n".join(
+        [
+            check.table(results),
+            "",
+            "| figure | measured | target |",
+            "|---|---:|---|",
+            f"| cache hit / trivial handler (req/s, c=64) | {ratio:.2f}x | >= 0.9x "
+            f"{'met' if ratio >= 0.9 else 'missed'} |",
+            f"| cache miss p50, unloaded (c=1) | {miss[1]['p50'] / 1000:.2f} ms | <= 0.4 ms "
+            f"{'met' if miss[1]['p50'] <= 400 else 'missed'} |",
+        ]
+    )
+
+
+# -- flood ---------------------------------------------------------------------------------
+
+
+async def flood(args: argparse.Namespace) -> str:
+    """1,000 unmapped claims x 10 distinct tokens, all at once: how many lookups?"""
+    key = SigningKey(ISS, alg="ES256")
+    claims, per_claim = 1000, 10
+    with throwaway_postgres() as pg:
+        url = await migrated(pg)
+        proc = resolver(key, url, unregistered_client_behavior="reject", db_pool_max_size=4)
+        tokens = [
+            key.sign({"sub": f"stranger-{c}", "jti": str(r)})
+            for c in range(claims)
+            for r in range(per_claim)
+        ]
+        random.shuffle(tokens)
+        conn = await asyncpg.connect(url)
+        try:
+            await proc.start()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                await wait_ready(http, [proc])
+                lookups = 'jwtkeymap_db_query_duration_seconds_count{operation="lookup"}'
+                before = await proc.metric(http, lookups)
+                started = time.perf_counter()
+                answers = await run_all(
+                    [check_token(http, proc.url, t) for t in tokens], args.concurrency
+                )
+                elapsed = time.perf_counter() - started
+                counted = await proc.metric(http, lookups) - before
+        finally:
+            await conn.close()
+            proc.stop()
+    denied = sum(a.reason == "unregistered_client" for a in answers)
+    return "\n".join(
+        [
+            "| figure | measured | target |",
+            "|---|---:|---|",
+            f"| requests (all 403 unregistered_client) | {len(answers):,} ({denied:,} 403) | |",
+            f"| wall time, {args.concurrency} in flight | {elapsed:.1f} s "
+            f"({len(answers) / elapsed:,.0f} req/s) | |",
+            f"| mapping lookups (resolver's count) | {counted:,.0f} | <= {claims:,} "
+            f"{'met' if counted <= claims else 'missed'} |",
+        ]
+    )
+
+
+# -- invalidation --------------------------------------------------------------------------
+
+
+class Poller:
+    """A keep-alive connection sending one pre-encoded /check: a few µs of client work per
+    request (an HTTP client library would cost more than the answer being timed)."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.request = (
+            f"GET /check HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def status(self) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await self.reader.readexactly(length)
+        return int(head[9:12])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def flip_latencies(
+    http: aiohttp.ClientSession,
+    procs: list[ResolverProcess],
+    token: str,
+    flip: Callable[[bool], Awaitable[None]],
+    samples: int,
+    starts: list[float],
+) -> tuple[list[float], list[float]]:
+    """Flip the mapping ``samples`` times; return per-resolver and all-resolver latencies (s).
+
+    ``starts`` receives the time each change was issued. A latency is the time from
+    issuing the change to the first answer that reflects it
+    (so it includes the change's own round trip and the lookup that follows the eviction).
+    """
+    each: list[float] = []
+    fleet: list[float] = []
+    starts.clear()
+    active = True
+    polls = [Poller(p.port, token) for p in procs]
+    for _ in range(samples):
+        want = 403 if active else 200
+
+        async def poll(poller: Poller, want: int = want) -> float:
+            while await poller.status() != want:
+                pass
+            return time.perf_counter()
+
+        t0 = time.perf_counter()
+        starts.append(t0)
+        await flip(not active)
+        # Polled from when the change is acknowledged: polling all along would keep every
+        # resolver busy and, on a small machine, time CPU contention instead.
+        seen = await asyncio.wait_for(asyncio.gather(*(poll(p) for p in polls)), timeout=30)
+        each.extend(t - t0 for t in seen)
+        fleet.append(max(seen) - t0)
+        active = not active
+    for p in polls:
+        p.close()
+    return each, fleet
+
+
+async def invalidation(args: argparse.Namespace) -> str:
+    """A mapping flipped by SQL, seen by 4 resolver processes."""
+    key = SigningKey(ISS, alg="ES256")
+    with throwaway_postgres() as pg:
+        url = await migrated(pg)
+        await map_many(url, ["alice"])
+        procs = [
+            resolver(key, url, unregistered_client_behavior="reject") for _ in range(args.resolvers)
+        ]
+        conn = await asyncpg.connect(url)
+        try:
+            await asyncio.gather(*(p.start() for p in procs))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                await wait_ready(http, procs)
+                token = key.sign({"sub": "alice"}, ttl=7200)
+
+                async def flip(active: bool) -> None:
+                    await conn.execute(
+                        'UPDATE "LiteLLM_JWTKeyMapping" SET is_active = $1 WHERE id = $2',
+                        active,
+                        "m-alice",
+                    )
+
+                # A plain LISTEN next to the resolvers: how much of it is PostgreSQL's part.
+                heard: list[float] = []
+                listener = await asyncpg.connect(url)
+                await listener.add_listener(CHANNEL, lambda *_: heard.append(time.perf_counter()))
+                starts: list[float] = []
+                each, fleet = await flip_latencies(http, procs, token, flip, args.samples, starts)
+                await listener.close()
+        finally:
+            await conn.close()
+            for p in procs:
+                p.stop()
+    notify = [next(h for h in heard if h >= t0) - t0 for t0 in starts]
+    return latency_table(each, fleet, len(procs), target_ms=5, notify=notify)
+
+
+def latency_table(
+    each: list[float],
+    fleet: list[float],
+    n: int,
+    *,
+    target_ms: float,
+    notify: list[float] | None = None,
+) -> str:
+    ms = [x * 1000 for x in each]
+    all_ms = [x * 1000 for x in fleet]
+    p99 = pct(all_ms, 0.99)
+    extra = []
+    if notify:
+        nms = [x * 1000 for x in notify]
+        extra.append(
+            f"| NOTIFY at a plain LISTEN (PostgreSQL's part) | {statistics.median(nms):.2f} "
+            f"| {pct(nms, 0.99):.2f} | {max(nms):.2f} | |"
+        )
+    return "\n".join(
+        [
+            f"| {len(fleet)} changes x {n} resolvers | p50 ms | p99 ms | max ms | target |",
+            "|---|---:|---:|---:|---|",
+            *extra,
+            f"| each resolver | {statistics.median(ms):.2f} | {pct(ms, 0.99):.2f} "
+            f"| {max(ms):.2f} | |",
+            f"| all {n} resolvers (slowest of each change) | {statistics.median(all_ms):.2f} "
+            f"| {p99:.2f} | {max(all_ms):.2f} | p99 <= {target_ms:g} ms "
+            f"{'met' if p99 <= target_ms else 'missed'} |",
+        ]
+    )
+
+
+# -- control plane -------------------------------------------------------------------------
+
+
+async def controlplane(args: argparse.Namespace) -> str:
+    """A JWTKeyMapping patched through the apiserver → evicted in 4 resolver processes."""
+    sys.path.insert(0, str(REPO / "tests" / "controlplane"))
+    from harness import ControlPlane
+
+    key = SigningKey(ISS, alg="ES256")
+    with throwaway_postgres() as pg, ControlPlane() as plane:
+        url = await migrated(pg)
+        plane.kubectl("apply", "-f", str(REPO / "crds" / "jwtkeymappings.jwtkeymap.io.yaml"),
+                      check=True)  # fmt: skip
+        plane.kubectl("wait", "--for=condition=Established",
+                      "crd/jwtkeymappings.jwtkeymap.io", check=True)  # fmt: skip
+        namespace = f"bench-{uuid.uuid4().hex[:6]}"
+        plane.kubectl("create", "namespace", namespace, check=True)
+        store = await Store.open(url, min_size=1, max_size=1)
+        _, k = await store.create_key(NewKey(team_id="bench"), actor="bench")
+        await store.close()
+        operator = OperatorProcess(
+            [namespace], {"database_url": url, "log_level": "warning"}, env=plane.client_env()
+        )
+        procs = [resolver(key, url, unregistered_client_behavior="reject") for _ in range(4)]
+        api = f"{plane.server}/apis/jwtkeymap.io/v1alpha1/namespaces/{namespace}/jwtkeymappings"
+        tls = ssl.create_default_context(cafile=str(plane.ca_file))
+        auth = {"Authorization": f"Bearer {plane.token}"}
+        try:
+            operator.start()
+            await asyncio.gather(*(p.start() for p in procs))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                body = {"apiVersion": "jwtkeymap.io/v1alpha1", "kind": "JWTKeyMapping",
+                        "metadata": {"name": "alice"},
+                        "spec": {"claim": {"name": "sub", "value": "alice"},
+                                 "key": {"hash": k.token_hash}}}  # fmt: skip
+                async with http.post(api, json=body, headers=auth, ssl=tls) as resp:
+                    assert resp.status == 201, await resp.text()
+                await wait_ready(http, procs)
+                token = key.sign({"sub": "alice"}, ttl=7200)
+
+                async def mapped() -> bool:
+                    return (await check_token(http, procs[0].url, token)).status == 200
+
+                await wait_until(mapped, timeout=60, what="the CR reconciled")
+
+                async def flip(active: bool) -> None:
+                    async with http.patch(
+                        f"{api}/alice",
+                        data=json.dumps({"spec": {"active": active}}),
+                        headers={**auth, "Content-Type": "application/merge-patch+json"},
+                        ssl=tls,
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+
+                each, fleet = await flip_latencies(http, procs, token, flip, args.cr_samples, [])
+        finally:
+            operator.stop()
+            for p in procs:
+                p.stop()
+    return latency_table(each, fleet, len(procs), target_ms=1000)
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+async def memory(args: argparse.Namespace) -> str:
+    """RSS of one resolver before and after caching ``--entries`` mappings."""
+    key = SigningKey(ISS, alg="ES256")
+    n = args.entries
+    values = [f"user-{i}" for i in range(n)]
+    tokens = [key.sign({"sub": v}, ttl=7200) for v in values]
+    rows = ["| token cache | entries cached (mapping / token) | RSS before | RSS after "
+            "| delta | per cached mapping |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    with throwaway_postgres() as pg:
+        url = await migrated(pg)
+        await map_many(url, values)
+        for label, extra in (
+            ("default (100k)", {}),
+            ("1,000 (mapping cache alone)", {"token_cache_max_entries": 1000}),
+        ):
+            proc = resolver(key, url, cache_max_entries=n, **extra)
+            try:
+                await proc.start()
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                    await wait_ready(http, [proc])
+                    # Warm every code path first, so the delta is the caches.
+                    for t in tokens[:200]:
+                        await check_token(http, proc.url, t)
+                    assert proc.proc is not None
+                    before = rss_kib(proc.proc.pid)
+                    answers = await run_all(
+                        [check_token(http, proc.url, t) for t in tokens], args.concurrency
+                    )
+                    assert all(a.status == 200 for a in answers)
+                    after = rss_kib(proc.proc.pid)
+                    mapping = await proc.metric(http, 'jwtkeymap_cache_entries{cache="mapping"}')
+                    token_entries = await proc.metric(
+                        http, 'jwtkeymap_cache_entries{cache="token"}'
+                    )
+            finally:
+                proc.stop()
+            delta = after - before
+            rows.append(
+                f"| {label} | {mapping:,.0f} / {token_entries:,.0f} | {before / 1024:.0f} MiB "
+                f"| {after / 1024:.0f} MiB | {delta / 1024:.0f} MiB "
+                f"| {delta * 1024 / max(mapping, 1):,.0f} B |"
+            )
+    return "\n".join(rows)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "ceiling": ceiling,
+    "flood": flood,
+    "invalidation": invalidation,
+    "controlplane": controlplane,
+    "memory": memory,
+}
+
+
+def main() -> None:
+    """Run the chosen sections and print their tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--seconds", type=float, default=5, help="per wrk run (ceiling)")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds (ceiling)")
+    parser.add_argument("--samples", type=int, default=200, help="database flips")
+    parser.add_argument("--cr-samples", type=int, default=50, help="CR flips")
+    parser.add_argument("--entries", type=int, default=100_000, help="memory: cached mappings")
+    parser.add_argument("--resolvers", type=int, default=4, help="invalidation: processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    args = parser.parse_args()
+    for name in args.only:
+        print(f"\n### {name}\n", flush=True)
+        section = SECTIONS[name]
+        out = section(args)
+        if asyncio.iscoroutine(out):
+            out = asyncio.run(out)
+        print(out, flush=True)
+
+
+if __name__ == "__main__":
+    main()
