@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from jwtkeymap.cli import Context, pass_ctx
+from jwtkeymap.cli import Context, describe_error, pass_ctx
+from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.logs import configure_logging
 from jwtkeymap.core.settings import load_settings
 
@@ -45,4 +46,7 @@ def resolver(ctx: Context, listen: str | None, upstream: str | None) -> None:
             "no trusted issuers configured: add `issuers:` (or oidc_userinfo_url) to the config"
         )
     configure_logging(settings.log_level)
-    run(settings)
+    try:
+        run(settings)
+    except JwtKeyMapError as exc:  # a startup failure: one line, not a traceback
+        raise click.ClickException(describe_error(exc)) from None

@@ -155,3 +155,18 @@ async def test_sigterm_cuts_requests_still_running_after_the_grace(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_unusable_database_is_a_one_line_startup_error(tmp_path, signing_key, pg_server):
+    config = write_config(tmp_path, signing_key)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [JWTKEYMAP, "--config", str(config), "resolver", "--listen", f"127.0.0.1:{free_port()}"],
+        env={**os.environ, "JWTKEYMAP_DATABASE_URL": pg_server.url_for("no_such_database")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no_such_database" in result.stderr
