@@ -6,6 +6,7 @@ Fault tests compare these before and after an outage, a crash or a race.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import asyncpg
 
@@ -52,3 +53,12 @@ async def integrity(conn: asyncpg.Connection) -> Integrity:
         """
     )
     return Integrity(**{k: int(v) for k, v in dict(row).items()})
+
+
+# A key hash (sha256 hex) or a plaintext virtual key, standing alone in some text.
+_SECRET = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])|\bsk-[A-Za-z0-9_\-]{16,}")
+
+
+def leaked_secrets(text: str) -> list[str]:
+    """Every key hash or plaintext key in ``text`` (fingerprints are 12 characters: fine)."""
+    return _SECRET.findall(text)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from harness import ControlPlane, apoll
+from harness import ControlPlane, apoll, free_port
 from operator_kit import Cluster, add_key, rows
 
 from jwtkeymap.core.keys import hash_key
@@ -36,7 +36,9 @@ BATCH = 40
 BOUND = 5.0  # seconds for a revocation to reach every resolver (TTL 300)
 
 
-def operator_for(plane: ControlPlane, namespace: str, database_url: str) -> OperatorProcess:
+def operator_for(
+    plane: ControlPlane, namespace: str, database_url: str, **extra: Any
+) -> OperatorProcess:
     return OperatorProcess(
         [namespace],
         {
@@ -45,6 +47,7 @@ def operator_for(plane: ControlPlane, namespace: str, database_url: str) -> Oper
             "reconcile_backoff_seconds": 0.25,
             "reconcile_backoff_max_seconds": 1,
             "drift_interval_seconds": 300,
+            **extra,
         },
         env=plane.client_env(),
     )
@@ -199,7 +202,9 @@ async def test_deleted_while_database_down_and_operator_crashed(
     conn = await asyncpg.connect(private_pg.url)
     hashes = {f"d-{i}": await add_key(conn, f"sk-down-{i}-{time.time_ns()}") for i in range(8)}
     await conn.close()
-    op = operator_for(plane, namespace, private_pg.url)
+    # Redis configured (for LiteLLM's cache) but never there: fault 3 for the operator.
+    redis_down = f"redis://127.0.0.1:{free_port()}/0"
+    op = operator_for(plane, namespace, private_pg.url, redis_url=redis_down)
     try:
         op.start()
         await apply_all(
@@ -236,5 +241,12 @@ async def test_deleted_while_database_down_and_operator_crashed(
             await conn.close()
         assert left == {s: h for s, h in hashes.items() if s not in doomed}
         assert state.sound and state.owned == len(left), state
+        # It worked on PostgreSQL alone, and said so.
+        failed = 'jwtkeymap_litellm_cache_evictions_total{result="error"}'
+        assert any(
+            line.startswith(failed) and float(line.split()[-1]) > 0
+            for line in op.metrics().splitlines()
+        ), op.metrics()
+        assert "could not evict" in op.full_output()
     finally:
         await asyncio.to_thread(op.stop)

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.postgres import ThrowawayPostgres, migrated_postgres
 from jwtkeymap.testing.servers import ResolverProcess
 from jwtkeymap.testing.tokens import SigningKey
@@ -45,4 +46,7 @@ async def start_resolvers(signing_key: SigningKey) -> AsyncIterator[StartResolve
         return procs
 
     yield start
+    # Every fault run's logs are scanned too: no key or key hash, whatever happened.
+    leaks = {p.name: leaked_secrets(p.full_output()) for p in started}
     await asyncio.gather(*(asyncio.to_thread(p.stop) for p in started))
+    assert not any(leaks.values()), leaks

@@ -12,6 +12,7 @@ import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.servers import ResolverProcess
 from jwtkeymap.testing.tokens import SigningKey
 
@@ -62,5 +63,6 @@ def target(pg_server: Any, migrated_template: str, signing_key: SigningKey) -> I
         try:
             yield Target(proc, url, keys)
             assert proc.alive(), proc.output()
+            assert leaked_secrets(proc.full_output()) == []
         finally:
             proc.stop()

@@ -20,11 +20,10 @@ import aiohttp
 import pytest
 
 from jwtkeymap.core.keys import fingerprint
+from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.servers import ResolverProcess, check_token, wait_ready
 
 pytestmark = pytest.mark.slow
-
-HEX64 = re.compile(r"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
 
 
 async def cli(config: str, *args: str, stdin: str | None = None) -> str:
@@ -104,4 +103,4 @@ spec:
     for token_hash in hashes:
         assert token_hash not in text
         assert fingerprint(token_hash) in text  # what is shown instead
-    assert HEX64.findall(text) == []
+    assert leaked_secrets(text) == []
