@@ -404,6 +404,13 @@ class RedisServer(_Process):
         )  # fmt: skip
         await self._wait_port(self.port)
 
+    async def __aenter__(self) -> RedisServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
     def kill(self) -> None:
         """Stop the server abruptly (an outage), keeping the directory for a restart."""
         if self.proc is not None and self.proc.poll() is None:

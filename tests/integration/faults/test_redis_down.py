@@ -27,10 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    yield server
-    await asyncio.to_thread(server.stop)
+    async with RedisServer() as server:
+        yield server
 
 
 async def test_resolver_keeps_working_on_postgres_alone(
