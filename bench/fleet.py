@@ -77,6 +77,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def migrated(pg: ThrowawayPostgres) -> str:
+    """Migrate the server's ``postgres`` database; return its URL."""
     conn = await asyncpg.connect(pg.url)
     try:
         await schema.migrate(conn, channel=CHANNEL)
@@ -105,6 +106,7 @@ async def map_many(url: str, values: list[str]) -> str:
 
 
 def resolver(key: SigningKey, url: str, **extra: Any) -> ResolverProcess:
+    """A resolver process trusting ``key`` (its algorithm only), logging warnings only."""
     base = {"log_level": "warning", "issuers": [
         {"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm",
          "algorithms": [key.alg]}]}  # fmt: skip
@@ -209,6 +211,7 @@ class Poller:
         self.writer: asyncio.StreamWriter | None = None
 
     async def status(self) -> int:
+        """Send the check once; return the answer's status."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -223,6 +226,7 @@ class Poller:
         return int(head[9:12])
 
     def close(self) -> None:
+        """Close the connection."""
         if self.writer is not None:
             self.writer.close()
 
@@ -314,6 +318,7 @@ def latency_table(
     target_ms: float,
     notify: list[float] | None = None,
 ) -> str:
+    """Per-resolver and whole-fleet latency quantiles as a Markdown table."""
     ms = [x * 1000 for x in each]
     all_ms = [x * 1000 for x in fleet]
     p99 = pct(all_ms, 0.99)
