@@ -75,6 +75,11 @@ async def snapshot(plane: ControlPlane, namespace: str) -> dict[str, dict[str, A
     return {i["metadata"]["name"]: i for i in json.loads(done.stdout)["items"]}
 
 
+def versions(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """resourceVersion by name."""
+    return {name: obj["metadata"]["resourceVersion"] for name, obj in objects.items()}
+
+
 def what_changed(before: dict[str, Any], after: dict[str, Any]) -> set[str]:
     """Top-level status fields and annotations that differ between two versions."""
     changed = set()
@@ -257,7 +262,15 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     detail = f" ({', '.join(changes)})" if changes else ""
     rows.append(("  resources patched on resume", f"{touched}{detail}"))
 
-    # 3. Latency: a spec change through the API → NOTIFY received.
+    # 3. Latency: a spec change through the API → NOTIFY received, once kopf is idle
+    # (no resource changed for 3 s), so samples do not queue behind the resume.
+    async def settled() -> bool:
+        earlier = await snapshot(plane, namespace)
+        await asyncio.sleep(3)
+        later = await snapshot(plane, namespace)
+        return versions(earlier) == versions(later)
+
+    await wait_until(settled, timeout=600, what="the operator to be idle", interval=0)
     heard: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
     listener = await asyncpg.connect(url)
     await listener.add_listener(
@@ -278,7 +291,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
                 _content_type="application/merge-patch+json",
             )  # fmt: skip
             while True:
-                at, claim_value = await asyncio.wait_for(heard.get(), timeout=30)
+                at, claim_value = await asyncio.wait_for(heard.get(), timeout=120)
                 if claim_value == value:
                     latencies.append((at - sent) * 1000)
                     break
