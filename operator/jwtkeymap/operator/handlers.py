@@ -16,6 +16,7 @@ state. The flow for one resource:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -74,12 +75,17 @@ class Runtime:
     reconciler: Reconciler | None = None
     kube: Kube | None = None
     litellm: LiteLLMCache | None = None
+    # At most one reconcile per pooled connection: a resume storm (thousands of handlers
+    # at once) then queues here instead of timing out on the pool and flapping the
+    # Ready condition to DatabaseUnavailable.
+    limit: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(4))
 
     async def start(self) -> None:
         """Open the pool (even while the database is down), the API client and Redis."""
         s = self.settings
         if not s.database_url:
             raise kopf.PermanentError("no database configured: set JWTKEYMAP_DATABASE_URL")
+        self.limit = asyncio.Semaphore(s.db_pool_max_size)
         self.store = await Store.open(
             s.database_url, min_size=0, max_size=s.db_pool_max_size, timeout=s.db_timeout_seconds
         )
@@ -157,7 +163,8 @@ async def attempt(
     try:
         spec = parse_spec(spec_body)
         want = await desired_for(runtime, spec, meta, namespace)
-        result = await runtime.reconciler.apply(want)
+        async with runtime.limit:
+            result = await runtime.reconciler.apply(want)
     except SpecError as exc:
         return Verdict(_ready(st.Reason.INVALID_SPEC, str(exc)), permanent=True)
     except SchemaError as exc:
@@ -348,9 +355,10 @@ def register(
         assert runtime.reconciler is not None and runtime.kube is not None
         retain = spec.get("deletionPolicy") == "Retain"
         try:
-            result = await runtime.reconciler.delete(
-                k8s_owner(uid), retain=retain, ref=ref_of(namespace, name)
-            )
+            async with runtime.limit:
+                result = await runtime.reconciler.delete(
+                    k8s_owner(uid), retain=retain, ref=ref_of(namespace, name)
+                )
         except (DatabaseUnavailable, StoreError) as exc:
             condition = _ready(st.Reason.DATABASE_UNAVAILABLE, f"deletion waits: {exc}", ok=None)
             record(Verdict(condition), body=body, status=status, meta=meta, patch=patch)

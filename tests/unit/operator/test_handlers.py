@@ -178,3 +178,25 @@ def test_record_drift_repair_warns(events: list[tuple[str, str]]) -> None:
     assert patch["status"]["lastSyncTime"] == "2026-05-01T13:00:00Z"
     # Still Ready: the transition time stays.
     assert patch["status"]["conditions"][0]["lastTransitionTime"] == "2026-05-01T12:00:00Z"
+
+
+async def test_reconciles_queue_behind_the_pool_size() -> None:
+    import asyncio
+
+    running = peak = 0
+
+    class Slow(FakeReconciler):
+        async def apply(self, want: DesiredMapping) -> ReconcileResult:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return await super().apply(want)
+
+    rt = runtime(Outcome.UNCHANGED)
+    rt.reconciler = Slow(Outcome.UNCHANGED)  # type: ignore[assignment]
+    rt.limit = asyncio.Semaphore(3)
+    verdicts = await asyncio.gather(*(attempt(rt, by_hash(), META, "ns") for _ in range(20)))
+    assert {v.condition.reason for v in verdicts} == {"Synced"}
+    assert peak == 3
