@@ -19,29 +19,12 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from jwtkeymap.operator.kube import Connection
+from jwtkeymap.operator.kube import Connection, api_client
 
 log = logging.getLogger(__name__)
 
 COMPONENT: Final = "jwtkeymap-injector"
 MAX_MESSAGE: Final = 1024
-
-
-async def api_client(connection: Connection | None = None) -> client.ApiClient:
-    """An API client from ``connection``, else the in-cluster account, else the kubeconfig."""
-    if connection is not None:
-        conf = client.Configuration(host=connection.server)
-        conf.api_key = {"BearerToken": connection.token}
-        conf.api_key_prefix = {"BearerToken": "Bearer"}
-        if connection.ca_path is not None:
-            conf.ssl_ca_cert = str(connection.ca_path)
-        return client.ApiClient(conf)
-    conf = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config(client_configuration=conf)
-    return client.ApiClient(conf)
 
 
 def event_body(

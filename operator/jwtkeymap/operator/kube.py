@@ -28,6 +28,23 @@ class Connection:
     ca_path: Path | None = None
 
 
+async def api_client(connection: Connection | None = None) -> client.ApiClient:
+    """An API client from ``connection``, else the in-cluster account, else the kubeconfig."""
+    if connection is not None:
+        conf = client.Configuration(host=connection.server)
+        conf.api_key = {"BearerToken": connection.token}
+        conf.api_key_prefix = {"BearerToken": "Bearer"}
+        if connection.ca_path is not None:
+            conf.ssl_ca_cert = str(connection.ca_path)
+        return client.ApiClient(conf)
+    conf = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=conf)
+    return client.ApiClient(conf)
+
+
 class KubeUnavailable(JwtKeyMapError):
     """The Kubernetes API failed transiently (retry)."""
 
@@ -43,19 +60,7 @@ class Kube:
     @classmethod
     async def connect(cls, connection: Connection | None = None) -> Kube:
         """Use ``connection``, else the in-cluster service account, else the kubeconfig."""
-        if connection is not None:
-            conf = client.Configuration(host=connection.server)
-            conf.api_key = {"BearerToken": connection.token}
-            conf.api_key_prefix = {"BearerToken": "Bearer"}
-            if connection.ca_path is not None:
-                conf.ssl_ca_cert = str(connection.ca_path)
-            return cls(client.ApiClient(conf))
-        conf = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            await config.load_kube_config(client_configuration=conf)
-        return cls(client.ApiClient(conf))
+        return cls(await api_client(connection))
 
     async def close(self) -> None:
         """Close the HTTP session."""
