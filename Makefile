@@ -55,11 +55,11 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 bench: deps venv tools ## Every benchmark (figures, not pass/fail): core, resolver, operator, fleet.
 	$(BIN)/python -P bench/core.py
 	$(BIN)/python -P bench/check.py
-	$(BIN)/python -P bench/operator.py --count $(or $(COUNT),1000)
+	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)
 	$(BIN)/python -P bench/fleet.py
 
 bench-operator: deps venv tools ## Operator benchmark: resume with 1,000 JWTKeyMappings, CR -> NOTIFY latency.
-	$(BIN)/python -P bench/operator.py --count $(or $(COUNT),1000)
+	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)
 
 controlplane-up: venv tools ## Start kube-apiserver + etcd in the background; prints the KUBECONFIG to export.
 	$(BIN)/python tests/controlplane/harness.py up
