@@ -9,6 +9,7 @@ migrated template, so tests never see each other's rows.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,12 +22,40 @@ import pytest
 from jwtkeymap.core import schema
 from jwtkeymap.core.settings import Settings, load_settings
 from jwtkeymap.core.store import Store
+from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.postgres import ThrowawayPostgres
 from jwtkeymap.testing.tokens import SigningKey
 
 ISSUER = "https://idp.test.example"
 OTHER_ISSUER = "https://other-idp.test.example"
 CHANNEL = "jwtkeymap_invalidate"
+
+
+class _SecretScan(logging.Handler):
+    """Collects every log line any test makes the product emit, for one scan at the end."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.leaks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not record.name.startswith(("jwtkeymap", "kopf", "aiohttp", "asyncpg")):
+            return
+        text = f"{record.getMessage()} {record.__dict__}"
+        found = leaked_secrets(text)
+        if found:
+            self.leaks.append(f"{record.name}: {found[0][:8]}… in {record.getMessage()[:120]!r}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs() -> Iterator[None]:
+    """Across the whole run, no log record carries a plaintext key or a key hash."""
+    scan = _SecretScan()
+    root = logging.getLogger()
+    root.addHandler(scan)
+    yield
+    root.removeHandler(scan)
+    assert not scan.leaks, "secrets in logs:\n" + "\n".join(scan.leaks[:20])
 
 
 class PgServer:
