@@ -352,22 +352,34 @@ class Envoy(_Process):
         )
 
     async def start(self) -> None:
-        """Start with a random ``--base-id`` so instances can run side by side."""
-        conf = self.dir / "envoy.yaml"
-        conf.write_text(self.config())
-        self._spawn(
-            [
-                envoy_binary(),
-                "-c", str(conf),
-                "--base-id", str(random.randint(1000, 1_000_000)),
-                "--log-level", "warn",
-                "--concurrency", "1",
-                "--disable-hot-restart",
-            ]
-        )  # fmt: skip
-        await self._wait_port(self.port)
-        await self._wait_port(self.admin_port)
-        await wait_until(self._listener_ready, timeout=20, what="envoy ready")
+        """Start with a random ``--base-id`` so instances can run side by side.
+
+        A port picked by ``free_port`` can be taken by another process before Envoy
+        binds it; Envoy then exits at once, and we retry with fresh ports.
+        """
+        for attempt in range(3):
+            conf = self.dir / "envoy.yaml"
+            conf.write_text(self.config())
+            self._spawn(
+                [
+                    envoy_binary(),
+                    "-c", str(conf),
+                    "--base-id", str(random.randint(1000, 1_000_000)),
+                    "--log-level", "warn",
+                    "--concurrency", "1",
+                    "--disable-hot-restart",
+                ]
+            )  # fmt: skip
+            try:
+                await self._wait_port(self.port)
+                await self._wait_port(self.admin_port)
+            except RuntimeError:  # exited during start-up
+                if attempt == 2:
+                    raise
+                self.port, self.admin_port = free_port(), free_port()
+                continue
+            await wait_until(self._listener_ready, timeout=20, what="envoy ready")
+            return
 
     def _listener_ready(self) -> bool:
         import urllib.request
