@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -38,7 +38,7 @@ from prometheus_client import Counter
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import MappingConflict, SchemaError
 from jwtkeymap.core.keys import fingerprint
-from jwtkeymap.core.store import Store
+from jwtkeymap.core.store import MAPPING_COLUMNS, MappingRow, Store, mapping_row
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +149,11 @@ class _DryRun(Exception):
     """Raised inside a transaction to roll back a dry run."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Live:
-    id: str
-    identity: MappingIdentity
-    token_hash: str = dataclasses.field(repr=False)
-    description: str | None
-    active: bool
-    owner: str | None
-    ref: str | None
-    created_by: str | None
-
-    def digest(self) -> str:
-        return spec_digest(self.identity, self.token_hash, self.description, self.active)
+def _digest(row: MappingRow) -> str:
+    return spec_digest(row.identity, row.token_hash, row.description, row.is_active)
 
 
-def _changes(live: _Live, want: DesiredMapping) -> tuple[str, ...]:
+def _changes(live: MappingRow, want: DesiredMapping) -> tuple[str, ...]:
     changed = []
     if live.identity != want.identity:
         changed.append("identity")
@@ -172,7 +161,7 @@ def _changes(live: _Live, want: DesiredMapping) -> tuple[str, ...]:
         changed.append("key")
     if live.description != want.description:
         changed.append("description")
-    if live.active != want.active:
+    if live.is_active != want.active:
         changed.append("active")
     return tuple(changed)
 
@@ -291,7 +280,7 @@ class Reconciler:
             for stale in owned:
                 if stale.id != target.id:
                     await self._delete_row(conn, stale.id)
-            if target.digest() == want.digest():
+            if _digest(target) == want.digest():
                 return _result(want, Outcome.UNCHANGED, mapping_id=target.id)
             changes = _changes(target, want)
             await self._update_row(conn, target.id, want, scoped=scoped)
@@ -508,30 +497,16 @@ def _identity_where(identity: MappingIdentity, scoped: bool) -> tuple[str, list[
 
 async def _fetch_live(
     conn: asyncpg.Connection, scoped: bool, where: str, args: Sequence[Any], *, lock: bool
-) -> list[_Live]:
+) -> list[MappingRow]:
     issuer = "m.jwt_issuer" if scoped else "''"
     rows = await conn.fetch(
-        f"SELECT m.id, {issuer} AS jwt_issuer, m.jwt_claim_name, m.jwt_claim_value, m.token, "
-        "m.description, m.is_active, m.created_by, o.owner, o.ref "
+        f"SELECT {MAPPING_COLUMNS}, {issuer} AS jwt_issuer "
         'FROM "LiteLLM_JWTKeyMapping" m '
         "LEFT JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id "
         f"WHERE {where} ORDER BY m.created_at, m.id" + (" FOR UPDATE OF m" if lock else ""),
         *args,
     )
-    return [_live(r) for r in rows]
-
-
-def _live(row: Mapping[str, Any]) -> _Live:
-    return _Live(
-        id=row["id"],
-        identity=MappingIdentity(row["jwt_issuer"], row["jwt_claim_name"], row["jwt_claim_value"]),
-        token_hash=row["token"],
-        description=row["description"],
-        active=row["is_active"],
-        owner=row["owner"],
-        ref=row["ref"],
-        created_by=row["created_by"],
-    )
+    return [mapping_row(r) for r in rows]
 
 
 async def _unchanged(
@@ -547,8 +522,7 @@ async def _unchanged(
     owner_arg = f"${len(args) + 1}"
     issuer = "m.jwt_issuer" if scoped else "''"
     row = await conn.fetchrow(
-        f"SELECT m.id, {issuer} AS jwt_issuer, m.jwt_claim_name, m.jwt_claim_value, m.token, "
-        "m.description, m.is_active, m.created_by, o.owner, o.ref, "
+        f"SELECT {MAPPING_COLUMNS}, {issuer} AS jwt_issuer, "
         'EXISTS (SELECT 1 FROM "LiteLLM_VerificationToken" k WHERE k.token = m.token) '
         "AS key_exists, "
         f"(SELECT count(*) FROM jwtkeymap_mapping_owner x WHERE x.owner = {owner_arg}) AS owned "
@@ -560,7 +534,7 @@ async def _unchanged(
     )
     if row is None or not row["key_exists"] or row["owned"] != 1:
         return None
-    if _live(row).digest() != want.digest():
+    if _digest(mapping_row(row)) != want.digest():
         return None
     return _result(want, Outcome.UNCHANGED, mapping_id=row["id"])
 

@@ -113,6 +113,7 @@ class MappingRow:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     owner: str | None = None
+    ref: str | None = None
 
     @property
     def key_fingerprint(self) -> str:
@@ -136,9 +137,10 @@ class RegistrationVanished(DatabaseUnavailable):
     """Auto-registration lost a race, and the winner's row was gone when read."""
 
 
-_MAPPING_COLUMNS = (
+# Columns of a MappingRow (``m`` the mapping, ``o`` its owner row); add the issuer column.
+MAPPING_COLUMNS = (
     "m.id, m.jwt_claim_name, m.jwt_claim_value, m.token, m.description, m.is_active, "
-    "m.created_by, m.updated_by, m.created_at, m.updated_at, o.owner"
+    "m.created_by, m.updated_by, m.created_at, m.updated_at, o.owner, o.ref"
 )
 
 
@@ -379,20 +381,20 @@ class Store:
         """Read one mapping by id."""
         async with self.connection("read mapping") as conn:
             row = await conn.fetchrow(
-                f"SELECT {_MAPPING_COLUMNS}{self._issuer_column()} "
+                f"SELECT {MAPPING_COLUMNS}{self._issuer_column()} "
                 'FROM "LiteLLM_JWTKeyMapping" m '
                 "LEFT JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id WHERE m.id = $1",
                 mapping_id,
                 timeout=self._timeout,
             )
-        return None if row is None else _mapping_row(row)
+        return None if row is None else mapping_row(row)
 
     async def find_mapping(self, identity: MappingIdentity) -> MappingRow | None:
         """Read the mapping stored under exactly this identity (no global fallback)."""
         async with self.connection("find mapping") as conn:
             self._issuer_clause(identity)
             row = await conn.fetchrow(
-                f"SELECT {_MAPPING_COLUMNS}{self._issuer_column()} "
+                f"SELECT {MAPPING_COLUMNS}{self._issuer_column()} "
                 'FROM "LiteLLM_JWTKeyMapping" m '
                 "LEFT JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id "
                 "WHERE m.jwt_claim_name = $1 AND m.jwt_claim_value = $2"
@@ -400,7 +402,7 @@ class Store:
                 *self._identity_args(identity),
                 timeout=self._timeout,
             )
-        return None if row is None else _mapping_row(row)
+        return None if row is None else mapping_row(row)
 
     async def list_mappings(
         self, *, claim_name: str | None = None, limit: int = 1000, offset: int = 0
@@ -408,7 +410,7 @@ class Store:
         """List mappings, newest first, optionally for one claim name."""
         async with self.connection("list mappings") as conn:
             rows = await conn.fetch(
-                f"SELECT {_MAPPING_COLUMNS}{self._issuer_column()} "
+                f"SELECT {MAPPING_COLUMNS}{self._issuer_column()} "
                 'FROM "LiteLLM_JWTKeyMapping" m '
                 "LEFT JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id "
                 "WHERE ($1::text IS NULL OR m.jwt_claim_name = $1) "
@@ -418,7 +420,7 @@ class Store:
                 offset,
                 timeout=self._timeout,
             )
-        return [_mapping_row(r) for r in rows]
+        return [mapping_row(r) for r in rows]
 
     async def set_active(self, mapping_id: str, active: bool, *, actor: str) -> MappingRow:
         """Enable or disable a mapping; MappingNotFound if there is no such row."""
@@ -522,7 +524,8 @@ def _entry(row: Mapping[str, Any] | None) -> Entry:
     return Mapped(mapping_id=row["id"], scope=row["jwt_issuer"], key=_key(row))
 
 
-def _mapping_row(row: Mapping[str, Any]) -> MappingRow:
+def mapping_row(row: Mapping[str, Any]) -> MappingRow:
+    """Build a MappingRow from a record selected with MAPPING_COLUMNS and the issuer."""
     return MappingRow(
         id=row["id"],
         identity=MappingIdentity(row["jwt_issuer"], row["jwt_claim_name"], row["jwt_claim_value"]),
@@ -534,4 +537,5 @@ def _mapping_row(row: Mapping[str, Any]) -> MappingRow:
         created_at=_utc(row["created_at"]),
         updated_at=_utc(row["updated_at"]),
         owner=row["owner"],
+        ref=row["ref"],
     )
