@@ -28,7 +28,6 @@ import enum
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
@@ -320,7 +319,7 @@ class Reconciler:
                 changes=changes,
             )
 
-        mapping_id = await self._insert_row(conn, want, scoped=scoped)
+        mapping_id = await self._insert_row(conn, want)
         await _set_owner(conn, mapping_id, want)
         return _result(want, Outcome.CREATED, mapping_id=mapping_id)
 
@@ -398,31 +397,16 @@ class Reconciler:
 
     # -- statements --------------------------------------------------------------------
 
-    async def _insert_row(
-        self, conn: asyncpg.Connection, want: DesiredMapping, *, scoped: bool
-    ) -> str:
-        mapping_id = str(uuid.uuid4())
-        columns = (
-            "id, jwt_claim_name, jwt_claim_value, token, description, is_active, "
-            "created_by, updated_by, created_at, updated_at"
-        )
-        values = "$1, $2, $3, $4, $5, $6, $7, $7, now(), now()"
-        args: list[Any] = [
-            mapping_id,
-            want.identity.claim_name,
-            want.identity.claim_value,
+    async def _insert_row(self, conn: asyncpg.Connection, want: DesiredMapping) -> str:
+        mapping_id = await self._store.insert_mapping(
+            conn,
+            want.identity,
             want.token_hash,
-            want.description,
-            want.active,
-            self._actor,
-        ]
-        if scoped:
-            columns += ", jwt_issuer"
-            values += ", $8"
-            args.append(want.identity.issuer)
-        await conn.execute(
-            f'INSERT INTO "LiteLLM_JWTKeyMapping" ({columns}) VALUES ({values})', *args
+            description=want.description,
+            active=want.active,
+            actor=self._actor,
         )
+        assert mapping_id is not None  # no ON CONFLICT: a clash raises instead
         self.writes += 1
         return mapping_id
 

@@ -290,7 +290,7 @@ class Store:
                     key = await _insert_key(
                         conn, generate_key(), spec, actor=AUTO_REGISTER_ACTOR, timeout=self._timeout
                     )
-                    mapping_id = await self._insert_mapping(
+                    mapping_id = await self.insert_mapping(
                         conn,
                         identity,
                         key.token_hash,
@@ -335,7 +335,7 @@ class Store:
         """Insert a mapping; MappingConflict if the identity is taken, KeyNotFound if no key."""
         async with self.connection("add mapping") as conn:
             self._issuer_clause(identity)
-            mapping_id = await self._insert_mapping(
+            mapping_id = await self.insert_mapping(
                 conn, identity, token_hash, description=description, active=active, actor=actor
             )
         assert mapping_id is not None
@@ -343,7 +343,7 @@ class Store:
         assert row is not None
         return row
 
-    async def _insert_mapping(
+    async def insert_mapping(
         self,
         conn: asyncpg.Connection,
         identity: MappingIdentity,
@@ -354,6 +354,7 @@ class Store:
         actor: str,
         on_conflict_nothing: bool = False,
     ) -> str | None:
+        """INSERT one mapping row on ``conn`` (the caller's transaction); return its id."""
         columns = "id, jwt_claim_name, jwt_claim_value, token, description, is_active, "
         columns += "created_by, updated_by, created_at, updated_at"
         values = "$1, $2, $3, $4, $5, $6, $7, $7, now(), now()"
