@@ -13,7 +13,7 @@ import gc
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -305,9 +305,32 @@ async def _open_store(settings: Settings) -> Store:
 
 # -- handlers --------------------------------------------------------------------------
 
+CHECK_PATH = "/check"
+
+
+def is_check_path(path: str) -> bool:
+    """Tell whether ``path`` is ``/check`` or below it (what the check routes match)."""
+    n = len(CHECK_PATH)
+    return path.startswith(CHECK_PATH) and (len(path) == n or path[n] == "/")
+
 
 def _response(result: Answer) -> web.Response:
     return web.Response(status=result.status, body=result.body, headers=result.headers)
+
+
+def check_handler(service: Service) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    """The ``ANY /check[/{tail}]`` handler: the ext_authz / auth_request check.
+
+    Reads only the ``Authorization`` header; the body is ignored. A busy client's
+    repeated token is answered by ``Service.recall`` without a coroutine switch.
+    """
+
+    async def handle_check(request: web.BaseRequest) -> web.Response:
+        authorization = request.headers.get("Authorization")
+        result = service.recall(authorization) or await service.decide(authorization)
+        return _response(result)
+
+    return handle_check
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -328,7 +351,12 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
-    """Build the resolver application (reverse-proxy routes when ``settings.upstream``)."""
+    """Build the resolver application (reverse-proxy routes when ``settings.upstream``).
+
+    Serve it with ``ResolverRunner`` (``run`` does), which answers the check
+    before the router; the check routes are registered here as well, so any
+    other runner serves the same contract, only slower.
+    """
     app = web.Application(handler_args={"max_field_size": check.MAX_HEADER_BYTES})
     service = Service(settings, clock=clock)
     app[SERVICE] = service
@@ -344,14 +372,9 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
 
-    async def handle_check(request: web.Request) -> web.Response:
-        """``ANY /check[/{tail}]``: the ext_authz / auth_request check; the body is ignored."""
-        authorization = request.headers.get("Authorization")
-        result = service.recall(authorization) or await service.decide(authorization)
-        return _response(result)
-
-    app.router.add_route("*", "/check", handle_check)
-    app.router.add_route("*", "/check/{tail:.*}", handle_check)
+    handle_check = check_handler(service)
+    app.router.add_route("*", CHECK_PATH, handle_check)
+    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", handle_check)
     app.router.add_get("/healthz", handle_healthz, allow_head=True)
     app.router.add_get("/readyz", handle_readyz, allow_head=True)
     app.router.add_get("/metrics", handle_metrics)
@@ -360,6 +383,29 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
 
         add_proxy_routes(app, settings, service)
     return app
+
+
+class ResolverRunner(web.AppRunner):
+    """An ``AppRunner`` whose server hands ``/check`` straight to the check handler.
+
+    Every other path goes through the application as usual. Skipping the
+    router, match info and application dispatch for the one path that sees
+    every request of the proxy saves about a fifth of a cache hit's CPU
+    (bench/README.md); the check needs none of them.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        routed = server.request_handler
+        handle_check = check_handler(self.app[SERVICE])
+
+        async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+            if is_check_path(request.rel_url.path_safe):
+                return await handle_check(request)
+            return await routed(request)
+
+        server.request_handler = dispatch
+        return server
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -395,13 +441,35 @@ def run(settings: Settings) -> None:
         gc.freeze()
 
     app.on_startup.append(freeze)
-    web.run_app(
+    runner = ResolverRunner(
         app,
-        host=host,
-        port=port,
-        shutdown_timeout=settings.shutdown_grace_seconds,
-        access_log=None,
-        print=None,
-        loop=loop,
         handle_signals=True,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_seconds,
     )
+
+    async def serve() -> None:
+        # What web.run_app does, with the resolver's runner.
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    main = loop.create_task(serve())
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

@@ -59,9 +59,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: web.Application, *, port: int | None = None) -> AsyncIterator[str]:
+async def serve(
+    app: web.Application,
+    *,
+    port: int | None = None,
+    runner_class: type[web.AppRunner] = web.AppRunner,
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port unless given); yield its base URL."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    runner = runner_class(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
     port = port or free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

@@ -15,7 +15,7 @@ from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.resolver.app import SERVICE, Service, create_app
+from jwtkeymap.resolver.app import SERVICE, ResolverRunner, Service, create_app
 from jwtkeymap.testing.postgres import free_port
 from jwtkeymap.testing.servers import EchoUpstream, serve, wait_until
 
@@ -58,7 +58,7 @@ async def start_resolver() -> AsyncIterator[StartResolver]:
     async def start(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Running:
         app = create_app(settings, clock=clock)
         port = free_port()
-        cm = serve(app, port=port)
+        cm = serve(app, port=port, runner_class=ResolverRunner)
         url = await cm.__aenter__()
         stack.append(cm)
         return Running(url=url, port=port, service=app[SERVICE])

@@ -6,6 +6,7 @@ import json
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 from jwtkeymap.core.keys import fingerprint
 from jwtkeymap.testing.postgres import free_port
@@ -295,3 +296,52 @@ async def test_pool_outage_is_503_not_allow(
     async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
         assert resp.status == 503
         assert (await error_of(resp))["reason"] == "database_unavailable"
+
+
+async def test_runner_fast_path_and_router_agree_on_every_path(
+    make_settings, database_url, map_claim, signing_key, http, monkeypatch
+):
+    """ResolverRunner answers /check before the router; a plain AppRunner uses the routes.
+
+    Both must give the same status for every path, so the fast path never widens
+    (or narrows) what counts as a check.
+    """
+    from jwtkeymap.resolver.app import ResolverRunner, create_app
+    from jwtkeymap.testing.servers import serve
+
+    await map_claim("dana")
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='dana')}"}
+    paths = (
+        "/check", "/check/", "/check/v1/chat/completions?stream=true", "/check//x",
+        "/check/a%2Fb", "/check%2Fx", "/checkx", "/check.json", "/CHECK", "/healthz",
+        "/readyz", "/nope", "/",
+    )  # fmt: skip
+    routed: list[str] = []
+    resolve = web.UrlDispatcher.resolve
+
+    async def counting(self, request):
+        routed.append(request.rel_url.path_safe)
+        return await resolve(self, request)
+
+    monkeypatch.setattr(web.UrlDispatcher, "resolve", counting)
+    seen: dict[str, list[tuple[int, str | None]]] = {}
+    for runner_class in (ResolverRunner, web.AppRunner):
+        app = create_app(make_settings(database_url=database_url))
+        async with serve(app, runner_class=runner_class) as url:
+            for path in paths:
+                async with http.get(url + path, headers=auth) as resp:
+                    await resp.read()
+                    seen.setdefault(path, []).append(
+                        (resp.status, resp.headers.get("x-jwtkeymap-decision"))
+                    )
+        if runner_class is ResolverRunner:
+            # The check never reached the router; everything else did.
+            assert not [p for p in routed if p.startswith("/check/") or p == "/check"]
+            assert "/healthz" in routed and "/checkx" in routed
+            routed.clear()
+    assert "/check" in routed  # the plain runner routes the check
+    for path, (fast, slow) in seen.items():
+        assert fast == slow, path
+    assert seen["/check/v1/chat/completions?stream=true"][0] == (200, "mapped")
+    assert seen["/checkx"][0] == (404, None)
+    assert seen["/healthz"][0] == (200, None)

@@ -1,10 +1,10 @@
-"""--listen parsing."""
+"""--listen parsing, and which paths are checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from jwtkeymap.resolver.app import parse_listen
+from jwtkeymap.resolver.app import is_check_path, parse_listen
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,22 @@ def test_valid(text, expected):
 def test_invalid(text):
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/check", True),
+        ("/check/", True),
+        ("/check/v1/chat/completions", True),
+        ("/check//x", True),
+        ("/checkx", False),
+        ("/check.json", False),
+        ("/CHECK", False),
+        ("/", False),
+        ("", False),
+        ("/healthz", False),
+    ],
+)
+def test_check_paths(path, expected):
+    assert is_check_path(path) is expected
