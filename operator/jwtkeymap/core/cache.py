@@ -127,12 +127,6 @@ class Unmapped:
 Entry = Mapped | Inactive | Unmapped
 
 
-def _retrieve(task: asyncio.Future[Entry]) -> None:
-    # Mark a failed flight's exception as seen: its callers already got it.
-    if not task.cancelled():
-        task.exception()
-
-
 UNMAPPED = Unmapped()
 
 
@@ -190,30 +184,46 @@ class MappingCache:
     ) -> Entry:
         """Return the cached entry, or run ``load`` once for all concurrent callers.
 
-        The load runs in its own task, so a caller that gives up (a client that
-        disconnects) never cancels the query the other callers are waiting on.
+        The first caller runs the load in its own task (no task of its own: a
+        cache miss is on the request path); later callers wait for its result. If
+        that first caller is cancelled (a client that went away), a waiter takes
+        the load over instead of failing with it.
         """
-        entry = self._lru.get(identity)
-        if entry is not None:
-            return entry
-        flight = self._flights.get(identity)
-        if flight is None:
-            flight = asyncio.ensure_future(self._load(identity, load, self.generation))
-            flight.add_done_callback(_retrieve)
-            self._flights[identity] = flight
-        return await asyncio.shield(flight)
+        while True:
+            entry = self._lru.get(identity)
+            if entry is not None:
+                return entry
+            flight = self._flights.get(identity)
+            if flight is None:
+                return await self._lead(identity, load)
+            try:
+                return await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not flight.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this caller was cancelled, not the load it waited for
 
-    async def _load(
-        self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]], generation: int
-    ) -> Entry:
+    async def _lead(self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]]) -> Entry:
+        flight: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._flights[identity] = flight
+        generation = self.generation
+        self.loads += 1
         try:
-            self.loads += 1
             entry = await load()
-            if generation == self.generation:
-                self.put(identity, entry)
-            return entry
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # the waiters get it; nobody else has to see it
+            raise
         finally:
-            self._flights.pop(identity, None)
+            if self._flights.get(identity) is flight:
+                del self._flights[identity]
+        if generation == self.generation:
+            self.put(identity, entry)
+        flight.set_result(entry)
+        return entry
 
     def invalidate(self, issuer: str, claim_name: str, claim_value: str) -> int:
         """Evict what a change to this mapping row could affect; return the count.
