@@ -184,17 +184,17 @@ class Service:
             return await self.verifier.verify(token)
         return await self.userinfo.verify(token)
 
-    def recall(self, authorization: str | None) -> Answer | None:
-        """The memo's answer for this header (counted like any check), or None.
+    def recall(self, digest: bytes | None) -> Answer | None:
+        """The memo's answer for a header digest (counted like any check), or None.
 
+        ``digest`` is ``header_digest(authorization)``, computed once per request.
         Synchronous on purpose: the hot path of a busy client costs a hash and a
         dictionary lookup, without a coroutine.
         """
         start = time.perf_counter()
         resolver = self.resolver
-        if not authorization or resolver is None or resolver.suspended:
+        if digest is None or resolver is None or resolver.suspended:
             return None
-        digest = hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
         result = self.memo.recall(digest, resolver.cache.generation)
         if result is not None:
             self._record(result, time.perf_counter() - start)
@@ -202,14 +202,12 @@ class Service:
 
     async def answer(self, authorization: str | None) -> Answer:
         """The whole check: ``recall``, else ``decide``."""
-        return self.recall(authorization) or await self.decide(authorization)
+        digest = header_digest(authorization)
+        return self.recall(digest) or await self.decide(authorization, digest)
 
-    async def decide(self, authorization: str | None) -> Answer:
+    async def decide(self, authorization: str | None, digest: bytes | None) -> Answer:
         """The check without the memo lookup: timed, counted, never raising."""
         start = time.perf_counter()
-        digest = None
-        if authorization:
-            digest = hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
         try:
             result = await self.authorize(authorization, digest)
         except Exception:
@@ -267,6 +265,13 @@ class Service:
 
 
 SERVICE = web.AppKey("service", Service)
+
+
+def header_digest(authorization: str | None) -> bytes | None:
+    """sha256 of an ``Authorization`` header: the answer memo's key (None without one)."""
+    if not authorization:
+        return None
+    return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
 
 
 def _memoizable(decision: Decision) -> bool:
@@ -327,7 +332,8 @@ def check_handler(service: Service) -> Callable[[web.BaseRequest], Awaitable[web
 
     async def handle_check(request: web.BaseRequest) -> web.Response:
         authorization = request.headers.get("Authorization")
-        result = service.recall(authorization) or await service.decide(authorization)
+        digest = header_digest(authorization)
+        result = service.recall(digest) or await service.decide(authorization, digest)
         return _response(result)
 
     return handle_check

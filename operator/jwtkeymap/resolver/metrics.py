@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -41,13 +41,8 @@ class Metrics:
         # Histogram take a lock per update, which costs more than a cache hit.
         self.decisions: dict[tuple[str, str], int] = {}
         self.check_seconds = _Histogram(_LATENCY_BUCKETS)
-        self.db_seconds = Histogram(
-            "jwtkeymap_db_query_duration_seconds",
-            "Database round trips of the policy engine, by operation.",
-            ["operation"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        # Database round trips of the policy engine, by operation (lookup, register).
+        self.db_seconds: dict[str, _Histogram] = {}
         self.upstream = Counter(
             "jwtkeymap_upstream_responses",
             "Reverse-proxy mode: upstream responses by status class (error: unreachable).",
@@ -64,7 +59,10 @@ class Metrics:
 
     def observe_db(self, operation: str) -> Callable[[float], None]:
         """Return the observer of one database operation's latency."""
-        return self.db_seconds.labels(operation).observe
+        histogram = self.db_seconds.get(operation)
+        if histogram is None:
+            histogram = self.db_seconds[operation] = _Histogram(_LATENCY_BUCKETS)
+        return histogram.observe
 
     def attach(self, service: Service) -> None:
         """Expose the service's core counters at scrape time."""
@@ -88,13 +86,18 @@ class _Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
-        """The metric family, with cumulative ``le`` buckets."""
-        buckets = []
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``le`` buckets, as the exposition wants them."""
+        buckets: list[tuple[str, float]] = []
         total = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
             total += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        """The metric family, with cumulative ``le`` buckets."""
+        buckets = self.buckets()
         return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.sum)
 
 
@@ -118,6 +121,14 @@ class _CheckCollector(Collector):
             "jwtkeymap_check_duration_seconds",
             "Time to answer a check (token, policy, cache or database).",
         )
+        db = HistogramMetricFamily(
+            "jwtkeymap_db_query_duration_seconds",
+            "Database round trips of the policy engine, by operation.",
+            labels=["operation"],
+        )
+        for operation, histogram in sorted(self._metrics.db_seconds.items()):
+            db.add_metric([operation], histogram.buckets(), histogram.sum)
+        yield db
 
 
 class _ServiceCollector(Collector):
