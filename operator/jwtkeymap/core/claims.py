@@ -9,6 +9,7 @@ canonically; everything else is refused explicitly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
@@ -40,8 +41,12 @@ class MappingIdentity:
         }
 
 
+@functools.lru_cache(maxsize=256)
 def split_path(path: str) -> tuple[str, ...]:
-    """Split a dot path; ``\\.`` escapes a literal dot. No prefix is special."""
+    """Split a dot path; ``\\.`` escapes a literal dot. No prefix is special.
+
+    Paths come from settings, so the few in use are parsed once.
+    """
     if not path:
         raise ValueError("claim path is empty")
     parts = tuple(
@@ -85,10 +90,19 @@ def canonicalize(value: Any, *, field: str, casefold: bool = False) -> str:
         raise ClaimInvalid(f"Claim '{field}' is an empty string")
     if len(value) > MAX_CLAIM_VALUE_LENGTH:
         raise ClaimInvalid(f"Claim '{field}' is longer than {MAX_CLAIM_VALUE_LENGTH} characters")
-    if "\x00" in value or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if "\x00" in value or (not value.isascii() and _has_surrogate(value)):
         raise ClaimInvalid(f"Claim '{field}' contains characters that cannot be stored")
     text: str = value
     return unicodedata.normalize("NFKC", text).casefold() if casefold else text
+
+
+def _has_surrogate(value: str) -> bool:
+    # A lone surrogate (from a JSON \ud800 escape) has no UTF-8 form.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def identity_from_claims(

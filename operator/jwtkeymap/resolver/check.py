@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Final
 
@@ -77,9 +78,12 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _header_safe(value: str | None) -> str | None:
     # A value with control characters cannot be a header; such an id is dropped.
-    if value is None or not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if not value or _CONTROL.search(value):
         return None
     return value
 
