@@ -154,7 +154,9 @@ _LOOKUP_COLUMNS: Final = (
 _LOOKUP_SCOPED: Final = (
     "SELECT m.id, m.jwt_issuer, "
     + _LOOKUP_COLUMNS
-    + "AND (m.jwt_issuer = $3 OR m.jwt_issuer = '') ORDER BY m.jwt_issuer DESC LIMIT 1"
+    # One backward scan of LiteLLM's unique (issuer, name, value) index: the issuer's own
+    # row sorts after the global one ('') and so comes first.
+    + "AND m.jwt_issuer = ANY(ARRAY[$3::text, '']) ORDER BY m.jwt_issuer DESC LIMIT 1"
 )
 _LOOKUP_GLOBAL: Final = "SELECT m.id, '' AS jwt_issuer, " + _LOOKUP_COLUMNS + "LIMIT 1"
 
