@@ -162,51 +162,48 @@ async def test_failed_flight_reaches_every_waiter_and_is_not_cached(cache: Mappi
     assert cache.get(ident) is None
 
 
-async def test_cancelled_waiter_does_not_cancel_the_shared_load(cache: MappingCache) -> None:
-    ident = MappingIdentity("i", "sub", "x")
-    gate = asyncio.Event()
-    calls = 0
+class GatedLoad:
+    """A load that counts its calls and waits for the gate before answering."""
 
-    async def load() -> Mapped:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def __call__(self) -> Mapped:
+        self.calls += 1
+        await self.gate.wait()
         return mapped()
 
+
+async def test_cancelled_waiter_does_not_cancel_the_shared_load(cache: MappingCache) -> None:
+    ident = MappingIdentity("i", "sub", "x")
+    load = GatedLoad()
     first = asyncio.create_task(cache.get_or_load(ident, load))
     second = asyncio.create_task(cache.get_or_load(ident, load))
     await asyncio.sleep(0)
     second.cancel()
     await asyncio.sleep(0)
-    gate.set()
+    load.gate.set()
     assert await first == mapped()
     with pytest.raises(asyncio.CancelledError):
         await second
-    assert calls == 1
+    assert load.calls == 1
     assert cache.get(ident) == mapped()
 
 
 async def test_cancelled_leader_hands_the_load_to_a_waiter(cache: MappingCache) -> None:
     ident = MappingIdentity("i", "sub", "x")
-    gate = asyncio.Event()
-    calls = 0
-
-    async def load() -> Mapped:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
-        return mapped()
-
+    load = GatedLoad()
     first = asyncio.create_task(cache.get_or_load(ident, load))
     waiters = [asyncio.create_task(cache.get_or_load(ident, load)) for _ in range(5)]
     await asyncio.sleep(0)
     first.cancel()
     await asyncio.sleep(0)
-    gate.set()
+    load.gate.set()
     assert await asyncio.gather(*waiters) == [mapped()] * 5
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert calls == 2  # the cancelled one, and one taken over by a waiter
+    assert load.calls == 2  # the cancelled one, and one taken over by a waiter
     assert cache.get(ident) == mapped()
 
 
