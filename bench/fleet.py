@@ -132,18 +132,17 @@ def ceiling(args: argparse.Namespace) -> str:
     check = _load(REPO / "bench" / "check.py", "bench_check")
     results = check.run(args.seconds, 2, args.rounds)
     by = {name: (loaded, unloaded) for name, loaded, unloaded in results}
-    trivial = by["trivial aiohttp handler"]
     hit, miss = by["cache hit"], by["cache miss (PostgreSQL)"]
-    ratio = hit[0]["rps"] / trivial[0]["rps"]
+    ratio, cpu = hit[0]["x_rps"], hit[0]["x_cpu"]
     return "\n".join(
         [
             check.table(results),
             "",
             "| figure | measured | target |",
             "|---|---:|---|",
-            f"| cache hit / trivial handler (req/s, c=64) | {ratio:.2f}x | >= 0.9x "
-            f"{'met' if ratio >= 0.9 else 'missed'} |",
-            f"| cache miss p50, unloaded (c=1) | {miss[1]['p50'] / 1000:.2f} ms | <= 0.4 ms "
+            f"| cache hit / trivial handler (req/s, c=64; by server CPU {cpu:.2f}x) "
+            f"| {ratio:.2f}x | >= 0.9x {'met' if ratio >= 0.9 else 'missed'} |",
+            f"| cache miss p50, unloaded (c=1) | {miss[1]['p50'] / 1000:.3f} ms | <= 0.4 ms "
             f"{'met' if miss[1]['p50'] <= 400 else 'missed'} |",
         ]
     )
@@ -466,8 +465,8 @@ def main() -> None:
     """Run the chosen sections and print their tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--seconds", type=float, default=5, help="per wrk run (ceiling)")
-    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds (ceiling)")
+    parser.add_argument("--seconds", type=float, default=2, help="per wrk run (ceiling)")
+    parser.add_argument("--rounds", type=int, default=12, help="wrk rounds (ceiling)")
     parser.add_argument("--samples", type=int, default=200, help="database flips")
     parser.add_argument("--cr-samples", type=int, default=50, help="CR flips")
     parser.add_argument("--entries", type=int, default=100_000, help="memory: cached mappings")

@@ -120,7 +120,8 @@ class InjectionDefaults(_Values):
     resources: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
-            "limits": {"memory": "256Mi"},
+            # ~330 MiB with every default cache full (100k clients): bench/RESULTS.md.
+            "limits": {"memory": "512Mi"},
         }
     )
     run_as_user: int = Field(default=10001, ge=1)
