@@ -406,7 +406,7 @@ class ResolverRunner(web.AppRunner):
         handle_check = check_handler(self.app[SERVICE])
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
-            if is_check_path(request.rel_url.path_safe):
+            if is_check_path(request.rel_url.raw_path):
                 return await handle_check(request)
             return await routed(request)
 

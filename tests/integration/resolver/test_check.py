@@ -313,8 +313,8 @@ async def test_runner_fast_path_and_router_agree_on_every_path(
     auth = {"Authorization": f"Bearer {signing_key.sign(sub='dana')}"}
     paths = (
         "/check", "/check/", "/check/v1/chat/completions?stream=true", "/check//x",
-        "/check/a%2Fb", "/check%2Fx", "/checkx", "/check.json", "/CHECK", "/healthz",
-        "/readyz", "/nope", "/",
+        "/check/a%2Fb", "/check/a%20b", "/%63heck/x", "/check%2Fx", "/checkx", "/check.json",
+        "/CHECK", "/healthz", "/readyz", "/nope", "/",
     )  # fmt: skip
     routed: list[str] = []
     resolve = web.UrlDispatcher.resolve
