@@ -276,9 +276,7 @@ class Reconciler:
 
         if target is not None and target.owner == want.owner:
             # Ours, at the right identity. Any other row we still own is stale.
-            for stale in owned:
-                if stale.id != target.id:
-                    await self._delete_row(conn, stale.id)
+            await self._drop_stale(conn, owned, keep=target.id)
             if _digest(target) == want.digest():
                 return _result(want, Outcome.UNCHANGED, mapping_id=target.id)
             changes = _changes(target, want)
@@ -288,8 +286,7 @@ class Reconciler:
 
         if target is not None:
             # Unowned row, adoption requested: take it over, drop what we owned before.
-            for stale in owned:
-                await self._delete_row(conn, stale.id)
+            await self._drop_stale(conn, owned, keep=target.id)
             changes = _changes(target, want)
             if changes:
                 await self._update_row(conn, target.id, want, scoped=scoped)
@@ -305,9 +302,7 @@ class Reconciler:
         if mine is not None:
             # The identity moved: move our row in place (one UPDATE, both identities
             # notified by the trigger), so there is never a moment without a mapping.
-            for stale in owned:
-                if stale.id != mine.id:
-                    await self._delete_row(conn, stale.id)
+            await self._drop_stale(conn, owned, keep=mine.id)
             changes = _changes(mine, want)
             await self._update_row(conn, mine.id, want, scoped=scoped)
             await _set_owner(conn, mine.id, want)
@@ -435,6 +430,14 @@ class Reconciler:
     async def _delete_row(self, conn: asyncpg.Connection, mapping_id: str) -> None:
         await conn.execute('DELETE FROM "LiteLLM_JWTKeyMapping" WHERE id = $1', mapping_id)
         self.writes += 1
+
+    async def _drop_stale(
+        self, conn: asyncpg.Connection, owned: Sequence[MappingRow], *, keep: str
+    ) -> None:
+        """Delete every row this resource owns except ``keep``."""
+        for stale in owned:
+            if stale.id != keep:
+                await self._delete_row(conn, stale.id)
 
     async def _after_commit(self, result: ReconcileResult) -> None:
         identities = result.touched_identities

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -167,6 +168,13 @@ _prune_option = click.option(
 _url_option = click.option("--database-url", "database_url", default=None, help="PostgreSQL URL.")
 
 
+def _offline_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `apply` and `diff` share, in the order --help lists them."""
+    for option in (_url_option, _env_option, _prune_option, _namespace_option, _files_option):
+        command = option(command)
+    return command
+
+
 async def _run_offline(
     settings: Settings,
     paths: tuple[str, ...],
@@ -245,11 +253,7 @@ def _offline_command(
 
 
 @click.command()
-@_files_option
-@_namespace_option
-@_prune_option
-@_env_option
-@_url_option
+@_offline_options
 @pass_ctx
 def apply(
     ctx: Context,
@@ -275,11 +279,7 @@ def apply(
 
 
 @click.command()
-@_files_option
-@_namespace_option
-@_prune_option
-@_env_option
-@_url_option
+@_offline_options
 @pass_ctx
 def diff(
     ctx: Context,

@@ -169,6 +169,10 @@ class EchoUpstream:
             out.setdefault(k.lower(), []).append(v)
         return out
 
+    def identity_of(self, index: int = -1) -> dict[str, list[str]]:
+        """The ``x-jwtkeymap-*`` headers of a recorded request: all of them, spoofed or not."""
+        return {k: v for k, v in self.headers_of(index).items() if k.startswith("x-jwtkeymap-")}
+
 
 class IdentityProvider:
     """A JWKS endpoint with rotatable keys, and an OIDC userinfo endpoint for opaque tokens."""
@@ -250,11 +254,8 @@ class _Process:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Nginx(_Process):
-    """nginx running ``examples/nginx/nginx.conf`` with its ports rewritten."""
-
-    name = "nginx"
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+class _FrontProxy(_Process):
+    """A proxy in front of an upstream that asks a resolver: its port and the two it uses."""
 
     def __init__(self, *, resolver_port: int, upstream_port: int) -> None:
         super().__init__()
@@ -266,6 +267,13 @@ class Nginx(_Process):
     def url(self) -> str:
         """Base URL of the proxy."""
         return f"http://127.0.0.1:{self.port}"
+
+
+class Nginx(_FrontProxy):
+    """nginx running ``examples/nginx/nginx.conf`` with its ports rewritten."""
+
+    name = "nginx"
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
 
     def config(self) -> str:
         """The example, with its ports rewritten."""
@@ -324,22 +332,14 @@ def envoy_binary() -> str:
     return found
 
 
-class Envoy(_Process):
+class Envoy(_FrontProxy):
     """Envoy running ``examples/envoy/envoy.yaml`` with its ports rewritten."""
 
     name = "envoy"
 
     def __init__(self, *, resolver_port: int, upstream_port: int) -> None:
-        super().__init__()
-        self.port = free_port()
+        super().__init__(resolver_port=resolver_port, upstream_port=upstream_port)
         self.admin_port = free_port()
-        self.resolver_port = resolver_port
-        self.upstream_port = upstream_port
-
-    @property
-    def url(self) -> str:
-        """Base URL of the proxy."""
-        return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> str:
         """The example, with its ports rewritten."""
