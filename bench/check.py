@@ -166,8 +166,9 @@ async def seed(url: str, key: SigningKey) -> list[str]:
     """Migrate, create one key, map TOKENS subjects to it; return their tokens."""
     import asyncpg
 
-    from jwtkeymap.core import schema
-    from jwtkeymap.core.store import NewKey, Store
+    from jwtkeymap.core.db import schema
+    from jwtkeymap.core.db.keys import NewKey
+    from jwtkeymap.core.db.store import Store
 
     conn = await asyncpg.connect(url)
     await schema.migrate(conn, channel="jwtkeymap_invalidate")

@@ -15,11 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.policy import Outcome, Resolver
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
+from jwtkeymap.core.policy import PolicyEngine, Verdict
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.core.store import NewKey, Store
 from jwtkeymap.core.tokens import TokenVerifier
 from jwtkeymap.testing.postgres import throwaway_postgres
 from jwtkeymap.testing.tokens import SigningKey
@@ -74,10 +75,10 @@ async def main(url: str, seconds: float) -> list[tuple[str, float, float, float]
             [(f"user-{i}", k.token_hash) for i in range(10_000)],
         )
     claims = {"sub": "user-42"}
-    hit = Resolver(load_settings(None, **base), store=store)
-    miss = Resolver(load_settings(None, positive_ttl_seconds=0, **base), store=store)
-    assert (await hit.resolve(claims, ISS)).outcome is Outcome.MAPPED
-    assert (await miss.resolve(claims, ISS)).outcome is Outcome.MAPPED
+    hit = PolicyEngine(load_settings(None, **base), store=store)
+    miss = PolicyEngine(load_settings(None, positive_ttl_seconds=0, **base), store=store)
+    assert (await hit.resolve(claims, ISS)).outcome is Verdict.MAPPED
+    assert (await miss.resolve(claims, ISS)).outcome is Verdict.MAPPED
 
     token = key.sign({"sub": "user-42"})
     verifier = TokenVerifier(load_settings(None, **base))

@@ -34,8 +34,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from jwtkeymap.core import schema
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.testing.postgres import ThrowawayPostgres, throwaway_postgres
 from jwtkeymap.testing.servers import (
     OperatorProcess,

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from jwtkeymap.core import schema
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.settings import Settings, load_settings
-from jwtkeymap.core.store import Store
 from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.postgres import ThrowawayPostgres
 from jwtkeymap.testing.tokens import SigningKey

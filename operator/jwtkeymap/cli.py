@@ -20,6 +20,8 @@ import click
 from jwtkeymap import __version__
 from jwtkeymap.core import keys as keylib
 from jwtkeymap.core.claims import MappingIdentity, canonicalize
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import (
     ClaimError,
     ConfigError,
@@ -34,7 +36,6 @@ from jwtkeymap.core.errors import (
 )
 from jwtkeymap.core.logs import configure_logging
 from jwtkeymap.core.settings import Settings, load_settings
-from jwtkeymap.core.store import NewKey, Store
 
 T = TypeVar("T")
 
@@ -180,8 +181,8 @@ async def migrate(ctx: Context) -> None:
     """Create the tables, ownership table and NOTIFY triggers (idempotent)."""
     import asyncpg
 
-    from jwtkeymap.core import schema
-    from jwtkeymap.core.store import translate_errors
+    from jwtkeymap.core.db import schema
+    from jwtkeymap.core.db.errors import translate_errors
 
     configure_logging(ctx.settings.log_level, json=False)
     url = ctx.require_database()
@@ -371,7 +372,7 @@ async def resolve(ctx: Context, token: str) -> None:
     """Verify a token and print the policy's decision as JSON (exit 1 when denied)."""
     import aiohttp
 
-    from jwtkeymap.core.policy import Resolver
+    from jwtkeymap.core.policy import PolicyEngine
     from jwtkeymap.core.tokens import TokenVerifier
 
     settings = ctx.settings
@@ -382,7 +383,9 @@ async def resolve(ctx: Context, token: str) -> None:
         verified = await verifier.verify(token.strip())
     store = await open_store(ctx) if settings.database_url else None
     try:
-        decision = await Resolver(settings, store=store).resolve(verified.claims, verified.issuer)
+        decision = await PolicyEngine(settings, store=store).resolve(
+            verified.claims, verified.issuer
+        )
     finally:
         if store is not None:
             await store.close()

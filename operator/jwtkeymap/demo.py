@@ -19,12 +19,13 @@ from typing import Any
 import asyncpg
 import click
 
-from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import InvalidToken
-from jwtkeymap.core.policy import Decision, Outcome, Resolver
+from jwtkeymap.core.policy import Decision, PolicyEngine, Verdict
 from jwtkeymap.core.settings import Settings, load_settings
-from jwtkeymap.core.store import NewKey, Store
 from jwtkeymap.core.tokens import TokenVerifier
 from jwtkeymap.testing.postgres import PostgresNotInstalled, throwaway_postgres
 from jwtkeymap.testing.tokens import SigningKey
@@ -123,7 +124,7 @@ async def _seed(store: Store) -> dict[str, str]:
 
 def describe(decision: Decision) -> str:
     """A short cell for the table."""
-    if decision.outcome is Outcome.DENIED:
+    if decision.outcome is Verdict.DENIED:
         return f"{decision.status} {decision.reason.value if decision.reason else ''}"
     team = f" ({decision.key.team_id})" if decision.key and decision.key.team_id else ""
     return f"{decision.status} {decision.outcome.value}{team}"
@@ -146,7 +147,7 @@ async def run(url: str) -> list[list[str]]:
         for behavior in BEHAVIORS:
             settings = _settings(url, behavior, corp, partner)
             verifier = TokenVerifier(settings)
-            resolver = Resolver(settings, store=store)
+            resolver = PolicyEngine(settings, store=store)
             for row, token in zip(rows, tokens, strict=True):
                 try:
                     verified = await verifier.verify(token)

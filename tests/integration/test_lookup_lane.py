@@ -14,8 +14,9 @@ import pytest
 
 from jwtkeymap.core.cache import Mapped, Unmapped
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable
-from jwtkeymap.core.store import NewKey, Store
 
 ISS = "https://idp.test.example"
 
@@ -39,7 +40,7 @@ async def test_concurrent_lookups_share_lane_and_pool_with_the_same_answers(data
             else:
                 assert isinstance(entry, Unmapped)
         # The lane is back and free, and the pool still serves other work.
-        assert not store._lane_busy
+        assert not store.lane.busy
         await store.ping()
     finally:
         await store.close()
@@ -51,7 +52,7 @@ async def test_a_pool_of_one_has_no_lane_and_never_starves(database_url):
         await _seed(store, 1)
         assert isinstance(await store.lookup(MappingIdentity(ISS, "sub", "u0")), Mapped)
         await store.ping()  # would time out if the lookup kept the only connection
-        assert store._lane is None
+        assert store.lane.connection is None
     finally:
         await store.close()
 
@@ -63,10 +64,10 @@ async def test_lane_connection_killed_is_replaced(database_url, db, busy):
         await _seed(store, 1)
         identity = MappingIdentity(ISS, "sub", "u0")
         assert isinstance(await store.lookup(identity), Mapped)
-        pid = store._lane.get_server_pid()
+        pid = store.lane.connection.get_server_pid()
         if busy:
             # Killed in the middle of a query: that lookup fails closed.
-            slow = asyncio.create_task(store._lane.fetchval("SELECT pg_sleep(5)"))
+            slow = asyncio.create_task(store.lane.connection.fetchval("SELECT pg_sleep(5)"))
             await asyncio.sleep(0.2)
         assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
         if busy:
@@ -83,7 +84,7 @@ async def test_lane_connection_killed_is_replaced(database_url, db, busy):
                 assert time.monotonic() < deadline
         assert isinstance(entry, Mapped)
         assert failures <= 1
-        assert store._lane is not None and store._lane.get_server_pid() != pid
+        assert store.lane.connection is not None and store.lane.connection.get_server_pid() != pid
     finally:
         await store.close()
 
@@ -92,7 +93,7 @@ async def test_close_returns_the_lane_so_the_pool_closes_promptly(database_url):
     store = await Store.open(database_url, min_size=1, max_size=2)
     await _seed(store, 1)
     await store.lookup(MappingIdentity(ISS, "sub", "u0"))
-    assert store._lane is not None
+    assert store.lane.connection is not None
     async with asyncio.timeout(5):
         await store.close()
-    assert store._lane is None
+    assert store.lane.connection is None

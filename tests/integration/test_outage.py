@@ -9,11 +9,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable
-from jwtkeymap.core.policy import Outcome, Reason, Resolver
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.policy import DenialReason, PolicyEngine, Verdict
 from jwtkeymap.testing.postgres import ThrowawayPostgres
 
 ISS = "https://idp.test.example"
@@ -46,13 +47,13 @@ async def test_database_down_means_503_then_recovery(
 ) -> None:
     _, key = await outage_store.create_key(NewKey(team_id="t"), actor="test")
     await outage_store.add_mapping(MappingIdentity("", "sub", "known"), key.token_hash, actor="t")
-    r = Resolver(make_settings(unregistered_client_behavior=behavior), store=outage_store)
-    assert (await r.resolve({"sub": "known"}, ISS)).outcome is Outcome.MAPPED
+    r = PolicyEngine(make_settings(unregistered_client_behavior=behavior), store=outage_store)
+    assert (await r.resolve({"sub": "known"}, ISS)).outcome is Verdict.MAPPED
 
     await asyncio.to_thread(private_pg.stop, "fast")
     for sub in ("unknown-1", "unknown-2"):
         d = await r.resolve({"sub": sub}, ISS)
-        assert (d.status, d.reason) == (503, Reason.DATABASE_UNAVAILABLE), d
+        assert (d.status, d.reason) == (503, DenialReason.DATABASE_UNAVAILABLE), d
         assert not d.allowed and d.retryable
     with pytest.raises(DatabaseUnavailable):
         await outage_store.ping()

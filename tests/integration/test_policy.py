@@ -15,9 +15,10 @@ import pytest
 from jwtkeymap.core.cache import Mapped
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import ManualClock
-from jwtkeymap.core.policy import Outcome, Reason, Resolver
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import RegistrationVanished, Store
+from jwtkeymap.core.policy import DenialReason, PolicyEngine, Verdict
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.core.store import NewKey, RegistrationVanished, Store
 
 ISS = "https://idp.test.example"
 OTHER = "https://other-idp.test.example"
@@ -43,8 +44,10 @@ async def add(
     return row.id
 
 
-def resolver(settings: Settings, store: Store | None, clock: ManualClock | None = None) -> Resolver:
-    return Resolver(settings, store=store, clock=clock or ManualClock(dt.datetime.now(dt.UTC)))
+def resolver(
+    settings: Settings, store: Store | None, clock: ManualClock | None = None
+) -> PolicyEngine:
+    return PolicyEngine(settings, store=store, clock=clock or ManualClock(dt.datetime.now(dt.UTC)))
 
 
 async def count(db: asyncpg.Connection, table: str) -> int:
@@ -61,12 +64,12 @@ async def test_mapping_resolution_uses_the_cache_on_the_second_call(
     await add(store, "client-abc", token)
     r = resolver(make_settings(), store)
     first = await r.resolve({"sub": "client-abc"}, ISS)
-    assert first.outcome is Outcome.MAPPED
+    assert first.outcome is Verdict.MAPPED
     assert first.key is not None and first.key.token_hash == token
     assert (first.key.team_id, first.key.user_id, first.key.org_id) == ("team-1", "user-1", "org-1")
     second = await r.resolve({"sub": "client-abc"}, ISS)
     assert second == first
-    assert r.cache.loads == 1 and r.cache.stats.hits == 1
+    assert r.cache.stats.loads == 1 and r.cache.stats.hits == 1
 
 
 @pytest.mark.parametrize("behavior", ["reject", "auto_register", "fallback_team_mapping"])
@@ -81,7 +84,7 @@ async def test_blocked_key_is_denied(
     d = await resolver(make_settings(unregistered_client_behavior=behavior), store).resolve(
         {"sub": "u1"}, ISS
     )
-    assert (d.status, d.reason) == (403, Reason.KEY_BLOCKED)
+    assert (d.status, d.reason) == (403, DenialReason.KEY_BLOCKED)
 
 
 async def test_expired_key_is_denied(
@@ -94,7 +97,7 @@ async def test_expired_key_is_denied(
         token,
     )
     d = await resolver(make_settings(), store).resolve({"sub": "u1"}, ISS)
-    assert (d.status, d.reason) == (403, Reason.KEY_EXPIRED)
+    assert (d.status, d.reason) == (403, DenialReason.KEY_EXPIRED)
 
 
 async def test_key_expiring_later_expires_while_cached(
@@ -108,10 +111,10 @@ async def test_key_expiring_later_expires_while_cached(
     )
     clock = ManualClock(dt.datetime.now(dt.UTC))
     r = resolver(make_settings(), store, clock)
-    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
     clock.advance(120)  # still within the 300 s positive TTL
     d = await r.resolve({"sub": "u1"}, ISS)
-    assert d.reason is Reason.KEY_EXPIRED and r.cache.loads == 1
+    assert d.reason is DenialReason.KEY_EXPIRED and r.cache.stats.loads == 1
 
 
 # -- inactive ------------------------------------------------------------------------------
@@ -120,9 +123,9 @@ async def test_key_expiring_later_expires_while_cached(
 @pytest.mark.parametrize(
     ("behavior", "outcome", "status"),
     [
-        ("reject", Outcome.DENIED, 403),
-        ("auto_register", Outcome.DENIED, 403),
-        ("fallback_team_mapping", Outcome.FALLBACK, 200),
+        ("reject", Verdict.DENIED, 403),
+        ("auto_register", Verdict.DENIED, 403),
+        ("fallback_team_mapping", Verdict.FALLBACK, 200),
     ],
 )
 async def test_inactive_mapping(
@@ -130,7 +133,7 @@ async def test_inactive_mapping(
     store: Store,
     db: asyncpg.Connection,
     behavior: str,
-    outcome: Outcome,
+    outcome: Verdict,
     status: int,
 ) -> None:
     token = await make_key(store)
@@ -140,8 +143,8 @@ async def test_inactive_mapping(
     for _ in range(3):  # never the 503 loop of W6, never a new key
         d = await r.resolve({"sub": "u1"}, ISS)
         assert (d.outcome, d.status) == (outcome, status)
-        if outcome is Outcome.DENIED:
-            assert d.reason is Reason.MAPPING_INACTIVE
+        if outcome is Verdict.DENIED:
+            assert d.reason is DenialReason.MAPPING_INACTIVE
     assert await count(db, "LiteLLM_VerificationToken") == keys_before
 
 
@@ -153,11 +156,11 @@ async def test_reject_raises_403_on_no_mapping_and_caches_the_miss(
 ) -> None:
     r = resolver(make_settings(unregistered_client_behavior="reject"), store)
     d = await r.resolve({"sub": "unknown@example.com"}, ISS)
-    assert (d.status, d.reason) == (403, Reason.UNREGISTERED_CLIENT)
+    assert (d.status, d.reason) == (403, DenialReason.UNREGISTERED_CLIENT)
     assert "unknown@example.com" in d.message
     again = await r.resolve({"sub": "unknown@example.com"}, ISS)
-    assert again.reason is Reason.UNREGISTERED_CLIENT
-    assert r.cache.loads == 1  # the second answer came from the negative cache
+    assert again.reason is DenialReason.UNREGISTERED_CLIENT
+    assert r.cache.stats.loads == 1  # the second answer came from the negative cache
 
 
 async def test_reject_message_is_sanitised_and_bounded(make_settings: Any, store: Store) -> None:
@@ -179,7 +182,7 @@ async def test_negative_entry_expires_after_the_negative_ttl(
     clock.advance(29)
     assert (await r.resolve({"sub": "late"}, ISS)).status == 403
     clock.advance(2)
-    assert (await r.resolve({"sub": "late"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"sub": "late"}, ISS)).outcome is Verdict.MAPPED
 
 
 async def test_fallback_returns_fallback_and_caches_the_miss(
@@ -187,8 +190,8 @@ async def test_fallback_returns_fallback_and_caches_the_miss(
 ) -> None:
     r = resolver(make_settings(), store)
     for _ in range(2):
-        assert (await r.resolve({"sub": "nobody"}, ISS)).outcome is Outcome.FALLBACK
-    assert r.cache.loads == 1
+        assert (await r.resolve({"sub": "nobody"}, ISS)).outcome is Verdict.FALLBACK
+    assert r.cache.stats.loads == 1
 
 
 # -- issuers -------------------------------------------------------------------------------
@@ -211,8 +214,8 @@ async def test_same_subject_from_another_issuer_does_not_inherit_a_scoped_key(
 ) -> None:
     await add(store, "u1", await make_key(store), issuer=ISS)
     r = resolver(make_settings(unregistered_client_behavior="reject"), store)
-    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Outcome.MAPPED
-    assert (await r.resolve({"sub": "u1"}, OTHER)).reason is Reason.UNREGISTERED_CLIENT
+    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
+    assert (await r.resolve({"sub": "u1"}, OTHER)).reason is DenialReason.UNREGISTERED_CLIENT
 
 
 async def test_casefolding_matches_mixed_case_emails(make_settings: Any, store: Store) -> None:
@@ -223,7 +226,7 @@ async def test_casefolding_matches_mixed_case_emails(make_settings: Any, store: 
         ),
         store,
     )
-    assert (await r.resolve({"email": "Alice@Example.COM"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"email": "Alice@Example.COM"}, ISS)).outcome is Verdict.MAPPED
     strict = resolver(
         make_settings(claim_field="email", unregistered_client_behavior="reject"), store
     )
@@ -235,13 +238,13 @@ async def test_nested_claim_field(make_settings: Any, store: Store) -> None:
     r = resolver(
         make_settings(claim_field="client.id", unregistered_client_behavior="reject"), store
     )
-    assert (await r.resolve({"client": {"id": "c-9"}}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"client": {"id": "c-9"}}, ISS)).outcome is Verdict.MAPPED
 
 
 async def test_integer_claims_match_their_decimal_form(make_settings: Any, store: Store) -> None:
     await add(store, "12345", await make_key(store), claim="uid")
     r = resolver(make_settings(claim_field="uid", unregistered_client_behavior="reject"), store)
-    assert (await r.resolve({"uid": 12345}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"uid": 12345}, ISS)).outcome is Verdict.MAPPED
 
 
 # -- auto-register -------------------------------------------------------------------------
@@ -271,7 +274,7 @@ async def test_auto_register_creates_key_and_mapping(
     d = await r.resolve(
         {"sub": "new-user-42", "team": "validated-team", "org": "validated-org"}, ISS
     )
-    assert d.outcome is Outcome.AUTO_REGISTERED
+    assert d.outcome is Verdict.AUTO_REGISTERED
     assert d.key is not None
     assert (d.key.team_id, d.key.user_id, d.key.org_id) == (
         "validated-team",
@@ -299,7 +302,7 @@ async def test_auto_register_creates_key_and_mapping(
     )
     # Next request: mapped, from the cache.
     again = await r.resolve({"sub": "new-user-42", "team": "validated-team"}, ISS)
-    assert again.outcome is Outcome.MAPPED and again.key == d.key
+    assert again.outcome is Verdict.MAPPED and again.key == d.key
 
 
 async def test_auto_register_requires_a_team_when_configured(
@@ -307,11 +310,11 @@ async def test_auto_register_requires_a_team_when_configured(
 ) -> None:
     r = resolver(auto_settings(make_settings, team_id_claim="team"), store)
     d = await r.resolve({"sub": "u1"}, ISS)
-    assert (d.status, d.reason) == (403, Reason.TEAM_REQUIRED)
+    assert (d.status, d.reason) == (403, DenialReason.TEAM_REQUIRED)
     assert await count(db, "LiteLLM_VerificationToken") == 0
     # Not cached: the same client with a team is registered at once.
     ok = await r.resolve({"sub": "u1", "team": "t1"}, ISS)
-    assert ok.outcome is Outcome.AUTO_REGISTERED and ok.key is not None and ok.key.team_id == "t1"
+    assert ok.outcome is Verdict.AUTO_REGISTERED and ok.key is not None and ok.key.team_id == "t1"
 
 
 async def test_auto_register_team_default(make_settings: Any, store: Store) -> None:
@@ -327,7 +330,7 @@ async def test_auto_register_existing_mapping_is_just_mapped(
 ) -> None:
     await add(store, "u1", await make_key(store, team_id="pre"))
     d = await resolver(auto_settings(make_settings), store).resolve({"sub": "u1"}, ISS)
-    assert d.outcome is Outcome.MAPPED and d.key is not None and d.key.team_id == "pre"
+    assert d.outcome is Verdict.MAPPED and d.key is not None and d.key.team_id == "pre"
     assert await count(db, "LiteLLM_VerificationToken") == 1
 
 
@@ -342,7 +345,7 @@ async def test_fifty_concurrent_registrations_make_one_key(
     assert all(d.allowed for d in decisions)
     hashes = {d.key.token_hash for d in decisions if d.key}
     assert len(hashes) == 1
-    assert sum(d.outcome is Outcome.AUTO_REGISTERED for d in decisions) == 1
+    assert sum(d.outcome is Verdict.AUTO_REGISTERED for d in decisions) == 1
     assert await count(db, "LiteLLM_VerificationToken") == 1  # no orphan keys
     assert await count(db, "LiteLLM_JWTKeyMapping") == 1
 
@@ -353,8 +356,8 @@ async def test_concurrent_misses_in_one_process_share_one_query(
     await add(store, "hot", await make_key(store))
     r = resolver(make_settings(), store)
     decisions = await asyncio.gather(*(r.resolve({"sub": "hot"}, ISS) for _ in range(100)))
-    assert all(d.outcome is Outcome.MAPPED for d in decisions)
-    assert r.cache.loads == 1
+    assert all(d.outcome is Verdict.MAPPED for d in decisions)
+    assert r.cache.stats.loads == 1
 
 
 async def test_losing_to_an_inactive_winner_is_denied(
@@ -389,9 +392,9 @@ async def test_vanished_winner_is_a_retryable_503(make_settings: Any, store: Sto
         async def register(self, identity: MappingIdentity, spec: NewKey) -> Any:
             raise RegistrationVanished("winner gone")
 
-    r = Resolver(auto_settings(make_settings), store=VanishingStore())  # type: ignore[arg-type]
+    r = PolicyEngine(auto_settings(make_settings), store=VanishingStore())  # type: ignore[arg-type]
     d = await r.resolve({"sub": "u1"}, ISS)
-    assert (d.status, d.reason) == (503, Reason.REGISTRATION_CONFLICT)
+    assert (d.status, d.reason) == (503, DenialReason.REGISTRATION_CONFLICT)
     assert "concurrently removed" in d.message and d.retryable
 
 
@@ -401,13 +404,13 @@ async def test_vanished_winner_is_a_retryable_503(make_settings: Any, store: Sto
 async def test_suspended_cache_fails_closed(make_settings: Any, store: Store) -> None:
     await add(store, "u1", await make_key(store))
     r = resolver(make_settings(unregistered_client_behavior="reject"), store)
-    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
     r.suspend()
     d = await r.resolve({"sub": "u1"}, ISS)
-    assert (d.status, d.reason) == (503, Reason.DATABASE_UNAVAILABLE)
+    assert (d.status, d.reason) == (503, DenialReason.DATABASE_UNAVAILABLE)
     assert len(r.cache) == 0
     r.resume()
-    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
 
 
 async def test_grace_period_serves_cached_entries_then_expires(
@@ -418,7 +421,7 @@ async def test_grace_period_serves_cached_entries_then_expires(
     r = resolver(make_settings(stale_while_disconnected_seconds=10), store, clock)
     await r.resolve({"sub": "u1"}, ISS)
     r.suspend()
-    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Outcome.MAPPED
+    assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
     assert (await r.resolve({"sub": "u2"}, ISS)).status == 503  # not cached: needs the database
     clock.advance(11)
     assert (await r.resolve({"sub": "u1"}, ISS)).status == 503
@@ -430,4 +433,4 @@ async def test_admin_needs_no_database_even_when_suspended(
     r = resolver(make_settings(admin={"claim": "scope", "value": "litellm_proxy_admin"}), store)
     r.suspend()
     d = await r.resolve({"sub": "root", "scope": "litellm_proxy_admin"}, ISS)
-    assert d.outcome is Outcome.ADMIN
+    assert d.outcome is Verdict.ADMIN

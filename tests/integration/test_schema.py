@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db import schema
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import SchemaError
 from jwtkeymap.core.settings import KeyDefaults
-from jwtkeymap.core.store import NewKey, Store
 from jwtkeymap.testing import litellm
 
 CHANNEL = "jwtkeymap_invalidate"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jwtkeymap.core.bus import Invalidation, apply_message, parse_message
 from jwtkeymap.core.cache import Mapped, MappingCache
 from jwtkeymap.core.claims import MappingIdentity, canonicalize
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import ClaimInvalid
+from jwtkeymap.core.invalidation.messages import Invalidation, apply_message, parse_message
 from jwtkeymap.core.keys import KeyIdentity
 
 KEY = KeyIdentity(token_hash="a" * 64)

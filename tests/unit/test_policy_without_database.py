@@ -6,25 +6,25 @@ from typing import Any
 
 import pytest
 
-from jwtkeymap.core.policy import Outcome, Reason, Resolver
+from jwtkeymap.core.policy import DenialReason, PolicyEngine, Verdict
 from jwtkeymap.core.settings import load_settings
 
 ISS = "https://idp.unit"
 
 
-def resolver(**settings: Any) -> Resolver:
-    return Resolver(load_settings(None, **settings), store=None)
+def resolver(**settings: Any) -> PolicyEngine:
+    return PolicyEngine(load_settings(None, **settings), store=None)
 
 
 @pytest.mark.parametrize(
     ("behavior", "outcome", "status", "reason"),
     [
-        ("reject", Outcome.DENIED, 403, Reason.UNREGISTERED_CLIENT),
-        ("auto_register", Outcome.DENIED, 500, Reason.DATABASE_REQUIRED),
-        ("fallback_team_mapping", Outcome.FALLBACK, 200, None),
+        ("reject", Verdict.DENIED, 403, DenialReason.UNREGISTERED_CLIENT),
+        ("auto_register", Verdict.DENIED, 500, DenialReason.DATABASE_REQUIRED),
+        ("fallback_team_mapping", Verdict.FALLBACK, 200, None),
     ],
 )
-async def test_no_database(behavior: str, outcome: Outcome, status: int, reason: Any) -> None:
+async def test_no_database(behavior: str, outcome: Verdict, status: int, reason: Any) -> None:
     d = await resolver(unregistered_client_behavior=behavior).resolve({"sub": "u1"}, ISS)
     assert (d.outcome, d.status, d.reason) == (outcome, status, reason)
 
@@ -42,16 +42,16 @@ async def test_auto_register_without_database_says_so() -> None:
 @pytest.mark.parametrize(
     ("behavior", "outcome", "status"),
     [
-        ("reject", Outcome.DENIED, 403),
-        ("auto_register", Outcome.DENIED, 403),
-        ("fallback_team_mapping", Outcome.FALLBACK, 200),
+        ("reject", Verdict.DENIED, 403),
+        ("auto_register", Verdict.DENIED, 403),
+        ("fallback_team_mapping", Verdict.FALLBACK, 200),
     ],
 )
-async def test_missing_claim(behavior: str, outcome: Outcome, status: int) -> None:
+async def test_missing_claim(behavior: str, outcome: Verdict, status: int) -> None:
     d = await resolver(unregistered_client_behavior=behavior).resolve({"email": "x@y"}, ISS)
     assert (d.outcome, d.status) == (outcome, status)
-    if d.outcome is Outcome.DENIED:
-        assert d.reason is Reason.CLAIM_MISSING
+    if d.outcome is Verdict.DENIED:
+        assert d.reason is DenialReason.CLAIM_MISSING
         assert "'sub'" in d.message and "missing from the JWT" in d.message
 
 
@@ -59,7 +59,7 @@ async def test_missing_claim(behavior: str, outcome: Outcome, status: int) -> No
 @pytest.mark.parametrize("value", [["a"], {"a": 1}, True, 1.5, ""])
 async def test_invalid_claim_is_403_under_every_behaviour(behavior: str, value: Any) -> None:
     d = await resolver(unregistered_client_behavior=behavior).resolve({"sub": value}, ISS)
-    assert (d.status, d.reason) == (403, Reason.CLAIM_INVALID)
+    assert (d.status, d.reason) == (403, DenialReason.CLAIM_INVALID)
 
 
 async def test_admin_rule_is_evaluated_on_every_request() -> None:
@@ -67,15 +67,15 @@ async def test_admin_rule_is_evaluated_on_every_request() -> None:
         unregistered_client_behavior="reject", admin={"claim": "scope", "value": "proxy_admin"}
     )
     admin = await r.resolve({"sub": "boss", "scope": "read proxy_admin"}, ISS)
-    assert admin.outcome is Outcome.ADMIN
+    assert admin.outcome is Verdict.ADMIN
     # The same subject without the scope is no longer an admin (no sticky sentinel: W7).
     demoted = await r.resolve({"sub": "boss", "scope": "read"}, ISS)
-    assert demoted.outcome is Outcome.DENIED and demoted.reason is Reason.UNREGISTERED_CLIENT
+    assert demoted.outcome is Verdict.DENIED and demoted.reason is DenialReason.UNREGISTERED_CLIENT
 
 
 async def test_admin_needs_no_identifying_claim() -> None:
     r = resolver(unregistered_client_behavior="reject", admin={"claim": "role", "value": "admin"})
-    assert (await r.resolve({"role": "admin"}, ISS)).outcome is Outcome.ADMIN
+    assert (await r.resolve({"role": "admin"}, ISS)).outcome is Verdict.ADMIN
 
 
 async def test_decision_json_never_contains_the_key_hash() -> None:
@@ -83,5 +83,5 @@ async def test_decision_json_never_contains_the_key_hash() -> None:
     from jwtkeymap.core.policy import Decision
 
     h = hash_key("sk-secret")
-    d = Decision(Outcome.MAPPED, key=KeyIdentity(token_hash=h, team_id="t"))
+    d = Decision(Verdict.MAPPED, key=KeyIdentity(token_hash=h, team_id="t"))
     assert h not in str(d.to_json()) and h not in repr(d)

@@ -29,6 +29,8 @@ class CacheStats:
     misses: int = 0
     evictions: int = 0
     invalidations: int = 0
+    # Loads run for a miss (one per single flight, however many callers waited).
+    loads: int = 0
 
 
 class LRUCache(Generic[K, V]):
@@ -154,7 +156,6 @@ class MappingCache:
         self._by_key: dict[str, set[MappingIdentity]] = {}
         self._flights: dict[MappingIdentity, asyncio.Future[Entry]] = {}
         self.generation = 0
-        self.loads = 0
 
     @property
     def stats(self) -> CacheStats:
@@ -207,7 +208,7 @@ class MappingCache:
         flight: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         self._flights[identity] = flight
         generation = self.generation
-        self.loads += 1
+        self._lru.stats.loads += 1
         try:
             entry = await load()
         except asyncio.CancelledError:

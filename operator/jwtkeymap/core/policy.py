@@ -19,15 +19,16 @@ from jwtkeymap.core import claims as claimlib
 from jwtkeymap.core.cache import Entry, Inactive, Mapped, MappingCache, Unmapped
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import RegistrationVanished, Store
 from jwtkeymap.core.errors import ClaimError, DatabaseUnavailable, SchemaError
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Behavior, Settings
-from jwtkeymap.core.store import NewKey, RegistrationVanished, Store
 
 log = logging.getLogger(__name__)
 
 
-class Outcome(enum.StrEnum):
+class Verdict(enum.StrEnum):
     """The kind of a decision."""
 
     MAPPED = "mapped"
@@ -37,7 +38,7 @@ class Outcome(enum.StrEnum):
     DENIED = "denied"
 
 
-class Reason(enum.StrEnum):
+class DenialReason(enum.StrEnum):
     """Machine-readable reasons of a denial."""
 
     INVALID_TOKEN = "invalid_token"
@@ -57,9 +58,9 @@ class Reason(enum.StrEnum):
 class Decision:
     """The answer for one request. ``status`` is the HTTP status an edge should use."""
 
-    outcome: Outcome
+    outcome: Verdict
     status: int = 200
-    reason: Reason | None = None
+    reason: DenialReason | None = None
     message: str = ""
     key: KeyIdentity | None = None
     identity: MappingIdentity | None = None
@@ -67,7 +68,7 @@ class Decision:
     @property
     def allowed(self) -> bool:
         """Tell whether the request may proceed."""
-        return self.outcome is not Outcome.DENIED
+        return self.outcome is not Verdict.DENIED
 
     @property
     def retryable(self) -> bool:
@@ -93,26 +94,26 @@ class Decision:
         return out
 
 
-def deny(
-    status: int, reason: Reason, message: str, identity: MappingIdentity | None = None
+def denial(
+    status: int, reason: DenialReason, message: str, identity: MappingIdentity | None = None
 ) -> Decision:
     """Build a denial."""
     return Decision(
-        Outcome.DENIED, status, reason, f"JWT Key Mapping: {message}", identity=identity
+        Verdict.DENIED, status, reason, f"JWT Key Mapping: {message}", identity=identity
     )
 
 
-FALLBACK = Decision(Outcome.FALLBACK)
+FALLBACK = Decision(Verdict.FALLBACK)
 
 
 class _TeamRequired(Exception):
     """Auto-registration needs a team and the token names none."""
 
 
-ADMIN = Decision(Outcome.ADMIN)
+ADMIN = Decision(Verdict.ADMIN)
 
 
-class Resolver:
+class PolicyEngine:
     """Resolve verified claims to a decision, with caching and auto-registration."""
 
     def __init__(
@@ -190,7 +191,7 @@ class Resolver:
         except ClaimError as exc:
             if exc.reason == "claim_missing" and self.behavior is Behavior.FALLBACK_TEAM_MAPPING:
                 return FALLBACK
-            return deny(403, Reason(exc.reason), f"{exc}. Access denied.")
+            return denial(403, DenialReason(exc.reason), f"{exc}. Access denied.")
 
         if self.store is None:
             return self._without_database(identity)
@@ -220,17 +221,17 @@ class Resolver:
         try:
             entry = await self.cache.get_or_load(identity, load)
         except _TeamRequired:
-            return deny(
+            return denial(
                 403,
-                Reason.TEAM_REQUIRED,
+                DenialReason.TEAM_REQUIRED,
                 f"claim '{self.settings.auto_register.team_id_claim}' is required to "
                 "auto-register a key and no team_id_default is configured. Access denied.",
                 identity,
             )
         except RegistrationVanished:
-            return deny(
+            return denial(
                 503,
-                Reason.REGISTRATION_CONFLICT,
+                DenialReason.REGISTRATION_CONFLICT,
                 "auto-registration lost a race and the winning mapping was concurrently "
                 "removed. Retry the request.",
                 identity,
@@ -246,17 +247,19 @@ class Resolver:
         if isinstance(entry, Mapped):
             key = entry.key
             if key.blocked:
-                return deny(403, Reason.KEY_BLOCKED, "the mapped key is blocked.", identity)
+                return denial(403, DenialReason.KEY_BLOCKED, "the mapped key is blocked.", identity)
             if key.is_expired(self.clock.now()):
-                return deny(403, Reason.KEY_EXPIRED, "the mapped key has expired.", identity)
-            outcome = Outcome.AUTO_REGISTERED if created else Outcome.MAPPED
+                return denial(
+                    403, DenialReason.KEY_EXPIRED, "the mapped key has expired.", identity
+                )
+            outcome = Verdict.AUTO_REGISTERED if created else Verdict.MAPPED
             return Decision(outcome, key=key, identity=identity)
         if isinstance(entry, Inactive):
             if self.behavior is Behavior.FALLBACK_TEAM_MAPPING:
                 return FALLBACK
-            return deny(
+            return denial(
                 403,
-                Reason.MAPPING_INACTIVE,
+                DenialReason.MAPPING_INACTIVE,
                 f"the mapping for {self._describe(identity)} is disabled. Access denied.",
                 identity,
             )
@@ -265,9 +268,9 @@ class Resolver:
             return FALLBACK
         # Under auto_register an unmapped entry is never cached, so a cached one
         # (served during a grace period) predates a switch of behaviour: deny.
-        return deny(
+        return denial(
             403,
-            Reason.UNREGISTERED_CLIENT,
+            DenialReason.UNREGISTERED_CLIENT,
             f"No registered mapping for {self._describe(identity)}. Access denied.",
             identity,
         )
@@ -276,25 +279,25 @@ class Resolver:
         if self.behavior is Behavior.FALLBACK_TEAM_MAPPING:
             return FALLBACK
         if self.behavior is Behavior.AUTO_REGISTER:
-            return deny(
+            return denial(
                 500,
-                Reason.DATABASE_REQUIRED,
+                DenialReason.DATABASE_REQUIRED,
                 "auto_register requires a database. Configure database_url or change "
                 "unregistered_client_behavior.",
                 identity,
             )
-        return deny(
+        return denial(
             403,
-            Reason.UNREGISTERED_CLIENT,
+            DenialReason.UNREGISTERED_CLIENT,
             f"No registered mapping for {self._describe(identity)}. Access denied.",
             identity,
         )
 
     def _unavailable(self, identity: MappingIdentity, detail: str) -> Decision:
         log.warning("denying with 503: %s", detail)
-        return deny(
+        return denial(
             503,
-            Reason.DATABASE_UNAVAILABLE,
+            DenialReason.DATABASE_UNAVAILABLE,
             "the mapping database is unavailable. Retry the request.",
             identity,
         )

@@ -230,10 +230,6 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
 
-    def issuer(self, name: str) -> IssuerSettings | None:
-        """Return the trusted issuer called ``name``, if any."""
-        return next((i for i in self.issuers if i.issuer == name), None)
-
 
 def format_validation_error(exc: ValidationError) -> str:
     """Render a pydantic error as one line per field, naming each field."""

@@ -219,11 +219,6 @@ class TokenVerifier:
         """Load every JWKS once, so the first requests need no fetch."""
         await asyncio.gather(*(ks.refresh() for ks in self._keysets.values()))
 
-    @property
-    def ready(self) -> bool:
-        """Tell whether every issuer has at least one key."""
-        return all(ks.loaded for ks in self._keysets.values())
-
     async def verify(self, token: str) -> VerifiedToken:
         """Return the verified claims of ``token`` or raise InvalidToken."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -53,7 +53,6 @@ class UserinfoClient:
             settings.token_cache_max_entries, clock
         )
         self._flights: dict[bytes, asyncio.Future[VerifiedToken]] = {}
-        self.calls = 0
 
     @property
     def cache(self) -> LRUCache[bytes, VerifiedToken]:
@@ -77,7 +76,6 @@ class UserinfoClient:
 
     async def _fetch(self, digest: bytes, token: str) -> VerifiedToken:
         try:
-            self.calls += 1
             claims = await self._call(token)
             expires_at = self._clock.now().timestamp() + self._ttl
             verified = VerifiedToken(issuer=self.issuer, claims=claims, expires_at=expires_at)

@@ -184,9 +184,9 @@ async def _run_offline(
     prune: bool,
     secret_from_env: bool,
 ) -> int:
+    from jwtkeymap.core.db.store import Store
     from jwtkeymap.core.litellm import LiteLLMCache
-    from jwtkeymap.core.reconcile import OFFLINE_ACTOR, Reconciler
-    from jwtkeymap.core.store import Store
+    from jwtkeymap.core.reconcile.writer import OFFLINE_ACTOR, Reconciler
     from jwtkeymap.operator import offline
 
     manifests = offline.load(paths, default_namespace=namespace)

@@ -25,6 +25,7 @@ from typing import Any
 
 import kopf
 
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import (
     DatabaseUnavailable,
     JwtKeyMapError,
@@ -32,15 +33,9 @@ from jwtkeymap.core.errors import (
     StoreError,
 )
 from jwtkeymap.core.litellm import LiteLLMCache
-from jwtkeymap.core.reconcile import (
-    OPERATOR_ACTOR,
-    DesiredMapping,
-    Outcome,
-    Reconciler,
-    ReconcileResult,
-)
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR, Reconciler
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.core.store import Store
 from jwtkeymap.operator import status as st
 from jwtkeymap.operator.kube import Kube, KubeUnavailable
 from jwtkeymap.operator.resource import (
@@ -177,11 +172,11 @@ async def attempt(
         return Verdict(_ready(st.Reason.SECRET_UNREADABLE, str(exc), ok=None), retry=True)
     except (DatabaseUnavailable, StoreError) as exc:
         return Verdict(_ready(st.Reason.DATABASE_UNAVAILABLE, str(exc), ok=None), retry=True)
-    if result.outcome is Outcome.CONFLICT:
+    if result.outcome is ReconcileOutcome.CONFLICT:
         # No retry loop: the holder's deletion wakes this resource (RELEASED_ANNOTATION),
         # and the drift timer tries again anyway.
         return Verdict(_ready(st.Reason.CONFLICT, result.message), result=result)
-    if result.outcome is Outcome.KEY_NOT_FOUND:
+    if result.outcome is ReconcileOutcome.KEY_NOT_FOUND:
         return Verdict(_ready(st.Reason.KEY_NOT_FOUND, result.message), result=result, retry=True)
     identity = result.identity
     assert identity is not None
@@ -365,7 +360,7 @@ def register(
             raise kopf.TemporaryError(
                 f"finalizer held until the database is back: {exc}", delay=runtime.backoff(retry)
             ) from None
-        if result.outcome is Outcome.DELETED:
+        if result.outcome is ReconcileOutcome.DELETED:
             kopf.event(body, type="Normal", reason="Deleted", message="mapping removed")
             # Resources that lost a Conflict over this identity may now take it.
             taken: kopf.Index[tuple[str, str, str], tuple[str, str]] = kwargs["by_identity"]
@@ -382,7 +377,7 @@ def register(
                     )
                 except JwtKeyMapError as exc:
                     logger.warning("could not wake %s after the release: %s", ref, exc)
-        elif result.outcome is Outcome.RETAINED:
+        elif result.outcome is ReconcileOutcome.RETAINED:
             kopf.event(
                 body, type="Normal", reason="Retained", message="mapping kept (deletionPolicy)"
             )

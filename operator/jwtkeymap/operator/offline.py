@@ -27,7 +27,8 @@ import yaml
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import JwtKeyMapError
-from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler, ReconcileResult
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.resource import (
     API_VERSION,
@@ -225,10 +226,10 @@ FAILURES: Final = frozenset(
 )
 # What a dry run calls each outcome.
 _PLANNED: Final = {
-    Outcome.CREATED: "create",
-    Outcome.UPDATED: "update",
-    Outcome.ADOPTED: "adopt",
-    Outcome.DELETED: "delete",
+    ReconcileOutcome.CREATED: "create",
+    ReconcileOutcome.UPDATED: "update",
+    ReconcileOutcome.ADOPTED: "adopt",
+    ReconcileOutcome.DELETED: "delete",
 }
 
 
@@ -250,7 +251,7 @@ def _detail(result: ReconcileResult) -> str:
     other = [c for c in result.changes if c != "identity"]
     if other:
         parts.append("changed: " + ", ".join(other))
-    if result.outcome is Outcome.ADOPTED:
+    if result.outcome is ReconcileOutcome.ADOPTED:
         parts.append(result.message)
     return "; ".join(parts)
 

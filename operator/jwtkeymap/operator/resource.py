@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jwtkeymap.core.claims import MappingIdentity, canonicalize, split_path
 from jwtkeymap.core.errors import ClaimError, JwtKeyMapError
-from jwtkeymap.core.reconcile import DesiredMapping
+from jwtkeymap.core.reconcile.desired import DesiredMapping
 from jwtkeymap.core.settings import Settings
 
 GROUP: Final = "jwtkeymap.io"

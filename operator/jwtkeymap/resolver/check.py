@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from jwtkeymap.core.errors import InvalidToken
-from jwtkeymap.core.policy import Decision, Outcome
+from jwtkeymap.core.policy import Decision, Verdict
 from jwtkeymap.core.tokens import MAX_TOKEN_BYTES
 
 HEADER_PREFIX: Final = "x-jwtkeymap-"
@@ -109,7 +109,7 @@ def allow(decision: Decision, *, strip_authorization: bool = False) -> Answer:
     return Answer(200, headers, decision=decision.outcome.value)
 
 
-def deny(status: int, reason: str, message: str) -> Answer:
+def refuse(status: int, reason: str, message: str) -> Answer:
     """A denial with the JSON error body and the headers its status calls for."""
     body = json.dumps(
         {"error": {"type": "auth_error", "code": status, "reason": reason, "message": message}}
@@ -124,12 +124,12 @@ def deny(status: int, reason: str, message: str) -> Answer:
 
 def answer(decision: Decision, *, strip_authorization: bool = False) -> Answer:
     """Translate a policy decision into the HTTP answer."""
-    if decision.outcome is not Outcome.DENIED:
+    if decision.outcome is not Verdict.DENIED:
         return allow(decision, strip_authorization=strip_authorization)
     reason = decision.reason.value if decision.reason is not None else "denied"
-    return deny(decision.status, reason, decision.message)
+    return refuse(decision.status, reason, decision.message)
 
 
 def invalid_token(message: str) -> Answer:
     """The 401 for a missing, malformed, expired or badly signed token."""
-    return deny(401, "invalid_token", f"JWT Key Mapping: {message}")
+    return refuse(401, "invalid_token", f"JWT Key Mapping: {message}")

@@ -26,7 +26,7 @@ from jwtkeymap.core.settings import load_settings
 @pass_ctx
 def resolver(ctx: Context, listen: str | None, upstream: str | None) -> None:
     """Serve /check for Envoy ext_authz and nginx auth_request (or proxy to --upstream)."""
-    from jwtkeymap.resolver.app import parse_listen, run
+    from jwtkeymap.resolver.server import parse_listen, run
 
     settings = load_settings(
         ctx.config,

@@ -8,8 +8,8 @@ for them.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import (
@@ -20,8 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from jwtkeymap.resolver.app import Service
+from jwtkeymap.core.cache import CacheStats
+from jwtkeymap.core.invalidation.coherence import InvalidationBus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,6 +29,27 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
+
+
+class JwksStatus(NamedTuple):
+    """One issuer's key set, as metrics show it."""
+
+    issuer: str
+    refreshes: int
+    loaded: bool
+
+
+class Observed(Protocol):
+    """What the metrics read at scrape time (the resolver's service provides it)."""
+
+    def cache_stats(self) -> Iterable[tuple[str, CacheStats, int]]:
+        """(name, stats, size) of every cache."""
+
+    def jwks_status(self) -> Iterable[JwksStatus]:
+        """Each issuer's key set."""
+
+    def invalidation(self) -> InvalidationBus:
+        """The invalidation bus."""
 
 
 class Metrics:
@@ -57,16 +78,16 @@ class Metrics:
         self.decisions[labels] = self.decisions.get(labels, 0) + 1
         self.check_seconds.observe(seconds)
 
-    def observe_db(self, operation: str) -> Callable[[float], None]:
-        """Return the observer of one database operation's latency."""
+    def observe_query(self, operation: str, seconds: float) -> None:
+        """Record one database operation's latency (the store's query observer)."""
         histogram = self.db_seconds.get(operation)
         if histogram is None:
             histogram = self.db_seconds[operation] = _Histogram(_LATENCY_BUCKETS)
-        return histogram.observe
+        histogram.observe(seconds)
 
-    def attach(self, service: Service) -> None:
-        """Expose the service's core counters at scrape time."""
-        self.registry.register(_ServiceCollector(service))
+    def attach(self, observed: Observed) -> None:
+        """Expose the core counters of ``observed`` at scrape time."""
+        self.registry.register(_ServiceCollector(observed))
 
     def render(self) -> bytes:
         """The exposition text."""
@@ -132,26 +153,32 @@ class _CheckCollector(Collector):
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, service: Service) -> None:
-        self._service = service
+    def __init__(self, observed: Observed) -> None:
+        self._observed = observed
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        svc = self._service
+        observed = self._observed
         hits = CounterMetricFamily("jwtkeymap_cache_hits", "Cache hits.", labels=["cache"])
         misses = CounterMetricFamily("jwtkeymap_cache_misses", "Cache misses.", labels=["cache"])
         evictions = CounterMetricFamily(
             "jwtkeymap_cache_evictions", "Entries evicted for capacity.", labels=["cache"]
         )
         entries = GaugeMetricFamily("jwtkeymap_cache_entries", "Entries held.", labels=["cache"])
-        for name, stats, size in svc.cache_stats():
+        loads = CounterMetricFamily(
+            "jwtkeymap_cache_loads",
+            "Loads run for misses (one per single flight, however many callers waited).",
+            labels=["cache"],
+        )
+        for name, stats, size in observed.cache_stats():
             hits.add_metric([name], stats.hits)
+            loads.add_metric([name], stats.loads)
             misses.add_metric([name], stats.misses)
             evictions.add_metric([name], stats.evictions)
             entries.add_metric([name], size)
-        yield from (hits, misses, evictions, entries)
+        yield from (hits, misses, evictions, entries, loads)
 
         refreshes = CounterMetricFamily(
             "jwtkeymap_jwks_refreshes", "JWKS fetches by issuer.", labels=["issuer"]
@@ -159,13 +186,12 @@ class _ServiceCollector(Collector):
         loaded = GaugeMetricFamily(
             "jwtkeymap_jwks_loaded", "1 when the issuer's key set holds keys.", labels=["issuer"]
         )
-        if svc.verifier is not None:
-            for issuer, keyset in svc.verifier.keysets.items():
-                refreshes.add_metric([issuer], keyset.refreshes)
-                loaded.add_metric([issuer], 1 if keyset.loaded else 0)
+        for jwks in observed.jwks_status():
+            refreshes.add_metric([jwks.issuer], jwks.refreshes)
+            loaded.add_metric([jwks.issuer], 1 if jwks.loaded else 0)
         yield from (refreshes, loaded)
 
-        bus = svc.bus
+        bus = observed.invalidation()
         received = CounterMetricFamily(
             "jwtkeymap_invalidations_received",
             "Invalidation messages by channel and kind (identity, key, all, malformed).",
@@ -186,13 +212,12 @@ class _ServiceCollector(Collector):
             "1 while this invalidation channel is connected.",
             labels=["channel"],
         )
-        if bus is not None:
-            for (channel, kind), value in sorted(bus.stats.received.items()):
-                received.add_metric([channel, kind], value)
-            evicted.add_metric([], bus.stats.evicted)
-            for channel, value in sorted(bus.stats.disconnects.items()):
-                disconnects.add_metric([channel], value)
-            connected.add_metric([], 1 if bus.connected else 0)
-            for source in bus.sources:
-                channel_up.add_metric([source.name], 1 if source.connected else 0)
+        for (channel, kind), value in sorted(bus.stats.received.items()):
+            received.add_metric([channel, kind], value)
+        evicted.add_metric([], bus.stats.evicted)
+        for channel, value in sorted(bus.stats.disconnects.items()):
+            disconnects.add_metric([channel], value)
+        connected.add_metric([], 1 if bus.connected else 0)
+        for source in bus.sources:
+            channel_up.add_metric([source.name], 1 if source.connected else 0)
         yield from (received, evicted, disconnects, connected, channel_up)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -26,8 +26,8 @@ from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import HEADER_PREFIX, Answer
 from jwtkeymap.resolver.metrics import Metrics
 
-if TYPE_CHECKING:
-    from jwtkeymap.resolver.app import Service
+# The check for one request: the answer to its Authorization header.
+Checker = Callable[[web.Request], Awaitable[Answer]]
 
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
@@ -95,8 +95,10 @@ def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[
     return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
 
 
-def add_proxy_routes(app: web.Application, settings: Settings, service: Service) -> None:
-    """Route every other path through the check to ``settings.upstream``."""
+def add_proxy_routes(
+    app: web.Application, settings: Settings, *, check_request: Checker, metrics: Metrics
+) -> None:
+    """Route every other path through ``check_request`` to ``settings.upstream``."""
     assert settings.upstream
     base = settings.upstream.rstrip("/")
 
@@ -115,10 +117,10 @@ def add_proxy_routes(app: web.Application, settings: Settings, service: Service)
     app.cleanup_ctx.append(session_ctx)
 
     async def handle_proxy(request: web.Request) -> web.StreamResponse:
-        result = await service.answer(request.headers.get("Authorization"))
+        result = await check_request(request)
         if not result.allowed:
             return web.Response(status=result.status, body=result.body, headers=result.headers)
-        return await forward(request, result, request.app[SESSION], base, settings, service.metrics)
+        return await forward(request, result, request.app[SESSION], base, settings, metrics)
 
     app.router.add_route("*", "/{tail:.*}", handle_proxy)
 
@@ -154,7 +156,7 @@ async def forward(
         log.warning("upstream unreachable", extra={"error": type(exc).__name__})
         if metrics is not None:
             metrics.upstream.labels("error").inc()
-        failed = check.deny(502, "upstream_unavailable", "the upstream is unreachable")
+        failed = check.refuse(502, "upstream_unavailable", "the upstream is unreachable")
         return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
     async with upstream:
         if metrics is not None:

@@ -181,7 +181,7 @@ def migrated_postgres(channel: str = "jwtkeymap_invalidate") -> Iterator[Throwaw
 
     import asyncpg
 
-    from jwtkeymap.core import schema
+    from jwtkeymap.core.db import schema
 
     async def migrate(url: str) -> None:
         conn = await asyncpg.connect(url)

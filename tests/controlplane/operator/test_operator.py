@@ -12,9 +12,11 @@ import asyncpg
 import pytest
 from harness import ControlPlane, apoll
 from operator_kit import Cluster, StartOperator, add_key, rows
+from prometheus_client import REGISTRY
 
-from jwtkeymap.core import schema
+from jwtkeymap.core.db import schema
 from jwtkeymap.core.keys import fingerprint, hash_key
+from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR
 from jwtkeymap.testing.postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.controlplane
@@ -413,13 +415,18 @@ async def test_resume_writes_nothing(
     await first.stop()
     xmin = await db.fetchval('SELECT xmin::text FROM "LiteLLM_JWTKeyMapping"')
 
+    writes = REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", {"actor": OPERATOR_ACTOR})
     second = await start_operator([namespace], database_url)
 
     async def resumed() -> bool:
         return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
 
     await apoll(resumed, message="the resume handler to reconcile")
-    assert second.runtime.reconciler.writes == 0
+    # The resume wrote no mapping row (the metric is process-wide: both operators count).
+    assert (
+        REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", {"actor": OPERATOR_ACTOR})
+        == writes
+    )
     assert await db.fetchval('SELECT xmin::text FROM "LiteLLM_JWTKeyMapping"') == xmin
     after = await cluster.get(namespace, "kim")
     assert after is not None

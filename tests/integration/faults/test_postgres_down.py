@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.testing.integrity import integrity
 from jwtkeymap.testing.servers import check_token, wait_ready
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.store import NewKey
+from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.testing.integrity import integrity
 from jwtkeymap.testing.servers import RedisServer, check_token, wait_ready, wait_until
 

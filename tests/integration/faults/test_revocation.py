@@ -16,7 +16,7 @@ import time
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.store import NewKey
+from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.testing.integrity import integrity
 from jwtkeymap.testing.servers import check_token, wait_ready, wait_until
 

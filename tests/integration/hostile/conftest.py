@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.testing.integrity import leaked_secrets
 from jwtkeymap.testing.servers import ResolverProcess
 from jwtkeymap.testing.tokens import SigningKey

@@ -15,7 +15,7 @@ import pytest
 from multidict import CIMultiDict
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.store import NewKey
+from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.testing.postgres import free_port
 from jwtkeymap.testing.servers import EchoUpstream, Envoy, Nginx, ResolverProcess, serve
 

@@ -10,9 +10,11 @@ import pytest
 import redis.asyncio as redis
 
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.litellm import CHANNEL, LiteLLMCache
-from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
+from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.testing.servers import RedisServer
 
 ALICE = MappingIdentity("", "email", "alice@example.com")
@@ -41,14 +43,14 @@ async def test_changes_evict_litellm_keys_and_broadcast(
     _, key = await store.create_key(NewKey(), actor="test")
     want = DesiredMapping(ALICE, key.token_hash, owner="k8s:u", ref="ns/alice")
     try:
-        assert (await reconciler.apply(want)).outcome is Outcome.CREATED
+        assert (await reconciler.apply(want)).outcome is ReconcileOutcome.CREATED
         assert await client.exists("jwt_key_mapping:email:alice@example.com") == 0
         assert await client.exists("jwt_key_mapping:email:alice@new.example.com") == 1
 
         moved = DesiredMapping(ALICE_NEW, key.token_hash, owner="k8s:u", ref="ns/alice")
-        assert (await reconciler.apply(moved)).outcome is Outcome.UPDATED
+        assert (await reconciler.apply(moved)).outcome is ReconcileOutcome.UPDATED
         assert await client.exists("jwt_key_mapping:email:alice@new.example.com") == 0
-        assert (await reconciler.apply(moved)).outcome is Outcome.UNCHANGED
+        assert (await reconciler.apply(moved)).outcome is ReconcileOutcome.UNCHANGED
 
         messages = []
         async with asyncio.timeout(5):
@@ -83,6 +85,6 @@ async def test_redis_down_never_blocks_the_reconcile(
             )
     finally:
         await cache.close()
-    assert result.outcome is Outcome.CREATED
+    assert result.outcome is ReconcileOutcome.CREATED
     assert await store.find_mapping(ALICE) is not None
     assert "could not evict 1 LiteLLM cache key(s) through Redis" in caplog.text

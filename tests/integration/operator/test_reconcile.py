@@ -8,17 +8,26 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
-from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler
-from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
+from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.testing.postgres import ThrowawayPostgres
 
 CHANNEL = "jwtkeymap_invalidate"
 ALICE = MappingIdentity("", "email", "alice@example.com")
 ALICE_SCOPED = MappingIdentity("https://idp.example.com", "email", "alice@example.com")
 BOB = MappingIdentity("", "email", "bob@example.com")
+
+
+def mapping_writes(actor: str) -> float:
+    """Rows the reconcilers of ``actor`` wrote so far, read from the metric."""
+    value = REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", {"actor": actor})
+    return value or 0.0
 
 
 async def new_key(store: Store) -> str:
@@ -84,7 +93,7 @@ async def test_create_records_ownership_and_notifies(
     _, seen = listen
     token = await new_key(store)
     result = await reconciler.apply(desired(ALICE, token, description="Alice"))
-    assert result.outcome is Outcome.CREATED
+    assert result.outcome is ReconcileOutcome.CREATED
     row = await db.fetchrow(
         'SELECT m.token, m.description, m.created_by, o.owner, o.ref FROM "LiteLLM_JWTKeyMapping" m '
         "JOIN jwtkeymap_mapping_owner o ON o.mapping_id = m.id WHERE m.id = $1",
@@ -110,10 +119,10 @@ async def test_unchanged_writes_nothing_and_notifies_nothing(
     want = desired(ALICE, token)
     await reconciler.apply(want)
     await seen.wait_for(1)
-    writes = reconciler.writes
+    writes = mapping_writes(reconciler.actor)
     again = await reconciler.apply(want)
-    assert again.outcome is Outcome.UNCHANGED
-    assert reconciler.writes == writes
+    assert again.outcome is ReconcileOutcome.UNCHANGED
+    assert mapping_writes(reconciler.actor) == writes
     assert await seen.settle(conn) == [ALICE.to_json()]
     assert evicted == [ALICE]
 
@@ -124,7 +133,7 @@ async def test_update_changes_fields_in_place(
     token, other = await new_key(store), await new_key(store)
     first = await reconciler.apply(desired(ALICE, token))
     second = await reconciler.apply(desired(ALICE, other, active=False, description="off"))
-    assert second.outcome is Outcome.UPDATED
+    assert second.outcome is ReconcileOutcome.UPDATED
     assert second.mapping_id == first.mapping_id
     assert second.changes == ("key", "description", "active")
     row = await db.fetchrow(
@@ -140,7 +149,7 @@ async def test_identity_change_moves_the_row_in_one_transaction(
     token = await new_key(store)
     first = await reconciler.apply(desired(ALICE, token))
     moved = await reconciler.apply(desired(BOB, token))
-    assert moved.outcome is Outcome.UPDATED
+    assert moved.outcome is ReconcileOutcome.UPDATED
     assert moved.previous_identity == ALICE
     assert moved.changes == ("identity",)
     rows = await db.fetch('SELECT id, jwt_claim_value FROM "LiteLLM_JWTKeyMapping"')
@@ -156,7 +165,7 @@ async def test_issuer_scoped_and_global_are_distinct(store: Store, reconciler: R
     token = await new_key(store)
     await reconciler.apply(desired(ALICE, token))
     scoped = await reconciler.apply(desired(ALICE_SCOPED, token, owner="k8s:uid-2", ref="b/alice"))
-    assert scoped.outcome is Outcome.CREATED
+    assert scoped.outcome is ReconcileOutcome.CREATED
 
 
 async def test_another_owner_is_a_conflict_naming_it(
@@ -165,11 +174,11 @@ async def test_another_owner_is_a_conflict_naming_it(
     token = await new_key(store)
     await reconciler.apply(desired(ALICE, token))
     rival = await reconciler.apply(desired(ALICE, token, owner="k8s:uid-2", ref="team-b/alice"))
-    assert rival.outcome is Outcome.CONFLICT
+    assert rival.outcome is ReconcileOutcome.CONFLICT
     assert "JWTKeyMapping team-a/alice" in rival.message
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 1
     offline = await reconciler.apply(desired(ALICE, token, owner="offline:x/y", ref="x/y"))
-    assert offline.outcome is Outcome.CONFLICT
+    assert offline.outcome is ReconcileOutcome.CONFLICT
 
 
 async def test_unowned_row_needs_adopt(
@@ -178,27 +187,29 @@ async def test_unowned_row_needs_adopt(
     token, other = await new_key(store), await new_key(store)
     manual = await store.add_mapping(ALICE, token, actor="psql-admin")
     refused = await reconciler.apply(desired(ALICE, other))
-    assert refused.outcome is Outcome.CONFLICT
+    assert refused.outcome is ReconcileOutcome.CONFLICT
     assert "outside jwtkeymap (created by psql-admin)" in refused.message
     assert "jwtkeymap.io/adopt" in refused.message
     assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token
 
     adopted = await reconciler.apply(desired(ALICE, other, adopt=True))
-    assert adopted.outcome is Outcome.ADOPTED
+    assert adopted.outcome is ReconcileOutcome.ADOPTED
     assert adopted.mapping_id == manual.id
     assert adopted.changes == ("key",)
     owner = await db.fetchval(
         "SELECT owner FROM jwtkeymap_mapping_owner WHERE mapping_id = $1", manual.id
     )
     assert owner == "k8s:uid-1"
-    assert (await reconciler.apply(desired(ALICE, other, adopt=True))).outcome is Outcome.UNCHANGED
+    assert (
+        await reconciler.apply(desired(ALICE, other, adopt=True))
+    ).outcome is ReconcileOutcome.UNCHANGED
 
 
 async def test_missing_key_is_reported_and_nothing_written(
     store: Store, reconciler: Reconciler, db: asyncpg.Connection
 ) -> None:
     result = await reconciler.apply(desired(ALICE, "0" * 64))
-    assert result.outcome is Outcome.KEY_NOT_FOUND
+    assert result.outcome is ReconcileOutcome.KEY_NOT_FOUND
     assert "0" * 64 not in result.message
     assert result.key_fingerprint in result.message
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 0
@@ -214,7 +225,7 @@ async def test_drift_is_repaired(
     assert (await reconciler.apply(want)).changes == ("active",)
     await db.execute('DELETE FROM "LiteLLM_JWTKeyMapping"')
     restored = await reconciler.apply(want)
-    assert restored.outcome is Outcome.CREATED
+    assert restored.outcome is ReconcileOutcome.CREATED
     assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
 
 
@@ -223,10 +234,11 @@ async def test_dry_run_reports_and_rolls_back(
 ) -> None:
     conn, seen = listen
     token = await new_key(store)
+    writes = mapping_writes(reconciler.actor)
     planned = await reconciler.apply(desired(ALICE, token), dry_run=True)
-    assert planned.outcome is Outcome.CREATED
+    assert planned.outcome is ReconcileOutcome.CREATED
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 0
-    assert reconciler.writes == 0
+    assert mapping_writes(reconciler.actor) == writes
     assert await seen.settle(conn) == []
     assert evicted == []
 
@@ -238,12 +250,12 @@ async def test_delete_removes_owned_row_and_is_idempotent(
     await reconciler.apply(desired(ALICE, token))
     manual = await store.add_mapping(BOB, token, actor="psql-admin")
     deleted = await reconciler.delete("k8s:uid-1")
-    assert deleted.outcome is Outcome.DELETED
+    assert deleted.outcome is ReconcileOutcome.DELETED
     assert deleted.identity == ALICE
     assert evicted == [ALICE, ALICE]
     ids = await db.fetch('SELECT id FROM "LiteLLM_JWTKeyMapping"')
     assert [r["id"] for r in ids] == [manual.id]  # not ours: untouched
-    assert (await reconciler.delete("k8s:uid-1")).outcome is Outcome.ABSENT
+    assert (await reconciler.delete("k8s:uid-1")).outcome is ReconcileOutcome.ABSENT
 
 
 async def test_retain_keeps_row_and_releases_it(
@@ -252,11 +264,11 @@ async def test_retain_keeps_row_and_releases_it(
     token = await new_key(store)
     await reconciler.apply(desired(ALICE, token))
     kept = await reconciler.delete("k8s:uid-1", retain=True)
-    assert kept.outcome is Outcome.RETAINED
+    assert kept.outcome is ReconcileOutcome.RETAINED
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 1
     assert await db.fetchval("SELECT count(*) FROM jwtkeymap_mapping_owner") == 0
     again = await reconciler.apply(desired(ALICE, token, owner="k8s:uid-9"))
-    assert again.outcome is Outcome.CONFLICT
+    assert again.outcome is ReconcileOutcome.CONFLICT
 
 
 async def test_prune_deletes_only_missing_owners_under_prefix(
@@ -267,7 +279,7 @@ async def test_prune_deletes_only_missing_owners_under_prefix(
     await reconciler.apply(desired(BOB, token, owner="offline:a/bob", ref="a/bob"))
     await reconciler.apply(desired(ALICE_SCOPED, token, owner="k8s:uid-3", ref="a/scoped"))
     planned = await reconciler.prune("offline:", keep=["offline:a/alice"], dry_run=True)
-    assert [(r.outcome, r.ref) for r in planned] == [(Outcome.DELETED, "a/bob")]
+    assert [(r.outcome, r.ref) for r in planned] == [(ReconcileOutcome.DELETED, "a/bob")]
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 3
     pruned = await reconciler.prune("offline:", keep=["offline:a/alice"])
     assert [r.identity for r in pruned] == [BOB]
@@ -300,7 +312,7 @@ async def test_issuer_on_issuer_less_schema_is_a_schema_error(
         other = Reconciler(issuer_less)
         with pytest.raises(SchemaError):
             await other.apply(desired(ALICE_SCOPED, token))
-        assert (await other.apply(desired(ALICE, token))).outcome is Outcome.CREATED
+        assert (await other.apply(desired(ALICE, token))).outcome is ReconcileOutcome.CREATED
     finally:
         await issuer_less.close()
 
@@ -310,7 +322,7 @@ async def test_database_down_raises_database_unavailable() -> None:
     try:
         pg.init()
         pg.start()
-        from jwtkeymap.core import schema
+        from jwtkeymap.core.db import schema
 
         conn = await asyncpg.connect(pg.url)
         await schema.migrate(conn, channel=CHANNEL)
@@ -324,14 +336,14 @@ async def test_database_down_raises_database_unavailable() -> None:
         with pytest.raises(DatabaseUnavailable):
             await reconciler.delete("k8s:uid-1")
         pg.start()
-        assert (await reconciler.apply(desired(ALICE, token))).outcome is Outcome.CREATED
+        assert (await reconciler.apply(desired(ALICE, token))).outcome is ReconcileOutcome.CREATED
         await store.close()
     finally:
         pg.destroy()
 
 
 async def test_outcomes_are_counted(store: Store, reconciler: Reconciler) -> None:
-    from jwtkeymap.core.reconcile import RECONCILES
+    from jwtkeymap.core.reconcile.writer import RECONCILES
 
     def count(outcome: str) -> float:
         return RECONCILES.labels(outcome=outcome, actor="jwtkeymap:operator")._value.get()
@@ -357,6 +369,6 @@ async def test_unchanged_takes_no_lock(
             await blocker.execute('SELECT 1 FROM "LiteLLM_JWTKeyMapping" FOR UPDATE')
             # A resync must not wait for a lock someone else holds on the row.
             async with asyncio.timeout(2):
-                assert (await reconciler.apply(want)).outcome is Outcome.UNCHANGED
+                assert (await reconciler.apply(want)).outcome is ReconcileOutcome.UNCHANGED
     finally:
         await blocker.close()

@@ -12,10 +12,13 @@ import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.resolver.app import SERVICE, ResolverRunner, Service, create_app
+from jwtkeymap.resolver.handlers import SERVICE, create_app
+from jwtkeymap.resolver.server import ResolverRunner
+from jwtkeymap.resolver.service import Service
 from jwtkeymap.testing.postgres import free_port
 from jwtkeymap.testing.servers import EchoUpstream, serve, wait_until
 

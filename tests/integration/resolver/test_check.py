@@ -306,7 +306,8 @@ async def test_runner_fast_path_and_router_agree_on_every_path(
     Both must give the same status for every path, so the fast path never widens
     (or narrows) what counts as a check.
     """
-    from jwtkeymap.resolver.app import ResolverRunner, create_app
+    from jwtkeymap.resolver.handlers import create_app
+    from jwtkeymap.resolver.server import ResolverRunner
     from jwtkeymap.testing.servers import serve
 
     await map_claim("dana")

@@ -8,7 +8,7 @@ import json
 import asyncpg
 
 from jwtkeymap.core.clock import ManualClock
-from jwtkeymap.core.store import NewKey
+from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.testing.servers import wait_until
 
 
@@ -38,7 +38,7 @@ async def test_mapping_changed_by_sql_is_seen_without_waiting_for_ttl(
     alice, bob = signing_key.sign(sub="alice"), signing_key.sign(sub="bob")
     assert (await check(http, r.url, alice))[1]["x-jwtkeymap-key-hash"] == first.key.token_hash
     assert (await check(http, r.url, bob))[1]["reason"] == "unregistered_client"
-    cache = r.service.resolver.cache
+    cache = r.service.engine.cache
     assert len(cache) == 2  # both answers are cached for an hour
 
     async def reason(token: str) -> str | None:
@@ -118,14 +118,14 @@ async def test_listen_killed_clears_cache_fails_closed_and_recovers(
     await r.wait_ready(http)
     token = signing_key.sign(sub="dave")
     assert (await check(http, r.url, token))[0] == 200
-    assert len(r.service.resolver.cache) == 1
+    assert len(r.service.engine.cache) == 1
 
     # Keep the channel down: no new connection to this database is allowed.
     name = database_url.rsplit("/", 1)[1]
     await pg_server.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
     assert await kill_listen() == 1
     await wait_until(lambda: not r.service.bus.connected, what="disconnect noticed")
-    assert len(r.service.resolver.cache) == 0
+    assert len(r.service.engine.cache) == 0
     assert not await r.ready(http)
     status, headers = await check(http, r.url, token)
     assert (status, headers["reason"]) == (503, "database_unavailable")
@@ -215,9 +215,9 @@ async def test_malformed_notification_flushes_the_cache(
     r = await start_resolver(make_settings(database_url=database_url))
     await r.wait_ready(http)
     assert (await check(http, r.url, signing_key.sign(sub="hal")))[0] == 200
-    assert len(r.service.resolver.cache) == 1
+    assert len(r.service.engine.cache) == 1
     await db.execute("SELECT pg_notify('jwtkeymap_invalidate', 'not json')")
-    await wait_until(lambda: len(r.service.resolver.cache) == 0, what="flush")
+    await wait_until(lambda: len(r.service.engine.cache) == 0, what="flush")
     assert r.service.bus.stats.received[("postgres", "malformed")] == 1
     await db.execute("""SELECT pg_notify('jwtkeymap_invalidate', '{"all": true}')""")
     await wait_until(

@@ -109,4 +109,4 @@ async def test_relay_copies_postgres_notifications_to_redis_subscribers(
 
     await wait_until(lambda: _eq(team(), "team-b"), what="relayed invalidation")
     assert pod.service.bus.stats.received[("redis", "key")] >= 1
-    assert relay.service.bus.stats.relayed >= 1
+    assert relay.service.bus.relayed >= 1

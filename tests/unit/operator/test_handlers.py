@@ -12,7 +12,7 @@ import pytest
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.keys import fingerprint, hash_key
-from jwtkeymap.core.reconcile import DesiredMapping, Outcome, ReconcileResult
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers import Runtime, Verdict, attempt, record
 from jwtkeymap.operator.kube import KubeUnavailable
@@ -25,7 +25,7 @@ NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class FakeReconciler:
-    def __init__(self, outcome: Outcome | Exception) -> None:
+    def __init__(self, outcome: ReconcileOutcome | Exception) -> None:
         self.outcome = outcome
         self.wanted: list[DesiredMapping] = []
 
@@ -33,7 +33,9 @@ class FakeReconciler:
         self.wanted.append(want)
         if isinstance(self.outcome, Exception):
             raise self.outcome
-        message = "held by JWTKeyMapping b/alice" if self.outcome is Outcome.CONFLICT else ""
+        message = (
+            "held by JWTKeyMapping b/alice" if self.outcome is ReconcileOutcome.CONFLICT else ""
+        )
         return ReconcileResult(
             self.outcome,
             identity=want.identity,
@@ -53,7 +55,7 @@ class FakeKube:
         return self.data
 
 
-def runtime(outcome: Outcome | Exception, kube: Any = None) -> Runtime:
+def runtime(outcome: ReconcileOutcome | Exception, kube: Any = None) -> Runtime:
     rt = Runtime(settings=load_settings(None), connect_kube=None)  # type: ignore[arg-type]
     rt.reconciler = FakeReconciler(outcome)  # type: ignore[assignment]
     rt.kube = kube
@@ -74,7 +76,7 @@ def by_secret() -> dict[str, Any]:
 
 
 async def test_synced() -> None:
-    rt = runtime(Outcome.CREATED)
+    rt = runtime(ReconcileOutcome.CREATED)
     verdict = await attempt(rt, by_hash(), META, "ns")
     assert (verdict.condition.status, verdict.condition.reason) == (True, "Synced")
     assert (
@@ -88,7 +90,7 @@ async def test_synced() -> None:
 
 async def test_secret_is_read_and_hashed() -> None:
     data = {"alice": base64.b64encode(b"sk-unit").decode()}
-    rt = runtime(Outcome.UNCHANGED, FakeKube(data))
+    rt = runtime(ReconcileOutcome.UNCHANGED, FakeKube(data))
     verdict = await attempt(rt, by_secret(), META, "ns")
     assert verdict.condition.reason == "Synced"
     assert rt.reconciler.wanted[0].token_hash == TOKEN  # type: ignore[union-attr]
@@ -97,17 +99,17 @@ async def test_secret_is_read_and_hashed() -> None:
 @pytest.mark.parametrize(
     ("spec", "outcome", "kube", "reason", "status", "retry", "permanent"),
     [
-        (by_hash(active="maybe"), Outcome.CREATED, None, "InvalidSpec", False, False, True),
+        (by_hash(active="maybe"), ReconcileOutcome.CREATED, None, "InvalidSpec", False, False, True),
         (by_hash(), SchemaError("no jwt_issuer column"), None, "InvalidSpec", False, False, True),
-        (by_secret(), Outcome.CREATED, FakeKube(None), "SecretNotFound", False, False, True),
-        (by_secret(), Outcome.CREATED, FakeKube({}), "SecretKeyMissing", False, False, True),
+        (by_secret(), ReconcileOutcome.CREATED, FakeKube(None), "SecretNotFound", False, False, True),
+        (by_secret(), ReconcileOutcome.CREATED, FakeKube({}), "SecretKeyMissing", False, False, True),
         (
-            by_secret(), Outcome.CREATED, FakeKube(KubeUnavailable("HTTP 403")),
+            by_secret(), ReconcileOutcome.CREATED, FakeKube(KubeUnavailable("HTTP 403")),
             "SecretUnreadable", None, True, False,
         ),
         (by_hash(), DatabaseUnavailable("down"), None, "DatabaseUnavailable", None, True, False),
-        (by_hash(), Outcome.KEY_NOT_FOUND, None, "KeyNotFound", False, True, False),
-        (by_hash(), Outcome.CONFLICT, None, "Conflict", False, False, False),
+        (by_hash(), ReconcileOutcome.KEY_NOT_FOUND, None, "KeyNotFound", False, True, False),
+        (by_hash(), ReconcileOutcome.CONFLICT, None, "Conflict", False, False, False),
     ],
 )  # fmt: skip
 async def test_failures(
@@ -134,14 +136,21 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return seen
 
 
-def synced(outcome: Outcome) -> Verdict:
+def synced(outcome: ReconcileOutcome) -> Verdict:
     result = ReconcileResult(outcome, identity=ALICE, mapping_id="m-1", key_fingerprint="fp")
     return Verdict(Condition("Ready", True, "Synced", "mapped"), result=result)
 
 
 def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str, str]]) -> None:
     patch = kopf.Patch()
-    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=patch, now=NOW)
+    record(
+        synced(ReconcileOutcome.CREATED),
+        body=kopf.Body({}),
+        status={},
+        meta=META,
+        patch=patch,
+        now=NOW,
+    )
     assert patch["status"] == {
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "Synced", "message": "mapped",
@@ -157,22 +166,42 @@ def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str,
 
 def test_record_is_silent_when_nothing_changed(events: list[tuple[str, str]]) -> None:
     first = kopf.Patch()
-    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=first, now=NOW)
+    record(
+        synced(ReconcileOutcome.CREATED),
+        body=kopf.Body({}),
+        status={},
+        meta=META,
+        patch=first,
+        now=NOW,
+    )
     status = dict(first["status"])
     events.clear()
     again = kopf.Patch()
-    record(synced(Outcome.UNCHANGED), body=kopf.Body({}), status=status, meta=META, patch=again)
+    record(
+        synced(ReconcileOutcome.UNCHANGED),
+        body=kopf.Body({}),
+        status=status,
+        meta=META,
+        patch=again,
+    )
     assert dict(again) == {} and events == []
 
 
 def test_record_drift_repair_warns(events: list[tuple[str, str]]) -> None:
     first = kopf.Patch()
-    record(synced(Outcome.CREATED), body=kopf.Body({}), status={}, meta=META, patch=first, now=NOW)
+    record(
+        synced(ReconcileOutcome.CREATED),
+        body=kopf.Body({}),
+        status={},
+        meta=META,
+        patch=first,
+        now=NOW,
+    )
     events.clear()
     later = NOW + dt.timedelta(hours=1)
     patch = kopf.Patch()
     status = dict(first["status"])
-    record(synced(Outcome.CREATED), body=kopf.Body({}), status=status, meta=META, patch=patch,
+    record(synced(ReconcileOutcome.CREATED), body=kopf.Body({}), status=status, meta=META, patch=patch,
            now=later, drift=True)  # fmt: skip
     assert events == [("Warning", "DriftRepaired")]
     assert patch["status"]["lastSyncTime"] == "2026-05-01T13:00:00Z"
@@ -194,8 +223,8 @@ async def test_reconciles_queue_behind_the_pool_size() -> None:
             running -= 1
             return await super().apply(want)
 
-    rt = runtime(Outcome.UNCHANGED)
-    rt.reconciler = Slow(Outcome.UNCHANGED)  # type: ignore[assignment]
+    rt = runtime(ReconcileOutcome.UNCHANGED)
+    rt.reconciler = Slow(ReconcileOutcome.UNCHANGED)  # type: ignore[assignment]
     rt.limit = asyncio.Semaphore(3)
     verdicts = await asyncio.gather(*(attempt(rt, by_hash(), META, "ns") for _ in range(20)))
     assert {v.condition.reason for v in verdicts} == {"Synced"}

@@ -8,13 +8,13 @@ import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.litellm import EVICTIONS, LiteLLMCache, cache_key
-from jwtkeymap.core.reconcile import (
+from jwtkeymap.core.reconcile.desired import (
     DesiredMapping,
-    Outcome,
+    ReconcileOutcome,
     ReconcileResult,
-    describe_owner,
     spec_digest,
 )
+from jwtkeymap.core.reconcile.plan import describe_owner
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers import Runtime
 
@@ -41,11 +41,11 @@ def test_desired_mapping_hides_the_hash() -> None:
 
 
 def test_touched_identities_only_for_writes() -> None:
-    moved = ReconcileResult(Outcome.UPDATED, identity=B, previous_identity=A)
+    moved = ReconcileResult(ReconcileOutcome.UPDATED, identity=B, previous_identity=A)
     assert moved.touched_identities == (A, B)
-    assert ReconcileResult(Outcome.UNCHANGED, identity=A).touched_identities == ()
-    assert ReconcileResult(Outcome.CONFLICT, identity=A).touched_identities == ()
-    assert Outcome.KEY_NOT_FOUND.failed and not Outcome.ADOPTED.failed
+    assert ReconcileResult(ReconcileOutcome.UNCHANGED, identity=A).touched_identities == ()
+    assert ReconcileResult(ReconcileOutcome.CONFLICT, identity=A).touched_identities == ()
+    assert ReconcileOutcome.KEY_NOT_FOUND.failed and not ReconcileOutcome.ADOPTED.failed
 
 
 def test_describe_owner() -> None:

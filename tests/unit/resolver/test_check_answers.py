@@ -8,14 +8,14 @@ import pytest
 
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.keys import KeyIdentity
-from jwtkeymap.core.policy import ADMIN, FALLBACK, Decision, Outcome, Reason, deny
+from jwtkeymap.core.policy import ADMIN, FALLBACK, Decision, DenialReason, Verdict, denial
 from jwtkeymap.resolver import check
 
 KEY = KeyIdentity(token_hash="a" * 64, team_id="t", user_id=None, org_id="o")
 
 
 def test_mapped_answer_sets_known_ids_and_removes_the_rest():
-    result = check.answer(Decision(Outcome.MAPPED, key=KEY))
+    result = check.answer(Decision(Verdict.MAPPED, key=KEY))
     assert result.status == 200
     assert result.body == b""
     assert result.headers["x-jwtkeymap-decision"] == "mapped"
@@ -36,13 +36,13 @@ def test_keyless_allow_removes_every_key_header(decision):
 
 
 def test_strip_authorization_adds_it_to_the_removal_list():
-    result = check.answer(Decision(Outcome.MAPPED, key=KEY), strip_authorization=True)
+    result = check.answer(Decision(Verdict.MAPPED, key=KEY), strip_authorization=True)
     assert "authorization" in result.headers["x-envoy-auth-headers-to-remove"].split(", ")
 
 
 def test_header_unsafe_ids_are_dropped_not_sent():
     key = KeyIdentity(token_hash="b" * 64, team_id="evil\r\nX-Injected: 1", user_id="u")
-    result = check.answer(Decision(Outcome.MAPPED, key=key))
+    result = check.answer(Decision(Verdict.MAPPED, key=key))
     assert "x-jwtkeymap-team-id" not in result.headers
     assert "x-jwtkeymap-team-id" in result.headers["x-envoy-auth-headers-to-remove"]
 
@@ -50,13 +50,13 @@ def test_header_unsafe_ids_are_dropped_not_sent():
 @pytest.mark.parametrize(
     ("status", "reason", "extra"),
     [
-        (403, Reason.UNREGISTERED_CLIENT, None),
-        (503, Reason.DATABASE_UNAVAILABLE, "Retry-After"),
-        (500, Reason.DATABASE_REQUIRED, None),
+        (403, DenialReason.UNREGISTERED_CLIENT, None),
+        (503, DenialReason.DATABASE_UNAVAILABLE, "Retry-After"),
+        (500, DenialReason.DATABASE_REQUIRED, None),
     ],
 )
 def test_denials_carry_the_json_error_body(status, reason, extra):
-    result = check.answer(deny(status, reason, "msg"))
+    result = check.answer(denial(status, reason, "msg"))
     assert result.status == status
     assert not result.allowed
     body = json.loads(result.body)

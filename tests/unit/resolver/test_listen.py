@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jwtkeymap.resolver.app import is_check_path, parse_listen
+from jwtkeymap.resolver.handlers import is_check_path
+from jwtkeymap.resolver.server import parse_listen
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from jwtkeymap.core.keys import KeyIdentity
-from jwtkeymap.core.policy import Decision, Outcome
+from jwtkeymap.core.policy import Decision, Verdict
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.proxy import downstream_response_headers, upstream_request_headers
 
-ALLOW = check.answer(Decision(Outcome.MAPPED, key=KeyIdentity(token_hash="e" * 64, team_id="t")))
+ALLOW = check.answer(Decision(Verdict.MAPPED, key=KeyIdentity(token_hash="e" * 64, team_id="t")))
 
 
 def incoming(**extra: str) -> CIMultiDictProxy[str]:

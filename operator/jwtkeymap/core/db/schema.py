@@ -18,6 +18,7 @@ from typing import Final
 
 import asyncpg
 
+from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ MIGRATION_LOCK_ID: Final = 0x6A776B6D  # "jwkm"
 
 TOKEN_TABLE: Final = '"LiteLLM_VerificationToken"'
 MAPPING_TABLE: Final = '"LiteLLM_JWTKeyMapping"'
+# jwtkeymap's own: who manages a mapping row, and what this schema is.
+OWNER_TABLE: Final = "jwtkeymap_mapping_owner"
+META_TABLE: Final = "jwtkeymap_meta"
 
 _CREATE_TOKEN_TABLE = """
 CREATE TABLE "LiteLLM_VerificationToken" (
@@ -222,6 +226,15 @@ class SchemaInfo:
         return f"{owner}, {scope}"
 
 
+def require_scope(info: SchemaInfo, identity: MappingIdentity) -> None:
+    """Raise SchemaError when an issuer-scoped identity meets an issuer-less schema."""
+    if identity.issuer and not info.issuer_scoped:
+        raise SchemaError(
+            "this database has no jwt_issuer column: only global mappings (issuer '') "
+            "are possible until LiteLLM's schema is upgraded"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class MigrationReport:
     """What a migration did."""
@@ -249,8 +262,8 @@ async def inspect(conn: asyncpg.Connection) -> SchemaInfo:
         )
     )
     owner = None
-    if await _exists(conn, "jwtkeymap_meta"):
-        owner = await conn.fetchval("SELECT value FROM jwtkeymap_meta WHERE key = 'tables_owner'")
+    if await _exists(conn, META_TABLE):
+        owner = await conn.fetchval(f"SELECT value FROM {META_TABLE} WHERE key = 'tables_owner'")
     litellm_owned = owner == "litellm" or (
         owner is None and await _exists(conn, '"_prisma_migrations"')
     )
@@ -277,13 +290,13 @@ async def migrate(conn: asyncpg.Connection, *, channel: str) -> MigrationReport:
             if not has_mapping:
                 await conn.execute(_CREATE_MAPPING_TABLE)
                 created.append(MAPPING_TABLE)
-        had_meta = await _exists(conn, "jwtkeymap_meta")
+        had_meta = await _exists(conn, META_TABLE)
         await conn.execute(
             _OWN_OBJECTS.replace("{channel}", channel).replace("{version}", str(SCHEMA_VERSION))
         )
         # The first migration records who owns the two tables; later ones keep it.
         await conn.execute(
-            "INSERT INTO jwtkeymap_meta(key, value) VALUES ('tables_owner', $1) "
+            f"INSERT INTO {META_TABLE}(key, value) VALUES ('tables_owner', $1) "
             "ON CONFLICT (key) DO NOTHING",
             "jwtkeymap" if created else "litellm",
         )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from jwtkeymap.core.bus import Backoff, Invalidation, InvalidationBus, apply_message, parse_message
 from jwtkeymap.core.cache import Mapped, MappingCache
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.invalidation.channel import Backoff
+from jwtkeymap.core.invalidation.coherence import InvalidationBus
+from jwtkeymap.core.invalidation.messages import Invalidation, apply_message, parse_message
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import load_settings
 
@@ -83,13 +85,13 @@ async def test_coherent_while_listen_is_up_redis_is_a_redundant_path():
     target = Target()
     bus = InvalidationBus(settings, target)
     pg, redis = bus.sources
-    bus._up(redis)
+    bus.channel_up(redis)
     assert not bus.connected and target.calls == []
-    bus._up(pg)
+    bus.channel_up(pg)
     assert bus.connected and target.calls == ["resume"]
-    bus._down(redis)  # LISTEN still sees every change: keep serving
+    bus.channel_down(redis)  # LISTEN still sees every change: keep serving
     assert bus.connected and target.calls == ["resume"]
-    bus._down(pg)
+    bus.channel_down(pg)
     assert not bus.connected and target.calls == ["resume", "suspend"]
     assert bus.stats.disconnects == {"redis": 1, "postgres": 1}
 
@@ -101,9 +103,9 @@ async def test_redis_only_channel_must_be_up():
     target = Target()
     bus = InvalidationBus(settings, target)
     [redis] = bus.sources
-    bus._up(redis)
+    bus.channel_up(redis)
     assert bus.connected and target.calls == ["resume"]
-    bus._down(redis)
+    bus.channel_down(redis)
     assert not bus.connected and target.calls == ["resume", "suspend"]
 
 
@@ -111,7 +113,8 @@ async def test_malformed_message_flushes_and_is_counted():
     settings = load_settings(None, database_url="postgresql://x@h/db")
     target = Target()
     bus = InvalidationBus(settings, target)
-    bus._receive("postgres", "garbage", relay=False)
+    [pg] = bus.sources
+    bus.received(pg, "garbage")
     assert len(target.cache) == 0
     assert bus.stats.received == {("postgres", "malformed"): 1}
 

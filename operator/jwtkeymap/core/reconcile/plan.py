@@ -1,0 +1,187 @@
+"""The reconcile decision, as a pure function of what the database holds.
+
+``plan`` sees the rows the declaring object owns, the row at the desired
+identity (if any) and whether the key exists, and says what to write. It does
+no I/O, so every ownership, adoption and conflict rule is tested without a
+database (tests/unit/test_reconcile_plan.py); ``writer`` reads and applies.
+
+The rules:
+
+* A row owned by someone else, or by no one without ``adopt``, is a conflict:
+  nothing is written.
+* A missing key is an error: nothing is written, the previous row stays.
+* Our own row at the identity is updated when its content differs.
+* An unowned row at the identity is taken over when ``adopt`` is set.
+* When the identity moved, our old row is moved in place (one UPDATE, so there
+  is never a moment without a mapping, and the trigger announces both
+  identities).
+* Any other row we own is stale and is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.rows import MappingRow
+from jwtkeymap.core.reconcile.desired import (
+    DesiredMapping,
+    ReconcileOutcome,
+    ReconcileResult,
+    spec_digest,
+)
+
+ADOPT_HINT = '; set the annotation jwtkeymap.io/adopt: "true" to take it over'
+
+
+class Write(enum.Enum):
+    """What happens to the row the plan keeps."""
+
+    NONE = "none"
+    INSERT = "insert"
+    UPDATE = "update"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """What to write for one desired mapping, and the result to report once written."""
+
+    result: ReconcileResult
+    write: Write = Write.NONE
+    # The row that is updated and owned (None for an insert, which makes one).
+    row_id: str | None = None
+    take_ownership: bool = False
+    drop: tuple[str, ...] = ()
+
+    @property
+    def statements(self) -> int:
+        """How many mapping rows the plan writes (for the writes metric)."""
+        return len(self.drop) + (self.write is not Write.NONE)
+
+
+def label(identity: MappingIdentity) -> str:
+    """``issuer claim=value`` (issuer left out when global), for messages and logs."""
+    scope = f"{identity.issuer} " if identity.issuer else ""
+    return f"{scope}{identity.claim_name}={identity.claim_value}"
+
+
+def describe_owner(owner: str | None, ref: str | None, created_by: str | None) -> str:
+    """Name whoever holds a row, for a conflict message."""
+    if owner is None:
+        who = f" (created by {created_by})" if created_by else ""
+        return f"a mapping created outside jwtkeymap{who}"
+    if owner.startswith("k8s:"):
+        return f"JWTKeyMapping {ref or owner}"
+    if owner.startswith("offline:"):
+        return f"offline manifest {ref or owner.removeprefix('offline:')}"
+    return f"{ref or owner}"
+
+
+def row_digest(row: MappingRow) -> str:
+    """The content digest of a live row (equal to its DesiredMapping's when in sync)."""
+    return spec_digest(row.identity, row.token_hash, row.description, row.is_active)
+
+
+def differences(live: MappingRow, want: DesiredMapping) -> tuple[str, ...]:
+    """Which parts of a live row differ from the desired mapping."""
+    changed = []
+    if live.identity != want.identity:
+        changed.append("identity")
+    if live.token_hash != want.token_hash:
+        changed.append("key")
+    if live.description != want.description:
+        changed.append("description")
+    if live.is_active != want.active:
+        changed.append("active")
+    return tuple(changed)
+
+
+def result(
+    want: DesiredMapping,
+    outcome: ReconcileOutcome,
+    *,
+    mapping_id: str | None = None,
+    previous_identity: MappingIdentity | None = None,
+    changes: tuple[str, ...] = (),
+    conflict_owner: str | None = None,
+    message: str = "",
+) -> ReconcileResult:
+    """A result about ``want``'s identity and key."""
+    return ReconcileResult(
+        outcome,
+        identity=want.identity,
+        mapping_id=mapping_id,
+        key_fingerprint=want.key_fingerprint,
+        previous_identity=previous_identity,
+        changes=changes,
+        conflict_owner=conflict_owner,
+        message=message,
+        ref=want.ref,
+    )
+
+
+def plan(
+    owned: Sequence[MappingRow],
+    at_identity: MappingRow | None,
+    key_exists: bool,
+    want: DesiredMapping,
+) -> Plan:
+    """Decide what to write so that the database holds ``want``."""
+    target = at_identity
+    taken = target is not None and target.owner != want.owner
+    if target is not None and taken and (target.owner is not None or not want.adopt):
+        holder = describe_owner(target.owner, target.ref, target.created_by)
+        hint = "" if target.owner is not None else ADOPT_HINT
+        message = f"{label(want.identity)} is already mapped by {holder}{hint}"
+        conflict = result(want, ReconcileOutcome.CONFLICT, conflict_owner=holder, message=message)
+        return Plan(conflict)
+    if not key_exists:
+        message = f"virtual key {want.key_fingerprint} does not exist in LiteLLM_VerificationToken"
+        return Plan(result(want, ReconcileOutcome.KEY_NOT_FOUND, message=message))
+
+    if target is not None:
+        stale = _stale(owned, keep=target.id)
+        if target.owner == want.owner:
+            if row_digest(target) == want.digest():
+                unchanged = result(want, ReconcileOutcome.UNCHANGED, mapping_id=target.id)
+                return Plan(unchanged, drop=stale)
+            updated = result(
+                want,
+                ReconcileOutcome.UPDATED,
+                mapping_id=target.id,
+                changes=differences(target, want),
+            )
+            return Plan(updated, Write.UPDATE, target.id, take_ownership=True, drop=stale)
+        # Unowned, adoption requested: take it over, drop what we owned before.
+        diff = differences(target, want)
+        adopted = result(
+            want,
+            ReconcileOutcome.ADOPTED,
+            mapping_id=target.id,
+            changes=diff,
+            message=f"adopted {describe_owner(None, None, target.created_by)}",
+        )
+        write = Write.UPDATE if diff else Write.NONE
+        return Plan(adopted, write, target.id, take_ownership=True, drop=stale)
+
+    # No row at the identity, so any row we own is elsewhere.
+    mine = owned[0] if owned else None
+    if mine is not None:
+        # The identity moved: move our row in place.
+        moved = result(
+            want,
+            ReconcileOutcome.UPDATED,
+            mapping_id=mine.id,
+            previous_identity=mine.identity,
+            changes=differences(mine, want),
+        )
+        stale = _stale(owned, keep=mine.id)
+        return Plan(moved, Write.UPDATE, mine.id, take_ownership=True, drop=stale)
+
+    return Plan(result(want, ReconcileOutcome.CREATED), Write.INSERT, take_ownership=True)
+
+
+def _stale(owned: Sequence[MappingRow], *, keep: str) -> tuple[str, ...]:
+    return tuple(row.id for row in owned if row.id != keep)

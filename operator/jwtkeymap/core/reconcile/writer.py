@@ -1,0 +1,239 @@
+"""Apply reconcile plans: the one place that writes mappings for a declarative source.
+
+* Ownership lives in ``jwtkeymap_mapping_owner``: a manager only ever updates or
+  deletes rows recorded as its own. A row with no owner was made by someone else
+  (LiteLLM's API, psql, auto-registration) and is taken over only on request
+  (``adopt``).
+* Nothing changed means nothing written: the live row is compared with the
+  desired one by one plain read (no transaction, no row lock) before anything
+  that could fire the NOTIFY triggers, so a restart, a resync or a timer costs
+  one query per mapping.
+* Otherwise the rows are read under row locks, ``plan`` decides, and the plan is
+  applied in the same transaction. A plan that cannot reach the desired state
+  (conflict, missing key) writes nothing.
+* The invalidation triggers fire inside that transaction, so an identity change
+  announces both identities on commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Final
+
+import asyncpg
+from prometheus_client import Counter
+
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db import keys, mappings, schema
+from jwtkeymap.core.db.store import Store
+from jwtkeymap.core.errors import MappingConflict
+from jwtkeymap.core.keys import fingerprint
+from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.plan import Plan, Write, label, plan, result, row_digest
+
+log = logging.getLogger(__name__)
+
+OPERATOR_ACTOR: Final = "jwtkeymap:operator"
+OFFLINE_ACTOR: Final = "jwtkeymap:apply"
+
+RECONCILES = Counter(
+    "jwtkeymap_reconciles", "Reconciles of desired mappings, by outcome.", ["outcome", "actor"]
+)
+MAPPING_WRITES = Counter(
+    "jwtkeymap_mapping_writes",
+    "Mapping rows inserted, updated or deleted by reconciles (committed only).",
+    ["actor"],
+)
+
+Evictor = Callable[[Sequence[MappingIdentity]], Awaitable[None]]
+
+
+class _DryRun(Exception):
+    """Raised inside a transaction to roll back a dry run."""
+
+
+class Reconciler:
+    """Drive mapping rows towards desired mappings, for one kind of manager."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        actor: str = OPERATOR_ACTOR,
+        evict: Evictor | None = None,
+    ) -> None:
+        self._store = store
+        self._actor = actor
+        self._evict = evict
+        self.reconciles = 0
+
+    @property
+    def actor(self) -> str:
+        """Who this reconciler writes as (``created_by``/``updated_by``, metric label)."""
+        return self._actor
+
+    # -- apply -------------------------------------------------------------------------
+
+    async def apply(self, want: DesiredMapping, *, dry_run: bool = False) -> ReconcileResult:
+        """Make the database hold ``want``; with ``dry_run`` report what would happen.
+
+        Raises DatabaseUnavailable (retry later) and SchemaError (the database
+        cannot hold this mapping, e.g. an issuer on an issuer-less schema).
+        """
+        self.reconciles += 1
+        try:
+            outcome = await self._apply_once(want, dry_run=dry_run)
+        except MappingConflict:
+            # Another writer inserted the identity between our read and our write;
+            # a second pass sees its row and reports the conflict properly.
+            outcome = await self._apply_once(want, dry_run=dry_run)
+        if not dry_run:
+            RECONCILES.labels(outcome=outcome.outcome.value, actor=self._actor).inc()
+            await self._after_commit(outcome)
+        return outcome
+
+    async def _apply_once(self, want: DesiredMapping, *, dry_run: bool) -> ReconcileResult:
+        info = await self._store.schema_info()
+        schema.require_scope(info, want.identity)
+        scoped = info.issuer_scoped
+        async with self._store.connection("reconcile mapping") as conn:
+            found = await mappings.settled(conn, want.identity, want.owner, scoped=scoped)
+            if found is not None:
+                live, key_exists, owned = found
+                if key_exists and owned == 1 and row_digest(live) == want.digest():
+                    return result(want, ReconcileOutcome.UNCHANGED, mapping_id=live.id)
+            try:
+                async with conn.transaction():
+                    decided = await self._write(conn, want, scoped=scoped)
+                    if dry_run:
+                        raise _DryRun
+            except _DryRun:
+                return decided.result
+        MAPPING_WRITES.labels(actor=self._actor).inc(decided.statements)
+        return decided.result
+
+    async def _write(self, conn: asyncpg.Connection, want: DesiredMapping, *, scoped: bool) -> Plan:
+        """Read the rows under lock, plan, and apply the plan on ``conn``."""
+        owned = await mappings.owned_by(conn, want.owner, scoped=scoped, lock=True)
+        at = await mappings.at_identity(conn, want.identity, scoped=scoped, lock=True)
+        target = at[0] if at else None
+        decided = plan(owned, target, await keys.key_exists(conn, want.token_hash), want)
+        for stale in decided.drop:
+            await mappings.delete(conn, stale)
+        row_id = decided.row_id
+        if decided.write is Write.INSERT:
+            row_id = await mappings.insert(
+                conn,
+                want.identity,
+                want.token_hash,
+                scoped=scoped,
+                description=want.description,
+                active=want.active,
+                actor=self._actor,
+            )
+            decided = dataclasses.replace(
+                decided, result=dataclasses.replace(decided.result, mapping_id=row_id)
+            )
+        elif decided.write is Write.UPDATE:
+            assert row_id is not None
+            await mappings.update(
+                conn,
+                row_id,
+                want.identity,
+                want.token_hash,
+                scoped=scoped,
+                description=want.description,
+                active=want.active,
+                actor=self._actor,
+            )
+        if decided.take_ownership:
+            assert row_id is not None
+            await mappings.set_owner(conn, row_id, want.owner, want.ref, want.digest())
+        return decided
+
+    # -- delete ------------------------------------------------------------------------
+
+    async def delete(self, owner: str, *, retain: bool = False, ref: str = "") -> ReconcileResult:
+        """Remove the rows ``owner`` holds (a row already gone is success).
+
+        With ``retain`` the rows stay and only the ownership is released, so a
+        later declaration can adopt them explicitly.
+        """
+        scoped = (await self._store.schema_info()).issuer_scoped
+        async with self._store.connection("delete mapping") as conn, conn.transaction():
+            owned = await mappings.owned_by(conn, owner, scoped=scoped, lock=True)
+            if retain:
+                await mappings.release(conn, owner)
+            else:
+                for row in owned:
+                    await mappings.delete(conn, row.id)
+        if not retain:
+            MAPPING_WRITES.labels(actor=self._actor).inc(len(owned))
+        gone = ReconcileOutcome.RETAINED if retain else ReconcileOutcome.DELETED
+        RECONCILES.labels(
+            outcome=gone if owned else ReconcileOutcome.ABSENT, actor=self._actor
+        ).inc()
+        if not owned:
+            return ReconcileResult(ReconcileOutcome.ABSENT, identity=None, ref=ref)
+        first = owned[0]
+        deleted = ReconcileResult(
+            gone,
+            identity=first.identity,
+            mapping_id=first.id,
+            key_fingerprint=fingerprint(first.token_hash),
+            ref=ref,
+        )
+        if not retain:
+            await self._after_commit(deleted)
+            for extra in owned[1:]:
+                await self._after_commit(dataclasses.replace(deleted, identity=extra.identity))
+        return deleted
+
+    # -- listing and pruning -----------------------------------------------------------
+
+    async def owned(self, prefix: str) -> dict[str, ReconcileResult]:
+        """Every row owned by an id starting with ``prefix`` (as ABSENT results), by owner."""
+        scoped = (await self._store.schema_info()).issuer_scoped
+        async with self._store.connection("list owned mappings") as conn:
+            rows = await mappings.owned_under(conn, prefix, scoped=scoped)
+        return {
+            r.owner: ReconcileResult(
+                ReconcileOutcome.ABSENT,
+                identity=r.identity,
+                mapping_id=r.id,
+                key_fingerprint=fingerprint(r.token_hash),
+                ref=r.ref or "",
+            )
+            for r in rows
+            if r.owner is not None
+        }
+
+    async def prune(
+        self, prefix: str, keep: Iterable[str], *, dry_run: bool = False
+    ) -> list[ReconcileResult]:
+        """Delete rows owned under ``prefix`` whose owner is not in ``keep``."""
+        keep_set = set(keep)
+        results = []
+        for owner, row in sorted((await self.owned(prefix)).items()):
+            if owner in keep_set:
+                continue
+            if dry_run:
+                results.append(dataclasses.replace(row, outcome=ReconcileOutcome.DELETED))
+            else:
+                results.append(await self.delete(owner, ref=row.ref))
+        return results
+
+    async def _after_commit(self, done: ReconcileResult) -> None:
+        identities = done.touched_identities
+        if not identities:
+            return
+        log.info(
+            "mapping %s: %s",
+            done.outcome.value,
+            ", ".join(label(i) for i in identities),
+            extra={"ref": done.ref, "key_fingerprint": done.key_fingerprint},
+        )
+        if self._evict is not None:
+            await self._evict(identities)

@@ -1,0 +1,109 @@
+"""The resolver's HTTP surface: the check, health, readiness and metrics handlers, and the app.
+
+The handlers only translate HTTP; ``Service`` decides. The service is opened
+when the application starts (``create_app``'s lifecycle) and is found under
+``SERVICE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.resolver import check
+from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.metrics import CONTENT_TYPE, Metrics
+from jwtkeymap.resolver.proxy import add_proxy_routes
+from jwtkeymap.resolver.service import Service, header_digest
+
+SERVICE = web.AppKey("service", Service)
+
+CHECK_PATH = "/check"
+
+
+def is_check_path(path: str) -> bool:
+    """Tell whether ``path`` is ``/check`` or below it (what the check routes match)."""
+    n = len(CHECK_PATH)
+    return path.startswith(CHECK_PATH) and (len(path) == n or path[n] == "/")
+
+
+def _response(result: Answer) -> web.Response:
+    return web.Response(status=result.status, body=result.body, headers=result.headers)
+
+
+def check_handler(service: Service) -> Callable[[web.BaseRequest], Awaitable[web.Response]]:
+    """The ``ANY /check[/{tail}]`` handler of one service: the ext_authz / auth_request check.
+
+    Reads only the ``Authorization`` header; the body is ignored. A busy client's
+    repeated token is answered by ``Service.recall`` without a coroutine switch.
+    """
+
+    async def handle_check(request: web.BaseRequest) -> web.Response:
+        authorization = request.headers.get("Authorization")
+        digest = header_digest(authorization)
+        result = service.recall(digest) or await service.decide(authorization, digest)
+        return _response(result)
+
+    return handle_check
+
+
+async def handle_check(request: web.Request) -> web.Response:
+    """The routed check (``ResolverRunner`` answers it before the router instead)."""
+    return await check_handler(request.app[SERVICE])(request)
+
+
+async def answer_request(request: web.Request) -> Answer:
+    """The check's answer for a request to forward (reverse-proxy mode)."""
+    return await request.app[SERVICE].answer(request.headers.get("Authorization"))
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: the process is alive."""
+    return web.json_response({"ok": True})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: database, JWKS and invalidation channel."""
+    ready, checks = await request.app[SERVICE].readiness()
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus exposition."""
+    body = request.app[SERVICE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
+    """Build the resolver application (reverse-proxy routes when ``settings.upstream``).
+
+    Serve it with ``server.ResolverRunner`` (``server.run`` does), which answers
+    the check before the router; the check routes are registered here as well,
+    so any other runner serves the same contract, only slower.
+    """
+    app = web.Application(handler_args={"max_field_size": check.MAX_HEADER_BYTES})
+    metrics = Metrics()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        service = await Service.open(settings, metrics=metrics, clock=clock)
+        app[SERVICE] = service
+        yield
+        await service.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[SERVICE].shutting_down = True
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+
+    app.router.add_route("*", CHECK_PATH, handle_check)
+    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", handle_check)
+    app.router.add_get("/healthz", handle_healthz, allow_head=True)
+    app.router.add_get("/readyz", handle_readyz, allow_head=True)
+    app.router.add_get("/metrics", handle_metrics)
+    if settings.upstream:
+        add_proxy_routes(app, settings, check_request=answer_request, metrics=metrics)
+    return app

@@ -1,0 +1,307 @@
+"""The resolver's service: the long-lived parts of one process, and the check it performs.
+
+``Service`` owns the store, token verifier, userinfo client, policy engine and
+invalidation bus, built complete by ``Service.open``, and answers one question:
+what is the answer to this ``Authorization`` header. It knows nothing of HTTP
+routes; ``handlers`` translates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+
+from jwtkeymap.core.cache import CacheStats
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.db.store import Store
+from jwtkeymap.core.errors import (
+    DatabaseUnavailable,
+    IdentityProviderUnavailable,
+    InvalidToken,
+    JwtKeyMapError,
+)
+from jwtkeymap.core.invalidation.coherence import InvalidationBus
+from jwtkeymap.core.policy import Decision, PolicyEngine, Verdict
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
+from jwtkeymap.core.userinfo import UserinfoClient
+from jwtkeymap.resolver import check
+from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.memo import AnswerMemo
+from jwtkeymap.resolver.metrics import JwksStatus, Metrics
+
+log = logging.getLogger("jwtkeymap.resolver")
+
+READY_TIMEOUT_SECONDS = 2.0
+# How long a whole answer is reused for an identical Authorization header.
+MEMO_TTL_SECONDS = 1.0
+
+
+class Service:
+    """Everything one resolver process holds, and the check it performs.
+
+    Build it with ``Service.open`` (which connects and starts everything) and
+    end it with ``close``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        store: Store | None,
+        verifier: TokenVerifier,
+        userinfo: UserinfoClient | None,
+        engine: PolicyEngine,
+        bus: InvalidationBus,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.session = session
+        self.store = store
+        self.verifier = verifier
+        self.userinfo = userinfo
+        self.engine = engine
+        self.bus = bus
+        self.shutting_down = False
+        self.memo = AnswerMemo(settings.token_cache_max_entries, clock)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._strip = settings.strip_authorization
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        for keyset in verifier.keysets.values():
+            keyset.on_keys_removed = _chain(keyset.on_keys_removed, self.memo.clear)
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, *, metrics: Metrics, clock: Clock = SYSTEM_CLOCK
+    ) -> Service:
+        """Open the database pool, load the JWKS, connect the invalidation bus."""
+        session = aiohttp.ClientSession()
+        store = await _open_store(settings, metrics) if settings.database_url else None
+        engine = PolicyEngine(settings, store=store, clock=clock)
+        service = cls(
+            settings,
+            clock=clock,
+            metrics=metrics,
+            session=session,
+            store=store,
+            verifier=TokenVerifier(settings, session=session, clock=clock),
+            userinfo=(
+                UserinfoClient(settings, session=session, clock=clock)
+                if settings.oidc_userinfo_url
+                else None
+            ),
+            engine=engine,
+            bus=InvalidationBus(settings, engine),
+        )
+        await service._start()
+        return service
+
+    async def _start(self) -> None:
+        await self.bus.start()
+        await self.verifier.start()
+        self._tasks.append(asyncio.create_task(self._keep_jwks(), name="jwks-keeper"))
+        self.metrics.attach(self)
+        # Serve from the start with a coherent cache when the channel comes up quickly;
+        # otherwise readiness reports it and requests needing the database get 503.
+        timeout = self.settings.db_timeout_seconds
+        if self.bus.configured and not await self.bus.wait_connected(timeout):
+            log.warning("invalidation channel not connected yet: not ready")
+
+    async def close(self) -> None:
+        """Close everything, in reverse order."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bus.stop()
+        if self.store is not None:
+            await self.store.close()
+        await self.session.close()
+
+    async def _keep_jwks(self) -> None:
+        """Retry key sets that failed to load; readiness would otherwise never recover."""
+        interval = max(1.0, min(self.settings.jwks_min_refresh_seconds, 10.0))
+        while True:
+            await asyncio.sleep(interval)
+            for keyset in self.verifier.keysets.values():
+                if not keyset.loaded:
+                    await keyset.refresh()
+
+    # -- the check -------------------------------------------------------------------
+
+    async def authorize(self, authorization: str | None, digest: bytes | None = None) -> Answer:
+        """Answer one check for the request's ``Authorization`` header (no memo lookup).
+
+        With ``digest`` (sha256 of the header) a reusable answer is remembered.
+        """
+        engine = self.engine
+        try:
+            token = check.bearer_token(authorization)
+            verified = await self._verify(token)
+        except InvalidToken as exc:
+            return check.invalid_token(str(exc))
+        except IdentityProviderUnavailable:
+            return check.refuse(
+                503,
+                "identity_provider_unavailable",
+                "JWT Key Mapping: the identity provider is unavailable. Retry the request.",
+            )
+        generation = engine.cache.generation
+        decision = await engine.resolve(verified.claims, verified.issuer)
+        result = check.answer(decision, strip_authorization=self._strip)
+        if digest is not None and not engine.suspended and _memoizable(decision):
+            self.memo.remember(digest, result, generation, self._memo_ttl(verified, decision))
+        return result
+
+    def _memo_ttl(self, verified: VerifiedToken, decision: Decision) -> float:
+        """How long an answer may be reused: never past the token's or key's expiry,
+        nor longer than the caches it was built from."""
+        now = self.clock.now()
+        s = self.settings
+        ttl = min(
+            MEMO_TTL_SECONDS, s.token_cache_ttl_seconds, verified.expires_at - now.timestamp()
+        )
+        if decision.outcome is not Verdict.ADMIN:
+            ttl = min(ttl, s.positive_ttl_seconds if decision.key else s.negative_ttl_seconds)
+        if decision.key is not None and decision.key.expires is not None:
+            ttl = min(ttl, (decision.key.expires - now).total_seconds())
+        return ttl
+
+    async def _verify(self, token: str) -> VerifiedToken:
+        if token.count(".") == 2 or self.userinfo is None:
+            return await self.verifier.verify(token)
+        return await self.userinfo.verify(token)
+
+    def recall(self, digest: bytes | None) -> Answer | None:
+        """The memo's answer for a header digest (counted like any check), or None.
+
+        ``digest`` is ``header_digest(authorization)``, computed once per request.
+        Synchronous on purpose: the hot path of a busy client costs a hash and a
+        dictionary lookup, without a coroutine.
+        """
+        start = time.perf_counter()
+        engine = self.engine
+        if digest is None or engine.suspended:
+            return None
+        result = self.memo.recall(digest, engine.cache.generation)
+        if result is not None:
+            self._record(result, time.perf_counter() - start)
+        return result
+
+    async def answer(self, authorization: str | None) -> Answer:
+        """The whole check: ``recall``, else ``decide``."""
+        digest = header_digest(authorization)
+        return self.recall(digest) or await self.decide(authorization, digest)
+
+    async def decide(self, authorization: str | None, digest: bytes | None) -> Answer:
+        """The check without the memo lookup: timed, counted, never raising."""
+        start = time.perf_counter()
+        try:
+            result = await self.authorize(authorization, digest)
+        except Exception:
+            log.exception("check failed")
+            result = check.refuse(500, "internal_error", "JWT Key Mapping: internal error.")
+        self._record(result, time.perf_counter() - start)
+        return result
+
+    def _record(self, result: Answer, seconds: float) -> None:
+        self.metrics.count(result.decision, result.reason, seconds)
+        if result.status >= 500:
+            log.warning("check answered %s", result.status, extra={"reason": result.reason})
+        elif self._debug:
+            log.debug(
+                "check decision",
+                extra={"decision": result.decision, "status": result.status,
+                       "reason": result.reason},
+            )  # fmt: skip
+
+    # -- readiness and metrics -------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether to take traffic, and why: database, JWKS, invalidation channel."""
+        checks: dict[str, Any] = {}
+        ready = not self.shutting_down
+        if self.shutting_down:
+            checks["shutdown"] = "in progress"
+        if self.store is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                    await self.store.ping()
+                    info = await self.store.schema_info()
+                checks["database"] = {"ok": True, "schema": info.describe()}
+            except (JwtKeyMapError, TimeoutError) as exc:
+                ready = False
+                checks["database"] = {"ok": False, "error": str(exc) or type(exc).__name__}
+        jwks = {i: ks.loaded for i, ks in self.verifier.keysets.items()}
+        checks["jwks"] = jwks
+        ready = ready and all(jwks.values())
+        if self.bus.configured:
+            checks["invalidation"] = {"ok": self.bus.connected, **self.bus.status()}
+            ready = ready and self.bus.connected
+        return ready, checks
+
+    # -- what metrics read (``metrics.Observed``) ------------------------------------
+
+    def cache_stats(self) -> Iterator[tuple[str, CacheStats, int]]:
+        """(name, stats, size) of every cache, for metrics."""
+        yield "mapping", self.engine.cache.stats, len(self.engine.cache)
+        yield "token", self.verifier.cache.stats, len(self.verifier.cache)
+        if self.userinfo is not None:
+            yield "userinfo", self.userinfo.cache.stats, len(self.userinfo.cache)
+        yield "answer", self.memo.stats, len(self.memo)
+
+    def jwks_status(self) -> Iterator[JwksStatus]:
+        """Each issuer's key set: fetches so far, and whether it holds keys."""
+        for issuer, keyset in self.verifier.keysets.items():
+            yield JwksStatus(issuer, keyset.refreshes, keyset.loaded)
+
+    def invalidation(self) -> InvalidationBus:
+        """The invalidation bus, for its counters and channel state."""
+        return self.bus
+
+
+def header_digest(authorization: str | None) -> bytes | None:
+    """sha256 of an ``Authorization`` header: the answer memo's key (None without one)."""
+    if not authorization:
+        return None
+    return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+
+
+def _memoizable(decision: Decision) -> bool:
+    # A registration answers "auto_registered" once; transient failures are retried.
+    return decision.outcome is not Verdict.AUTO_REGISTERED and decision.status in (200, 403)
+
+
+def _chain(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if first is not None:
+            first()
+        second()
+
+    return both
+
+
+async def _open_store(settings: Settings, metrics: Metrics) -> Store:
+    assert settings.database_url
+    options: dict[str, Any] = {
+        "max_size": settings.db_pool_max_size,
+        "timeout": settings.db_timeout_seconds,
+        "observe": metrics.observe_query,
+    }
+    try:
+        return await Store.open(
+            settings.database_url, min_size=settings.db_pool_min_size, **options
+        )
+    except DatabaseUnavailable:
+        # Start anyway: readiness says why, and the pool connects once the database is back.
+        log.warning("database unreachable at startup: starting not ready")
+        return await Store.open(settings.database_url, min_size=0, **options)
