@@ -38,8 +38,7 @@ from jwtkeymap.core.db import schema  # noqa: E402
 from jwtkeymap.core.keys import hash_key  # noqa: E402
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR  # noqa: E402
 from jwtkeymap.core.settings import load_settings  # noqa: E402
-from jwtkeymap.operator.handlers import register  # noqa: E402
-from jwtkeymap.operator.handlers import Runtime  # noqa: E402
+from jwtkeymap.operator.handlers import Runtime, register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from jwtkeymap.testing.postgres import ThrowawayPostgres  # noqa: E402
 
