@@ -8,6 +8,7 @@ use these, so each statement exists once. The triggers installed by
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -31,70 +32,66 @@ from jwtkeymap.core.db.schema import MAPPING_TABLE, OWNER_TABLE, TOKEN_TABLE
 _ORDER: Final = " ORDER BY m.created_at, m.id"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Content:
+    """What a mapping row says: identity, key (by hash), description, on or off."""
+
+    identity: MappingIdentity
+    token_hash: str = dataclasses.field(repr=False)
+    description: str | None = None
+    active: bool = True
+
+
+# The content columns: $2…$6, then the actor as $7, then the issuer as $8 when scoped.
+_COLUMNS: Final = ("jwt_claim_name", "jwt_claim_value", "token", "description", "is_active")
+
+
+def _columns(content: Content, actor: str, scoped: bool) -> tuple[dict[str, str], list[Any]]:
+    """Each content column with its placeholder, and the values of ``$2`` onwards."""
+    columns = {name: f"${n}" for n, name in enumerate(_COLUMNS, start=2)}
+    ident = content.identity
+    values: list[Any] = [
+        ident.claim_name,
+        ident.claim_value,
+        content.token_hash,
+        content.description,
+        content.active,
+        actor,
+    ]
+    if scoped:
+        columns["jwt_issuer"] = "$8"
+        values.append(ident.issuer)
+    return columns, values
+
+
 async def insert(
     conn: asyncpg.Connection,
-    identity: MappingIdentity,
-    token_hash: str,
+    content: Content,
     *,
     scoped: bool,
-    description: str | None,
-    active: bool,
     actor: str,
     if_absent: bool = False,
 ) -> str | None:
     """INSERT one mapping row; return its id (None when ``if_absent`` and it was taken)."""
-    columns = "id, jwt_claim_name, jwt_claim_value, token, description, is_active, "
-    columns += "created_by, updated_by, created_at, updated_at"
-    values = "$1, $2, $3, $4, $5, $6, $7, $7, now(), now()"
-    args: list[Any] = [
-        str(uuid.uuid4()),
-        identity.claim_name,
-        identity.claim_value,
-        token_hash,
-        description,
-        active,
-        actor,
-    ]
-    if scoped:
-        columns += ", jwt_issuer"
-        values += ", $8"
-        args.append(identity.issuer)
-    sql = f"INSERT INTO {MAPPING_TABLE} ({columns}) VALUES ({values})"
+    columns, values = _columns(content, actor, scoped)
+    sql = (
+        f"INSERT INTO {MAPPING_TABLE} (id, {', '.join(columns)}, created_by, updated_by, "
+        f"created_at, updated_at) VALUES ($1, {', '.join(columns.values())}, $7, $7, now(), now())"
+    )
     if if_absent:
         sql += " ON CONFLICT DO NOTHING"
-    value = await conn.fetchval(sql + " RETURNING id", *args)
+    value = await conn.fetchval(sql + " RETURNING id", str(uuid.uuid4()), *values)
     return None if value is None else str(value)
 
 
 async def update(
-    conn: asyncpg.Connection,
-    mapping_id: str,
-    identity: MappingIdentity,
-    token_hash: str,
-    *,
-    scoped: bool,
-    description: str | None,
-    active: bool,
-    actor: str,
+    conn: asyncpg.Connection, mapping_id: str, content: Content, *, scoped: bool, actor: str
 ) -> None:
     """Rewrite one mapping row in place (identity included: one statement, no gap)."""
-    sets = (
-        "jwt_claim_name = $2, jwt_claim_value = $3, token = $4, description = $5, "
-        "is_active = $6, updated_by = $7, updated_at = now()"
-    )
-    args: list[Any] = [
-        mapping_id,
-        identity.claim_name,
-        identity.claim_value,
-        token_hash,
-        description,
-        active,
-        actor,
-    ]
-    if scoped:
-        sets += ", jwt_issuer = $8"
-        args.append(identity.issuer)
-    await conn.execute(f"UPDATE {MAPPING_TABLE} SET {sets} WHERE id = $1", *args)
+    columns, values = _columns(content, actor, scoped)
+    sets = ", ".join(f"{name} = {param}" for name, param in columns.items())
+    sql = f"UPDATE {MAPPING_TABLE} SET {sets}, updated_by = $7, updated_at = now() WHERE id = $1"
+    await conn.execute(sql, mapping_id, *values)
 
 
 async def set_active(conn: asyncpg.Connection, mapping_id: str, active: bool, actor: str) -> bool:

@@ -162,11 +162,8 @@ class Store:
                     )
                     mapping_id = await mappings.insert(
                         conn,
-                        identity,
-                        key.token_hash,
+                        mappings.Content(identity, key.token_hash, description),
                         scoped=self.scoped,
-                        description=description,
-                        active=True,
                         actor=AUTO_REGISTER_ACTOR,
                         if_absent=True,
                     )
@@ -205,15 +202,8 @@ class Store:
         """Insert a mapping; MappingConflict if the identity is taken, KeyNotFound if no key."""
         async with self.connection("add mapping") as conn:
             schema.require_scope(self._info(), identity)
-            mapping_id = await mappings.insert(
-                conn,
-                identity,
-                token_hash,
-                scoped=self.scoped,
-                description=description,
-                active=active,
-                actor=actor,
-            )
+            content = mappings.Content(identity, token_hash, description, active)
+            mapping_id = await mappings.insert(conn, content, scoped=self.scoped, actor=actor)
             assert mapping_id is not None  # no if_absent: a clash raises instead
             row = await mappings.get(conn, mapping_id, scoped=self.scoped)
         assert row is not None

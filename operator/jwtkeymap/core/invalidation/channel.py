@@ -48,11 +48,24 @@ class Channel:
 
     name = "channel"
 
-    def __init__(self, callbacks: Callbacks, *, reconnect_max_seconds: float) -> None:
+    def __init__(
+        self,
+        callbacks: Callbacks,
+        *,
+        url: str,
+        channel: str,
+        timeout: float,
+        liveness_seconds: float,
+        reconnect_max_seconds: float,
+    ) -> None:
         self.callbacks = callbacks
         self.connected = False
         self.last_error: str | None = None
         self.connects = 0
+        self._url = url
+        self._channel = channel
+        self._timeout = timeout
+        self._liveness = liveness_seconds
         self._reconnect_max = reconnect_max_seconds
 
     async def run(self) -> None:

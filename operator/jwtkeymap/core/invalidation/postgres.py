@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from jwtkeymap.core.invalidation.channel import Backoff, Callbacks, Channel
+from jwtkeymap.core.invalidation.channel import Backoff, Channel
 
 LISTEN_APPLICATION_NAME: Final = "jwtkeymap-listen"
 
@@ -17,22 +17,6 @@ class PostgresChannel(Channel):
     """Receives the triggers' NOTIFY payloads; pings to detect a half-open connection."""
 
     name = "postgres"
-
-    def __init__(
-        self,
-        callbacks: Callbacks,
-        *,
-        url: str,
-        channel: str,
-        timeout: float,
-        liveness_seconds: float,
-        reconnect_max_seconds: float,
-    ) -> None:
-        super().__init__(callbacks, reconnect_max_seconds=reconnect_max_seconds)
-        self._url = url
-        self._channel = channel
-        self._timeout = timeout
-        self._liveness = liveness_seconds
 
     async def session(self, backoff: Backoff) -> None:
         """LISTEN until the connection is lost."""

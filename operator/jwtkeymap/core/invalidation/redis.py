@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from jwtkeymap.core.invalidation.channel import Backoff, Callbacks, Channel
+from jwtkeymap.core.invalidation.channel import Backoff, Channel
 
 
 def redis_client(url: str, *, connect_timeout: float) -> Any:
@@ -30,22 +30,6 @@ class RedisChannel(Channel):
     """Receives published payloads; pings when quiet to detect a dead server."""
 
     name = "redis"
-
-    def __init__(
-        self,
-        callbacks: Callbacks,
-        *,
-        url: str,
-        channel: str,
-        timeout: float,
-        liveness_seconds: float,
-        reconnect_max_seconds: float,
-    ) -> None:
-        super().__init__(callbacks, reconnect_max_seconds=reconnect_max_seconds)
-        self._url = url
-        self._channel = channel
-        self._timeout = timeout
-        self._liveness = liveness_seconds
 
     async def session(self, backoff: Backoff) -> None:
         """Subscribe, then receive until Redis stops answering."""

@@ -123,31 +123,15 @@ class Reconciler:
         for stale in decided.drop:
             await mappings.delete(conn, stale)
         row_id = decided.row_id
+        content = mappings.Content(want.identity, want.token_hash, want.description, want.active)
         if decided.write is Write.INSERT:
-            row_id = await mappings.insert(
-                conn,
-                want.identity,
-                want.token_hash,
-                scoped=scoped,
-                description=want.description,
-                active=want.active,
-                actor=self._actor,
-            )
+            row_id = await mappings.insert(conn, content, scoped=scoped, actor=self._actor)
             decided = dataclasses.replace(
                 decided, result=dataclasses.replace(decided.result, mapping_id=row_id)
             )
         elif decided.write is Write.UPDATE:
             assert row_id is not None
-            await mappings.update(
-                conn,
-                row_id,
-                want.identity,
-                want.token_hash,
-                scoped=scoped,
-                description=want.description,
-                active=want.active,
-                actor=self._actor,
-            )
+            await mappings.update(conn, row_id, content, scoped=scoped, actor=self._actor)
         if decided.take_ownership:
             assert row_id is not None
             await mappings.set_owner(conn, row_id, want.owner, want.ref, want.digest())
