@@ -21,8 +21,8 @@ from jwtkeymap.core.policy import Outcome, Resolver
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.store import NewKey, Store
 from jwtkeymap.core.tokens import TokenVerifier
-from jwtkeymap.testing.postgres import throwaway_postgres
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.postgres import throwaway_postgres
+from jwtkeymap.demo.signing import SigningKey
 
 ISS = "https://idp.bench"
 

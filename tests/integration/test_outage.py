@@ -14,7 +14,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import DatabaseUnavailable
 from jwtkeymap.core.policy import Outcome, Reason, Resolver
 from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 ISS = "https://idp.test.example"
 
@@ -64,7 +64,7 @@ async def test_database_down_means_503_then_recovery(
 
 
 async def test_unreachable_database_at_open_is_unavailable() -> None:
-    from jwtkeymap.testing.postgres import free_port
+    from jwtkeymap.demo.ports import free_port
 
     with pytest.raises(DatabaseUnavailable):
         await Store.open(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=1)

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+import support.litellm as litellm
 from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import SchemaError
 from jwtkeymap.core.settings import KeyDefaults
 from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.testing import litellm
 
 CHANNEL = "jwtkeymap_invalidate"
 

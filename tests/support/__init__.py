@@ -1,5 +1,6 @@
-"""Helpers for tests, demos and benchmarks: throwaway servers, signed tokens.
+"""Helpers for the tests and the benchmarks: throwaway servers, hostile tokens, integrity checks.
 
-Like ``kopf.testing``, this is part of the package so the demo and the
-benchmarks can use it; nothing in the product imports it.
+Not part of the package: importable because pytest puts ``tests/`` on ``sys.path``
+(``pythonpath`` in pyproject.toml). What the demo also needs (a throwaway PostgreSQL, a
+signing key, a resolver process, ``free_port``, ``wait_until``) lives in ``jwtkeymap.demo``.
 """

@@ -15,7 +15,7 @@ from operator_kit import Cluster, StartOperator, add_key, rows
 
 from jwtkeymap.core import schema
 from jwtkeymap.core.keys import fingerprint, hash_key
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.controlplane
 

@@ -13,7 +13,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.litellm import CHANNEL, LiteLLMCache
 from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler
 from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.testing.servers import RedisServer
+from support.servers import RedisServer
 
 ALICE = MappingIdentity("", "email", "alice@example.com")
 ALICE_NEW = MappingIdentity("", "email", "alice@new.example.com")

@@ -13,7 +13,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.reconcile import DesiredMapping, Outcome, Reconciler
 from jwtkeymap.core.store import NewKey, Store
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 CHANNEL = "jwtkeymap_invalidate"
 ALICE = MappingIdentity("", "email", "alice@example.com")

@@ -15,9 +15,10 @@ from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.core.store import NewKey, Store
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.app import SERVICE, ResolverRunner, Service, create_app
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import EchoUpstream, serve, wait_until
+from support.servers import EchoUpstream, serve
 
 ISSUER = "https://idp.test.example"
 
