@@ -40,8 +40,9 @@ from typing import Any
 
 import yaml
 
-from jwtkeymap.testing.postgres import free_port, throwaway_postgres
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.postgres import throwaway_postgres
+from jwtkeymap.demo.signing import SigningKey
 
 ISS = "https://idp.bench"
 TOKENS = 1000

@@ -22,8 +22,8 @@ from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.policy import PolicyEngine, Verdict
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.tokens import TokenVerifier
-from jwtkeymap.testing.postgres import throwaway_postgres
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.postgres import throwaway_postgres
+from jwtkeymap.demo.signing import SigningKey
 
 ISS = "https://idp.bench"
 

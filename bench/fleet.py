@@ -37,17 +37,23 @@ import asyncpg
 from jwtkeymap.core.db import schema
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
-from jwtkeymap.testing.postgres import ThrowawayPostgres, throwaway_postgres
-from jwtkeymap.testing.servers import (
-    OperatorProcess,
-    ResolverProcess,
-    check_token,
-    wait_ready,
-    wait_until,
-)
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.postgres import ThrowawayPostgres, throwaway_postgres
+from jwtkeymap.demo.resolver import ResolverProcess, check_token
+from jwtkeymap.demo.signing import SigningKey
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' helpers (the package `support` in tests/), as pytest finds them; the only
+# benchmark that needs more than the demo's pieces (jwtkeymap.demo).
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.servers import (  # noqa: E402
+    OperatorProcess,
+    resolver_metric,
+    trusting_resolver,
+    wait_ready,
+)
+
 ISS = "https://idp.fleet.bench"
 CHANNEL = "jwtkeymap_invalidate"
 
@@ -111,7 +117,7 @@ def resolver(key: SigningKey, url: str, **extra: Any) -> ResolverProcess:
     base = {"log_level": "warning", "issuers": [
         {"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm",
          "algorithms": [key.alg]}]}  # fmt: skip
-    return ResolverProcess.trusting(key, url, **base, **extra)
+    return trusting_resolver(key, url, **base, **extra)
 
 
 async def run_all(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
@@ -171,13 +177,13 @@ async def flood(args: argparse.Namespace) -> str:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 await wait_ready(http, [proc])
                 lookups = 'jwtkeymap_db_query_duration_seconds_count{operation="lookup"}'
-                before = await proc.metric(http, lookups)
+                before = await resolver_metric(proc, http, lookups)
                 started = time.perf_counter()
                 answers = await run_all(
                     [check_token(http, proc.url, t) for t in tokens], args.concurrency
                 )
                 elapsed = time.perf_counter() - started
-                counted = await proc.metric(http, lookups) - before
+                counted = await resolver_metric(proc, http, lookups) - before
         finally:
             await conn.close()
             proc.stop()
@@ -438,9 +444,11 @@ async def memory(args: argparse.Namespace) -> str:
                     )
                     assert all(a.status == 200 for a in answers)
                     after = rss_kib(proc.proc.pid)
-                    mapping = await proc.metric(http, 'jwtkeymap_cache_entries{cache="mapping"}')
-                    token_entries = await proc.metric(
-                        http, 'jwtkeymap_cache_entries{cache="token"}'
+                    mapping = await resolver_metric(
+                        proc, http, 'jwtkeymap_cache_entries{cache="mapping"}'
+                    )
+                    token_entries = await resolver_metric(
+                        proc, http, 'jwtkeymap_cache_entries{cache="token"}'
                     )
             finally:
                 proc.stop()

@@ -38,9 +38,10 @@ from jwtkeymap.core.db import schema  # noqa: E402
 from jwtkeymap.core.keys import hash_key  # noqa: E402
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR  # noqa: E402
 from jwtkeymap.core.settings import load_settings  # noqa: E402
+from jwtkeymap.demo.polling import wait_until  # noqa: E402
+from jwtkeymap.demo.postgres import ThrowawayPostgres  # noqa: E402
 from jwtkeymap.operator.handlers import Runtime, register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
-from jwtkeymap.testing.postgres import ThrowawayPostgres  # noqa: E402
 
 CHANNEL = "jwtkeymap_invalidate"
 
@@ -148,14 +149,6 @@ class Operator:
         self._stop.set()
         if self._task is not None:
             await asyncio.wait_for(self._task, timeout=60)
-
-
-async def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(interval)
 
 
 def pct(values: list[float], q: float) -> float:

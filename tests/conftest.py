@@ -22,9 +22,9 @@ import pytest
 from jwtkeymap.core.db import schema
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.settings import Settings, load_settings
-from jwtkeymap.testing.integrity import leaked_secrets
-from jwtkeymap.testing.postgres import ThrowawayPostgres
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.postgres import ThrowawayPostgres
+from jwtkeymap.demo.signing import SigningKey
+from support.integrity import leaked_secrets
 
 ISSUER = "https://idp.test.example"
 OTHER_ISSUER = "https://other-idp.test.example"

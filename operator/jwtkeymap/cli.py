@@ -46,7 +46,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "apply": "jwtkeymap.operator.cli:apply",
     "diff": "jwtkeymap.operator.cli:diff",
     "inject": "jwtkeymap.operator.inject:inject",
-    "demo": "jwtkeymap.demo:demo",
+    "demo": "jwtkeymap.demo.command:demo",
 }
 
 

@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jwtkeymap.demo.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "hack" / "envtest" / "install.sh"
@@ -94,13 +95,6 @@ def find_binaries() -> Binaries:
         helm=Path(found["JWTKEYMAP_HELM"]),
         k8s_version=found["JWTKEYMAP_K8S_VERSION"],
     )
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(condition: Callable[[], T], *, timeout: float = 30.0, message: str = "the condition") -> T:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from jwtkeymap.core.keys import fingerprint, hash_key
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.signing import SigningKey
 
 ISS = "https://idp.test.example"
 

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from jwtkeymap.demo import (
-    BEHAVIORS,
-    EXAMPLES,
-    _cli,
-    _seed_example_keys,
-    _through_the_resolver,
-    render,
-    run,
-)
+from jwtkeymap.demo.checks import through_the_resolver
+from jwtkeymap.demo.manifests import manifests, run_cli, seed_example_keys
+from jwtkeymap.demo.scenarios import BEHAVIORS, decide_all, render
 
 
 async def test_demo_decisions(empty_database_url: str) -> None:
-    table_rows = await run(empty_database_url)
+    table_rows = await decide_all(empty_database_url)
     rows = {r[0]: dict(zip(BEHAVIORS, r[1:], strict=True)) for r in table_rows}
     assert rows["alice (mapped, team alpha)"]["reject"] == "200 mapped (team-alpha)"
     partner = rows["carol via partner IdP (no mapping there)"]
@@ -39,13 +33,14 @@ async def test_demo_decisions(empty_database_url: str) -> None:
 
 
 async def test_demo_manifest_flow_and_resolver(database_url: str) -> None:
-    await _seed_example_keys(database_url)
-    applied = await asyncio.to_thread(_cli, database_url, "apply", "-f", str(EXAMPLES))
-    assert "1 adopted, 3 created" in applied
-    again = await asyncio.to_thread(_cli, database_url, "apply", "-f", str(EXAMPLES))
-    assert "4 unchanged" in again
+    await seed_example_keys(database_url)
+    with manifests() as examples:
+        applied = await asyncio.to_thread(run_cli, database_url, "apply", "-f", str(examples))
+        assert "1 adopted, 3 created" in applied
+        again = await asyncio.to_thread(run_cli, database_url, "apply", "-f", str(examples))
+        assert "4 unchanged" in again
     rows = {
-        label: (result, team) for label, result, team in await _through_the_resolver(database_url)
+        label: (result, team) for label, result, team in await through_the_resolver(database_url)
     }
     assert rows["alice@alpha (any issuer)"] == ("200 mapped", "team-alpha")
     assert rows["carol@beta via corporate IdP"] == ("200 mapped", "team-beta")

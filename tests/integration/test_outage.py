@@ -15,7 +15,7 @@ from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable
 from jwtkeymap.core.policy import DenialReason, PolicyEngine, Verdict
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 ISS = "https://idp.test.example"
 
@@ -65,7 +65,7 @@ async def test_database_down_means_503_then_recovery(
 
 
 async def test_unreachable_database_at_open_is_unavailable() -> None:
-    from jwtkeymap.testing.postgres import free_port
+    from jwtkeymap.demo.ports import free_port
 
     with pytest.raises(DatabaseUnavailable):
         await Store.open(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=1)

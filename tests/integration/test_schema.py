@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+import support.litellm as litellm
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db import schema
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import SchemaError
 from jwtkeymap.core.settings import KeyDefaults
-from jwtkeymap.testing import litellm
 
 CHANNEL = "jwtkeymap_invalidate"
 

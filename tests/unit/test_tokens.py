@@ -13,7 +13,8 @@ from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.tokens import TokenVerifier, parse_unverified
-from jwtkeymap.testing.tokens import SigningKey, b64url, hostile_tokens
+from jwtkeymap.demo.signing import SigningKey
+from support.tokens import b64url, hostile_tokens
 
 ISS = "https://idp.unit"
 

@@ -1,6 +1,6 @@
 """Logging setup shared by every entry point: one JSON object per line.
 
-Uses python-json-logger (already a kopf dependency). Nothing here ever formats
+Uses python-json-logger (declared in pyproject.toml; kopf uses it too). Nothing here ever formats
 a token or key: callers pass fingerprints only.
 """
 

@@ -22,10 +22,11 @@ import asyncpg
 import kopf
 import pytest
 from charttools import CHART, CRD, LABELLED, create, get, helm_install, pod, release_files
-from harness import ControlPlane, free_port, poll
+from harness import ControlPlane, poll
 
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.operator import injector, register
 from jwtkeymap.operator.injection import CONTAINER_NAME, apply, plan
 from jwtkeymap.operator.kube import Connection, Kube

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jwtkeymap.testing.postgres import ThrowawayPostgres, migrated_postgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
+from support.postgres import migrated_postgres
 
 _OPERATOR_TESTS = Path(__file__).resolve().parent.parent / "operator"
 # operator_kit.py lives with the operator tests (importlib mode puts nothing on sys.path).

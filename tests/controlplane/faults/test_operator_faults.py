@@ -15,20 +15,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from harness import ControlPlane, apoll, free_port
+from harness import ControlPlane, apoll
 from operator_kit import Cluster, add_key, rows
 
 from jwtkeymap.core.keys import hash_key
-from jwtkeymap.testing.integrity import integrity
-from jwtkeymap.testing.postgres import ThrowawayPostgres
-from jwtkeymap.testing.servers import (
-    OperatorProcess,
-    ResolverProcess,
-    check_token,
-    wait_ready,
-    wait_until,
-)
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.postgres import ThrowawayPostgres
+from jwtkeymap.demo.resolver import check_token
+from jwtkeymap.demo.signing import SigningKey
+from support.integrity import integrity
+from support.servers import OperatorProcess, trusting_resolver, wait_ready
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 
@@ -123,9 +120,7 @@ async def test_operator_killed_mid_batch_ends_with_every_row_once(
         objects.append(mapping(namespace, f"m-{i}", sub, key))
 
     op = operator_for(plane, namespace, private_pg.url)
-    resolver = ResolverProcess.trusting(
-        signing_key, private_pg.url, unregistered_client_behavior="reject"
-    )
+    resolver = trusting_resolver(signing_key, private_pg.url, unregistered_client_behavior="reject")
     try:
         op.start()
         await apply_all(plane, objects)

@@ -17,9 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import ControlPlane, free_port, issue_tls, poll
+from harness import ControlPlane, issue_tls, poll
 
-from jwtkeymap.testing.servers import OperatorProcess, port_open
+from jwtkeymap.demo.ports import free_port, port_open
+from support.servers import OperatorProcess
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 

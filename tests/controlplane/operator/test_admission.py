@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ControlPlane, apoll, free_port, issue_tls
+from harness import ControlPlane, apoll, issue_tls
 from operator_kit import Cluster, StartOperator, WebhookSetup, add_key
+
+from jwtkeymap.demo.ports import free_port
 
 pytestmark = pytest.mark.controlplane
 

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from jwtkeymap.core.db import schema
 from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.controlplane
 

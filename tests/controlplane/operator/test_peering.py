@@ -11,8 +11,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from harness import ControlPlane, apoll, free_port
+from harness import ControlPlane, apoll
 from operator_kit import Cluster, StartOperator, add_key, rows
+
+from jwtkeymap.demo.ports import free_port
 
 pytestmark = pytest.mark.controlplane
 

@@ -9,10 +9,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from jwtkeymap.testing.integrity import leaked_secrets
-from jwtkeymap.testing.postgres import ThrowawayPostgres, migrated_postgres
-from jwtkeymap.testing.servers import ResolverProcess
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.postgres import ThrowawayPostgres
+from jwtkeymap.demo.resolver import ResolverProcess
+from jwtkeymap.demo.signing import SigningKey
+from support.integrity import leaked_secrets
+from support.postgres import migrated_postgres
+from support.servers import trusting_resolver
 
 StartResolvers = Callable[..., Awaitable[list[ResolverProcess]]]
 
@@ -40,7 +42,7 @@ async def start_resolvers(signing_key: SigningKey) -> AsyncIterator[StartResolve
         database_url: str, *variants: dict[str, Any], count: int = 1, **extra: Any
     ) -> list[ResolverProcess]:
         configs = [dict(v) for v in variants] or [{} for _ in range(count)]
-        procs = [ResolverProcess.trusting(signing_key, database_url, **extra, **v) for v in configs]
+        procs = [trusting_resolver(signing_key, database_url, **extra, **v) for v in configs]
         started.extend(procs)
         await asyncio.gather(*(p.start() for p in procs))
         return procs

@@ -19,8 +19,10 @@ import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
-from jwtkeymap.testing.integrity import integrity
-from jwtkeymap.testing.servers import RedisServer, check_token, wait_ready, wait_until
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.resolver import check_token
+from support.integrity import integrity
+from support.servers import RedisServer, resolver_metric, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -48,15 +50,20 @@ async def test_resolver_keeps_working_on_postgres_alone(
     disconnects = 'jwtkeymap_invalidation_disconnects_total{channel="redis"}'
 
     async def noticed() -> bool:
-        return await proc.metric(http, disconnects) >= 1
+        return await resolver_metric(proc, http, disconnects) >= 1
 
     await wait_until(noticed, timeout=15, what="the Redis loss to be noticed")
     body = await proc.readiness(http)
     assert body["ready"] is True, body
     assert body["checks"]["invalidation"]["redis"]["connected"] is False
     assert body["checks"]["invalidation"]["postgres"]["connected"] is True
-    assert await proc.metric(http, 'jwtkeymap_invalidation_channel_connected{channel="redis"}') == 0
-    assert await proc.metric(http, "jwtkeymap_invalidation_connected ") == 1
+    assert (
+        await resolver_metric(
+            proc, http, 'jwtkeymap_invalidation_channel_connected{channel="redis"}'
+        )
+        == 0
+    )
+    assert await resolver_metric(proc, http, "jwtkeymap_invalidation_connected ") == 1
     # The cache still answers, the database still answers, and a revocation is still seen.
     assert (await check_token(http, proc.url, alice)).status == 200
     assert (await check_token(http, proc.url, bob)).status == 200

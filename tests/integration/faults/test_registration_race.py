@@ -11,8 +11,9 @@ import asyncio
 
 import pytest
 
-from jwtkeymap.testing.integrity import integrity
-from jwtkeymap.testing.servers import check_token, wait_ready
+from jwtkeymap.demo.resolver import check_token
+from support.integrity import integrity
+from support.servers import resolver_metric, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ async def test_concurrent_first_requests_register_exactly_once(
         assert row["token"] == answers[0].key_hash
     # Both processes went into the registration transaction: the race happened in the database.
     registers = 'jwtkeymap_db_query_duration_seconds_count{operation="register"}'
-    counts = [await p.metric(http, registers) for p in procs]
+    counts = [await resolver_metric(p, http, registers) for p in procs]
     assert all(c >= 1 for c in counts), counts
     state = await integrity(db)
     assert (state.mappings, state.keys) == (len(IDENTITIES), len(IDENTITIES))

@@ -17,8 +17,10 @@ import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
-from jwtkeymap.testing.integrity import integrity
-from jwtkeymap.testing.servers import check_token, wait_ready, wait_until
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.resolver import check_token
+from support.integrity import integrity
+from support.servers import wait_ready
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ import pytest
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
-from jwtkeymap.testing.integrity import leaked_secrets
-from jwtkeymap.testing.servers import ResolverProcess
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.resolver import ResolverProcess
+from jwtkeymap.demo.signing import SigningKey
+from support.integrity import leaked_secrets
+from support.servers import trusting_resolver
 
 # The claim that identifies clients (not ``sub``: PyJWT itself refuses a non-string sub).
 CLAIM = "email"
@@ -57,7 +58,7 @@ def target(pg_server: Any, migrated_template: str, signing_key: SigningKey) -> I
     """A resolver process (reject) with every value of MAPPED mapped; alive check at the end."""
     for url in _database(pg_server, migrated_template):
         keys = asyncio.run(_map_all(url))
-        proc = ResolverProcess.trusting(
+        proc = trusting_resolver(
             signing_key, url, unregistered_client_behavior="reject", claim_field=CLAIM
         )
         asyncio.run(proc.start())

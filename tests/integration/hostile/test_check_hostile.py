@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jwtkeymap.testing.servers import check_token
-from jwtkeymap.testing.tokens import SigningKey, forge, hostile_tokens
+from jwtkeymap.demo.resolver import check_token
+from jwtkeymap.demo.signing import SigningKey
+from support.tokens import forge, hostile_tokens
 
 CORPUS = list(hostile_tokens(SigningKey("https://idp.test.example")))
 

@@ -20,8 +20,9 @@ import aiohttp
 import pytest
 
 from jwtkeymap.core.keys import fingerprint
-from jwtkeymap.testing.integrity import leaked_secrets
-from jwtkeymap.testing.servers import ResolverProcess, check_token, wait_ready
+from jwtkeymap.demo.resolver import check_token
+from support.integrity import leaked_secrets
+from support.servers import trusting_resolver, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ async def cli(config: str, *args: str, stdin: str | None = None) -> str:
 async def test_no_key_or_hash_in_logs_cli_output_or_metrics(
     database_url, db, signing_key, tmp_path
 ) -> None:
-    resolver = ResolverProcess.trusting(
+    resolver = trusting_resolver(
         signing_key,
         database_url,
         log_level="debug",

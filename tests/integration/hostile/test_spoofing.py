@@ -16,8 +16,8 @@ from multidict import CIMultiDict
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import EchoUpstream, Envoy, Nginx, ResolverProcess, serve
+from jwtkeymap.demo.ports import free_port
+from support.servers import EchoUpstream, Envoy, Nginx, serve, trusting_resolver
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ async def gateway(request, database_url, store, signing_key) -> AsyncIterator[An
     upstream_port = free_port()
     async with serve(echo.app, port=upstream_port):
         upstream = f"http://127.0.0.1:{upstream_port}" if request.param == "reverse-proxy" else None
-        resolver = ResolverProcess.trusting(signing_key, database_url)
+        resolver = trusting_resolver(signing_key, database_url)
         resolver.upstream = upstream
         proxy: Nginx | Envoy | None = None
         try:

@@ -15,7 +15,7 @@ from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.litellm import CHANNEL, LiteLLMCache
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
 from jwtkeymap.core.reconcile.writer import Reconciler
-from jwtkeymap.testing.servers import RedisServer
+from support.servers import RedisServer
 
 ALICE = MappingIdentity("", "email", "alice@example.com")
 ALICE_NEW = MappingIdentity("", "email", "alice@new.example.com")

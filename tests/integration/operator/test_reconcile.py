@@ -16,7 +16,7 @@ from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
 from jwtkeymap.core.reconcile.writer import Reconciler
-from jwtkeymap.testing.postgres import ThrowawayPostgres
+from jwtkeymap.demo.postgres import ThrowawayPostgres
 
 CHANNEL = "jwtkeymap_invalidate"
 ALICE = MappingIdentity("", "email", "alice@example.com")

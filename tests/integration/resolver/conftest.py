@@ -16,11 +16,12 @@ from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
 from jwtkeymap.resolver.server import ResolverRunner
 from jwtkeymap.resolver.service import Service
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import EchoUpstream, serve, wait_until
+from support.servers import EchoUpstream, serve
 
 ISSUER = "https://idp.test.example"
 

@@ -9,8 +9,8 @@ import asyncpg
 from aiohttp import web
 
 from jwtkeymap.core.keys import fingerprint
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.signing import SigningKey
 
 IDENTITY = (
     "x-jwtkeymap-decision",
@@ -308,7 +308,7 @@ async def test_runner_fast_path_and_router_agree_on_every_path(
     """
     from jwtkeymap.resolver.handlers import create_app
     from jwtkeymap.resolver.server import ResolverRunner
-    from jwtkeymap.testing.servers import serve
+    from support.servers import serve
 
     await map_claim("dana")
     auth = {"Authorization": f"Bearer {signing_key.sign(sub='dana')}"}

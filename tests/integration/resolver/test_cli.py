@@ -13,8 +13,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import port_open, wait_until
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port, port_open
 
 JWTKEYMAP = str(Path(sys.executable).parent / "jwtkeymap")
 

@@ -9,7 +9,7 @@ import asyncpg
 
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.db.keys import NewKey
-from jwtkeymap.testing.servers import wait_until
+from jwtkeymap.demo.polling import wait_until
 
 
 async def check(http, url: str, token: str) -> tuple[int, dict[str, str]]:

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import Envoy, Nginx
+from jwtkeymap.demo.ports import free_port
+from support.servers import Envoy, Nginx
 
 SPOOFED = {
     "X-JWTKeyMap-Decision": "admin",

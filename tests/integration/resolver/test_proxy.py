@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import json
 
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import wait_until
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 
 SPOOFED = {
     "X-JWTKeyMap-Decision": "admin",

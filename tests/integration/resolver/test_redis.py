@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from jwtkeymap.testing.servers import RedisServer, wait_until
+from jwtkeymap.demo.polling import wait_until
+from support.servers import RedisServer
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 
 from jwtkeymap.core.clock import ManualClock
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import IdentityProvider, serve
-from jwtkeymap.testing.tokens import SigningKey
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.signing import SigningKey
+from support.servers import IdentityProvider, serve
 
 ISSUER = "https://rotating-idp.test.example"
 

@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL cluster: initdb + pg_ctl in a temp dir, on a free port.
 
+The demo runs on one; so do the tests and the benchmarks, which import it from here.
 PostgreSQL refuses to run as root, so when we are root the server runs as an
 unprivileged OS user (``postgres`` if it exists, else one we create).
 """
@@ -11,12 +12,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from jwtkeymap.demo.ports import free_port
 
 RUN_AS_CANDIDATES = ("postgres", "jwtkeymap-pg")
 
@@ -42,13 +43,6 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries not found: run `make deps` "
         "(or `apt-get install -y postgresql`), or set JWTKEYMAP_TEST_DATABASE_URL"
     )
-
-
-def free_port() -> int:
-    """Return a currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_as_user() -> str | None:
@@ -152,15 +146,6 @@ class ThrowawayPostgres:
         )  # fmt: skip
         return out.stdout
 
-    def wait_down(self, timeout: float = 10) -> None:
-        """Wait until the port refuses connections."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.05)
-
 
 @contextlib.contextmanager
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
@@ -172,24 +157,3 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         yield pg
     finally:
         pg.destroy()
-
-
-@contextlib.contextmanager
-def migrated_postgres(channel: str = "jwtkeymap_invalidate") -> Iterator[ThrowawayPostgres]:
-    """A private server whose ``postgres`` database is migrated (for tests that stop it)."""
-    import asyncio
-
-    import asyncpg
-
-    from jwtkeymap.core.db import schema
-
-    async def migrate(url: str) -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await schema.migrate(conn, channel=channel)
-        finally:
-            await conn.close()
-
-    with throwaway_postgres() as pg:
-        asyncio.run(migrate(pg.url))
-        yield pg

@@ -2,60 +2,37 @@
 
 In-process (aiohttp, on the caller's event loop): an upstream that echoes what
 it receives and streams on command, a JWKS/userinfo identity provider whose
-keys can be rotated. Out of process: nginx, Envoy and Redis, on free ports,
-configured from the repository's ``examples/`` so the examples stay correct.
+keys can be rotated. Out of process: nginx, Envoy, Redis and the operator, on free
+ports, nginx and Envoy configured from the repository's ``examples/`` so the examples
+stay correct; resolver processes are the demo's, set up here for the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.tokens import SigningKey, jwks
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.process import ChildProcess
+from jwtkeymap.demo.resolver import ResolverProcess
+from jwtkeymap.demo.signing import SigningKey
+from support.tokens import jwks
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
-
-
-async def wait_until(
-    predicate: Callable[[], Any | Awaitable[Any]], *, timeout: float = 10, what: str = "condition"
-) -> Any:
-    """Poll ``predicate`` (sync or async) until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """Tell whether something accepts TCP connections on ``host:port``."""
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
 
 
 @contextlib.asynccontextmanager
@@ -212,49 +189,7 @@ def _render(template: Path, replacements: dict[str, str]) -> str:
     return text
 
 
-class _Process:
-    """A child process with a temp dir, stopped with SIGTERM then SIGKILL."""
-
-    name = "process"
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"jwtkeymap-{self.name}-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = self.dir / "output.log"
-
-    def _spawn(self, argv: list[str]) -> None:
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
-
-    async def _wait_port(self, port: int, timeout: float = 20) -> None:
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.output()}")
-            return port_open(port)
-
-        await wait_until(up, timeout=timeout, what=f"{self.name} on port {port}")
-
-    def output(self) -> str:
-        """What the process printed (for failure messages)."""
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def full_output(self) -> str:
-        """Everything every run printed."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        """Stop the process and delete its directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class _FrontProxy(_Process):
+class _FrontProxy(ChildProcess):
     """A proxy in front of an upstream that asks a resolver: its port and the two it uses."""
 
     def __init__(self, *, resolver_port: int, upstream_port: int) -> None:
@@ -396,7 +331,7 @@ class Envoy(_FrontProxy):
             return False
 
 
-class RedisServer(_Process):
+class RedisServer(ChildProcess):
     """redis-server on a free port, without persistence; can be stopped and restarted."""
 
     name = "redis"
@@ -428,121 +363,31 @@ class RedisServer(_Process):
     async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.to_thread(self.stop)
 
-    def kill(self) -> None:
-        """Stop the server abruptly (an outage), keeping the directory for a restart."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+
+def trusting_resolver(key: SigningKey, database_url: str, **extra: Any) -> ResolverProcess:
+    """A resolver process trusting ``key``'s issuer, with long TTLs (only invalidation evicts)
+    and quick reconnects (recovery is observed in seconds); ``extra`` overrides."""
+    settings: dict[str, Any] = {
+        "database_url": database_url,
+        "claim_field": "sub",
+        "issuers": [{"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm"}],
+        "positive_ttl_seconds": 300,
+        "negative_ttl_seconds": 300,
+        "db_timeout_seconds": 1,
+        "invalidation_liveness_seconds": 0.5,
+        "invalidation_reconnect_max_seconds": 0.3,
+    }
+    settings.update(extra)
+    return ResolverProcess(settings)
 
 
-@dataclasses.dataclass(frozen=True)
-class Checked:
-    """One /check answer: status, lower-cased headers, and the denial reason if any."""
-
-    status: int
-    headers: dict[str, str]
-    reason: str | None
-
-    @property
-    def key_hash(self) -> str | None:
-        """The key hash the resolver hands its proxy (allowed answers only)."""
-        return self.headers.get("x-jwtkeymap-key-hash")
-
-
-async def check_token(
-    session: Any, url: str, token: str | None, *, headers: dict[str, str] | None = None
-) -> Checked:
-    """GET ``{url}/check`` with ``Authorization: Bearer <token>`` (none when ``token`` is None)."""
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    async with session.get(f"{url}/check", headers=sent) as resp:
-        body = await resp.read()
-        got = {k.lower(): v for k, v in resp.headers.items()}
-        reason = None
-        if resp.status != 200:
-            reason = json.loads(body)["error"]["reason"]
-        return Checked(resp.status, got, reason)
-
-
-def json_body(data: bytes) -> Any:
-    """Decode a JSON response body."""
-    return json.loads(data)
-
-
-class ResolverProcess(_Process):
-    """``python -m jwtkeymap resolver`` as a child process, configured from a dict.
-
-    Fault tests need real processes: each one holds its own pool, cache and
-    LISTEN connection, exactly as one sidecar per pod does.
-    """
-
-    name = "resolver"
-
-    def __init__(self, settings: dict[str, Any], *, upstream: str | None = None) -> None:
-        super().__init__()
-        self.port = free_port()
-        self.settings = {"log_level": "info", **settings}
-        self.upstream = upstream
-
-    @classmethod
-    def trusting(cls, key: SigningKey, database_url: str, **extra: Any) -> ResolverProcess:
-        """A resolver trusting ``key``'s issuer, with long TTLs (only invalidation evicts)
-        and quick reconnects (recovery is observed in seconds); ``extra`` overrides."""
-        settings: dict[str, Any] = {
-            "database_url": database_url,
-            "claim_field": "sub",
-            "issuers": [
-                {"issuer": key.issuer, "public_keys": [key.public_pem], "audience": "litellm"}
-            ],
-            "positive_ttl_seconds": 300,
-            "negative_ttl_seconds": 300,
-            "db_timeout_seconds": 1,
-            "invalidation_liveness_seconds": 0.5,
-            "invalidation_reconnect_max_seconds": 0.3,
-        }
-        settings.update(extra)
-        return cls(settings)
-
-    @property
-    def url(self) -> str:
-        """Base URL of the resolver."""
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        """Write the config, spawn, and wait until the port answers (ready or not)."""
-        config = self.dir / "config.yaml"
-        config.write_text(json.dumps(self.settings))  # JSON is YAML
-        argv = [sys.executable, "-m", "jwtkeymap", "--config", str(config), "resolver",
-                "--listen", f"127.0.0.1:{self.port}"]  # fmt: skip
-        if self.upstream:
-            argv += ["--upstream", self.upstream]
-        self._spawn(argv)
-        await self._wait_port(self.port, timeout=30)
-
-    def kill(self) -> None:
-        """SIGKILL the process (a crash), keeping its directory and log."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def alive(self) -> bool:
-        """Tell whether the process still runs."""
-        return self.proc is not None and self.proc.poll() is None
-
-    async def readiness(self, session: Any) -> dict[str, Any]:
-        """The /readyz body, with the HTTP ``status`` added."""
-        async with session.get(f"{self.url}/readyz") as resp:
-            body = await resp.json()
-            return {"status": resp.status, **body}
-
-    async def metric(self, session: Any, prefix: str) -> float:
-        """The sum of the /metrics samples whose line starts with ``prefix``."""
-        async with session.get(f"{self.url}/metrics") as resp:
-            text = await resp.text()
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
-        )
+async def resolver_metric(proc: ResolverProcess, session: Any, prefix: str) -> float:
+    """The sum of the resolver's /metrics samples whose line starts with ``prefix``."""
+    async with session.get(f"{proc.url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
 
 
 async def wait_ready(
@@ -561,7 +406,7 @@ async def wait_ready(
     await wait_until(all_there, timeout=timeout, what=f"resolvers ready={ready}")
 
 
-class OperatorProcess(_Process):
+class OperatorProcess(ChildProcess):
     """``python -m jwtkeymap operator`` as a child process (standalone), for crash tests.
 
     ``env`` must let it reach the API server (``KUBECONFIG``); metrics are served on
@@ -604,12 +449,6 @@ class OperatorProcess(_Process):
                 env={**self.env, "JWTKEYMAP_METRICS_PORT": str(self.metrics_port)},
             )
         self.starts += 1
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup handler runs, as when a node dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
     def metrics(self) -> str:
         """The /metrics text ('' while it is not served)."""
