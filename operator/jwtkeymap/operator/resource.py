@@ -46,7 +46,8 @@ class SpecError(JwtKeyMapError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: the API server coerces nothing ("true" is not a boolean), so neither do we.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class SecretRef(_Strict):
@@ -89,6 +90,11 @@ class Claim(_Strict):
     @classmethod
     def _path(cls, value: str) -> str:
         split_path(value)
+        # The CRD's rule looks at the raw text, so an escaped dot counts as a dot there.
+        if value.startswith(".") or value.endswith(".") or ".." in value:
+            raise ValueError(
+                "must not start or end with '.' or contain '..' (escaped dots included)"
+            )
         return value
 
 
