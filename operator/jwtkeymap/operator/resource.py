@@ -49,6 +49,15 @@ class _Strict(BaseModel):
     # strict: the API server coerces nothing ("true" is not a boolean), so neither do we.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # The API server drops a null from a field that is not nullable (then applies the
+        # default), so a manifest with `issuer: null` means the same offline.
+        if isinstance(data, Mapping):
+            return {name: value for name, value in data.items() if value is not None}
+        return data
+
 
 class SecretRef(_Strict):
     """A key in a Secret of the mapping's namespace that holds the plaintext virtual key."""

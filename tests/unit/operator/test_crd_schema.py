@@ -250,6 +250,24 @@ def test_a_value_of_another_type_is_refused(path: tuple[str, ...], kind: str) ->
         assert not accepts(with_value(path, value)), (path, value)
 
 
+def _without(path: tuple[str, ...]) -> Schema:
+    spec = with_value(path, None)
+    node = spec
+    for name in path[:-1]:
+        node = node[name]
+    del node[path[-1]]
+    return spec
+
+
+@pytest.mark.parametrize(("path", "kind"), FIELDS, ids=[".".join(p) for p, _ in FIELDS])
+def test_a_null_is_an_absent_field(path: tuple[str, ...], kind: str) -> None:
+    # The API server prunes a null from a field that is not nullable, then defaults it.
+    if accepts(_without(path)):
+        assert parse_spec(with_value(path, None)) == parse_spec(_without(path))
+    else:
+        assert not accepts(with_value(path, None))
+
+
 # --- CEL rules: one Python reading each -------------------------------------------------------
 
 CEL: dict[tuple[str, str], Callable[[Any], bool]] = {
