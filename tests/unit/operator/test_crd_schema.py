@@ -23,7 +23,6 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from jwtkeymap.operator import status
 from jwtkeymap.operator.resource import (
     GROUP,
     KIND,
@@ -33,6 +32,7 @@ from jwtkeymap.operator.resource import (
     SpecError,
     parse_spec,
 )
+from jwtkeymap.operator.status import READY, Condition, Reason, set_condition
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
@@ -347,16 +347,16 @@ def condition_schema() -> Schema:
 
 def test_condition_messages_are_cut_at_the_crd_limit() -> None:
     limit = condition_schema()["items"]["properties"]["message"]["maxLength"]
-    long = status.Condition(status.READY, False, status.Reason.INVALID_SPEC, "x" * (limit + 10))
-    (entry,) = status.set_condition(None, long, generation=1)
+    long = Condition(READY, False, Reason.INVALID_SPEC, "x" * (limit + 10))
+    (entry,) = set_condition(None, long, generation=1)
     assert len(entry["message"]) == limit
 
 
 def test_condition_types_and_reasons_fit_the_crd() -> None:
     item = condition_schema()["items"]["properties"]
-    assert re.fullmatch(item["type"]["pattern"], status.READY)
-    assert len(status.READY) <= item["type"]["maxLength"]
-    for reason in status.Reason:
+    assert re.fullmatch(item["type"]["pattern"], READY)
+    assert len(READY) <= item["type"]["maxLength"]
+    for reason in Reason:
         assert re.fullmatch(item["reason"]["pattern"], reason), reason
         assert len(reason) <= item["reason"]["maxLength"]
 
@@ -367,7 +367,7 @@ def test_condition_reasons_are_refused_as_the_crd_refuses_them(reason: str) -> N
     pattern = condition_schema()["items"]["properties"]["reason"]["pattern"]
     crd_accepts = re.fullmatch(pattern, reason) is not None
     try:
-        status.Condition(status.READY, True, reason, "")
+        Condition(READY, True, reason, "")
     except ValueError:
         accepted = False
     else:
