@@ -13,6 +13,7 @@ that the model must agree with on generated values.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -64,8 +65,9 @@ EMPTY = {"string": "", "array": [], "object": {}}
 Schema = dict[str, Any]
 
 
+@functools.cache
 def crd_root() -> Schema:
-    """The CRD's openAPIV3Schema for the version the operator serves."""
+    """The CRD's openAPIV3Schema for the served version, parsed once (copy before changing)."""
     crd = yaml.safe_load(CRD.read_text())
     assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (GROUP, KIND)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
