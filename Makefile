@@ -43,6 +43,8 @@ test-fast: venv ## Unit tests only.
 e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.
 	e2e/run.sh $(E2E_ARGS)
 
+# crds/ is the source; tests/unit/packaging/test_chart_crds.py reads these cp lines and fails
+# when a chart copy differs, is missing, or has no source here.
 chart-crds: ## Copy crds/ into the Helm chart (the CRD is rendered from files/crds/; kopf's peering CRDs go to crds/).
 	cp crds/jwtkeymappings.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
 	cp crds/kopf-peering.yaml charts/jwtkeymap/crds/

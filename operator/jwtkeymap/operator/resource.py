@@ -46,7 +46,17 @@ class SpecError(JwtKeyMapError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: the API server coerces nothing ("true" is not a boolean), so neither do we.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # The API server drops a null from a field that is not nullable (then applies the
+        # default), so a manifest with `issuer: null` means the same offline.
+        if isinstance(data, Mapping):
+            return {name: value for name, value in data.items() if value is not None}
+        return data
 
 
 class SecretRef(_Strict):
@@ -89,6 +99,11 @@ class Claim(_Strict):
     @classmethod
     def _path(cls, value: str) -> str:
         split_path(value)
+        # The CRD's rule looks at the raw text, so an escaped dot counts as a dot there.
+        if value.startswith(".") or value.endswith(".") or ".." in value:
+            raise ValueError(
+                "must not start or end with '.' or contain '..' (escaped dots included)"
+            )
         return value
 
 

@@ -42,7 +42,7 @@ class Condition:
     message: str
 
     def __post_init__(self) -> None:
-        if not _REASON_RE.match(self.reason):
+        if not _REASON_RE.fullmatch(self.reason):  # like the API server: no trailing newline
             raise ValueError(f"condition reason {self.reason!r} is not CamelCase")
 
     @property

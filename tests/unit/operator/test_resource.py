@@ -61,6 +61,9 @@ def test_defaults() -> None:
         (spec(deletionPolicy="Forget"), "spec.deletionPolicy", "'Delete' or 'Retain'"),
         (spec(extra=1), "spec.extra", "Extra inputs"),
         (spec(issuer="x" * 513), "spec.issuer", "at most 512"),
+        # As the CRD: no coercion, and an escaped trailing dot is still a trailing dot.
+        (spec(active="false"), "spec.active", "valid boolean"),
+        (spec(claim={"name": "email\\.", "value": "x"}), "spec.claim.name", "escaped dots"),
     ],
 )
 def test_invalid_specs_name_the_field(bad: dict[str, Any], field: str, text: str) -> None:
