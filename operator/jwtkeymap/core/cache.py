@@ -3,6 +3,8 @@
 Entries are tagged values (``Mapped``, ``Unmapped``, ``Inactive``), never in-band
 sentinel strings (W3). Keys are ``MappingIdentity`` tuples, so the components can
 never run into each other the way ``f"{name}:{value}"`` did (W2).
+
+W-numbers name LiteLLM's weaknesses: docs/litellm-weaknesses.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ LiteLLM turned any claim into a string with ``str()`` (``True`` became ``"True"`
 lists became their Python repr) and accepted ``""`` as an identity (W4). Here a
 claim names a client only if it is a non-empty string or an integer, rendered
 canonically; everything else is refused explicitly.
+
+W-numbers name LiteLLM's weaknesses: docs/litellm-weaknesses.md.
 """
 
 from __future__ import annotations

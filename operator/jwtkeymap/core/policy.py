@@ -5,6 +5,7 @@ every request instead of caching an admin sentinel (W7), (b) treats an
 inactive mapping as a denial, never as a reason to re-register (W6), (c) fails
 closed with a retryable 503 when the database is unreachable (W12), and (d)
 creates auto-registered keys and their mappings in one transaction (W9).
+Each W-number is explained in docs/litellm-weaknesses.md.
 """
 
 from __future__ import annotations
