@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import click
 
+from jwtkeymap.cli.output import format_table
 from jwtkeymap.core import schema
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import InvalidToken
@@ -161,8 +162,6 @@ async def run(url: str) -> list[list[str]]:
 
 def render(rows: list[list[str]]) -> str:
     """Format the decision table."""
-    from jwtkeymap.cli import format_table
-
     header = ("REQUEST", *(b.upper() for b in BEHAVIORS))
     return format_table([header, *(tuple(r) for r in rows)])
 
@@ -295,13 +294,10 @@ def _cluster_free_flow(url: str) -> None:
     click.echo(_cli(url, "apply", "-f", str(EXAMPLES)))
     click.echo("\n== 3. A resolver sidecar answering /check (claim: email, behaviour: reject)")
     rows = asyncio.run(_through_the_resolver(url))
-    from jwtkeymap.cli import format_table
-
     click.echo(format_table([("REQUEST", "/check", "TEAM"), *rows]))
 
 
-@click.command()
-def demo() -> None:
+def show() -> None:
     """Show every policy's decision for sample JWTs, on a throwaway PostgreSQL."""
     try:
         with throwaway_postgres() as pg:
