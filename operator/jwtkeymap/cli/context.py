@@ -141,7 +141,9 @@ class Command(click.Command):
         with one_line_errors():
             result = super().invoke(ctx)
             if inspect.iscoroutine(result):
-                return asyncio.run(result)
+                # Through ctx.invoke, as click runs a sync callback: a UsageError raised
+                # while the coroutine runs then shows the command's usage line too.
+                return ctx.invoke(asyncio.run, result)
             return result
 
 
