@@ -1,5 +1,5 @@
 """Allow ``python -m jwtkeymap``."""
 
-from jwtkeymap.cli import main
+from jwtkeymap.cli.main import main
 
 main()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from jwtkeymap.cli import format_table
+from jwtkeymap.cli.output import format_table
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.schema import migrate

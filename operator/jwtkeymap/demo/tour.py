@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from jwtkeymap.cli import format_table
+from jwtkeymap.cli.output import format_table
 from jwtkeymap.demo.checks import through_the_resolver
 from jwtkeymap.demo.manifests import manifests, run_cli, seed_example_keys
 from jwtkeymap.demo.postgres import PostgresNotInstalled, throwaway_postgres

@@ -98,7 +98,8 @@ def inject_object(
     yield Report(source=source, kind=kind, name=name, outcome=outcome)
 
 
-def _read(path: str) -> tuple[str, str]:
+def read_source(path: str) -> tuple[str, str]:
+    """A file's display name and text (``-`` reads stdin); a one-line failure if unreadable."""
     if path == "-":
         return "<stdin>", sys.stdin.read()
     try:
@@ -134,7 +135,7 @@ def load_defaults(path: str | None, image: str | None) -> InjectionDefaults:
     """The injection defaults from a YAML file (chart values or injection.yaml), or built in."""
     data: dict[str, Any] = {}
     if path is not None:
-        label, text = _read(path)
+        label, text = read_source(path)
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
@@ -149,52 +150,3 @@ def load_defaults(path: str | None, image: str | None) -> InjectionDefaults:
     except ValidationError as exc:
         where = path or "defaults"
         raise click.ClickException(f"{where}: {format_validation_error(exc)}") from None
-
-
-@click.command()
-@click.option(
-    "-f",
-    "--filename",
-    "filenames",
-    multiple=True,
-    required=True,
-    help="Manifest file (multi-document YAML), or - for stdin. Repeatable.",
-)
-@click.option(
-    "--defaults",
-    "defaults_file",
-    type=click.Path(dir_okay=False),
-    help="Your Helm values file for the chart (its injection.resolver and image), "
-    "or the injection.yaml of the chart's ConfigMap.",
-)
-@click.option("--image", help="Resolver image (overrides the defaults).")
-@click.option(
-    "--all",
-    "force",
-    is_flag=True,
-    help=f"Inject every workload, labelling it {INJECT_LABEL}=true.",
-)
-def inject(
-    filenames: tuple[str, ...], defaults_file: str | None, image: str | None, force: bool
-) -> None:
-    """Inject the resolver sidecar into labelled Pods and workloads; print the YAML."""
-    defaults = load_defaults(defaults_file, image)
-    documents: list[Any] = []
-    reports: list[Report] = []
-    for filename in filenames:
-        label, text = _read(filename)
-        try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            raise click.ClickException(f"{label}: not YAML: {exc}") from None
-        for index, doc in enumerate(loaded):
-            if doc is None:
-                continue
-            if isinstance(doc, MutableMapping):
-                reports += inject_object(
-                    doc, defaults, source=f"{label} document {index}", force=force
-                )
-            documents.append(doc)
-    click.echo(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), nl=False)
-    for report in reports:
-        click.echo(f"{report.kind.lower()}/{report.name}: {report.outcome}", err=True)

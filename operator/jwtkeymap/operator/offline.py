@@ -19,7 +19,7 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -333,17 +333,6 @@ async def reconcile(
     return rows
 
 
-def format_rows(rows: Iterable[Row]) -> str:
-    """Align the table (no trailing spaces, stable for golden files)."""
-    table = [("RESOURCE", "ISSUER", "CLAIM", "KEY", "RESULT", "DETAIL")]
-    table += [(r.resource, r.issuer, r.claim, r.key, r.result, r.detail) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in table
-    )
-
-
 def summary(rows: Sequence[Row]) -> str:
     """One line: counts per result, in a fixed order."""
     counts: dict[str, int] = {}
@@ -358,7 +347,6 @@ __all__ = [
     "Manifests",
     "Row",
     "env_name",
-    "format_rows",
     "load",
     "reconcile",
     "summary",

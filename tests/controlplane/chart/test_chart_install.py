@@ -27,7 +27,8 @@ from harness import ControlPlane, poll
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.operator import injector, register
+from jwtkeymap.operator import injector
+from jwtkeymap.operator.handlers import register
 from jwtkeymap.operator.injection import CONTAINER_NAME, apply, plan
 from jwtkeymap.operator.kube import Connection, Kube
 

@@ -361,7 +361,8 @@ def test_deployment_arguments_parse_with_the_real_command_line(render: Render) -
     # Guards against the chart and `jwtkeymap operator` drifting apart (renamed flags).
     import click
 
-    from jwtkeymap.cli import cli
+    from jwtkeymap.cli.context import Context
+    from jwtkeymap.cli.main import cli
 
     args = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     split = args.index("operator")
@@ -369,7 +370,8 @@ def test_deployment_arguments_parse_with_the_real_command_line(render: Render) -
         command = cli.get_command(root, "operator")
         assert isinstance(command, click.Command)
         parsed = command.make_context("operator", args[split + 1 :], parent=root)
-    assert root.params["config"] == "/etc/jwtkeymap/operator/config.yaml"
+    context = parsed.find_object(Context)  # what the command reads, wherever --config was
+    assert context is not None and context.config == "/etc/jwtkeymap/operator/config.yaml"
     assert parsed.params["webhook_port"] == 9443
     assert parsed.params["peering_name"] == "r-jwtkeymap"
     assert parsed.params["all_namespaces"] is True

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner, Result
 
-from jwtkeymap.cli import cli
+from jwtkeymap.cli.main import cli
 from jwtkeymap.core.keys import hash_key
 
 REPO = Path(__file__).resolve().parents[3]

@@ -347,7 +347,8 @@ def test_sidecar_arguments_parse_with_the_real_command_line(annotations: dict[st
     # Guards against the injected args and `jwtkeymap resolver` drifting apart.
     import click
 
-    from jwtkeymap.cli import cli
+    from jwtkeymap.cli.context import Context
+    from jwtkeymap.cli.main import cli
 
     args = sidecar(injected(pod(annotations=annotations)))["args"]
     split = args.index("resolver")
@@ -359,6 +360,8 @@ def test_sidecar_arguments_parse_with_the_real_command_line(annotations: dict[st
     assert parsed.params["upstream"] == (
         None if annotations.get(MODE_ANNOTATION) else "http://127.0.0.1:8080"
     )
-    assert root.params["config"] == (
+    context = parsed.find_object(Context)  # what the command reads, wherever --config was
+    assert context is not None
+    assert context.config == (
         "/etc/jwtkeymap/config.yaml" if CONFIG_ANNOTATION in annotations else None
     )

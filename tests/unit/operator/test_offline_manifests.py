@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from jwtkeymap.operator.offline import Row, env_name, format_rows, load, summary
+from jwtkeymap.operator.offline import Row, env_name, load, summary
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "mappings"
 
@@ -77,15 +77,10 @@ def test_env_name() -> None:
     assert env_name("alpha-llm-keys", "api.key") == "JWTKEYMAP_SECRET_ALPHA_LLM_KEYS_API_KEY"
 
 
-def test_table_and_summary() -> None:
+def test_summary() -> None:
     rows = [
         Row("a/x", "*", "email=x", "abc", "created"),
         Row("a/y", "https://i", "email=y", "def", "conflict", "held by b/y"),
-    ]
-    assert format_rows(rows).splitlines() == [
-        "RESOURCE  ISSUER     CLAIM    KEY  RESULT    DETAIL",
-        "a/x       *          email=x  abc  created",
-        "a/y       https://i  email=y  def  conflict  held by b/y",
     ]
     assert summary(rows) == "1 conflict, 1 created"
     assert rows[1].failed and not rows[0].failed

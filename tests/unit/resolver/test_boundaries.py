@@ -8,7 +8,7 @@ import sys
 
 def test_resolver_imports_only_core():
     code = (
-        "import sys, jwtkeymap.resolver.cli, jwtkeymap.resolver.proxy, jwtkeymap.resolver.server\n"
+        "import sys, jwtkeymap.cli.resolver, jwtkeymap.resolver.proxy, jwtkeymap.resolver.server\n"
         "bad = sorted(m for m in sys.modules if m.startswith("
         "('jwtkeymap.operator', 'kopf', 'kubernetes')))\n"
         "print(','.join(bad))\n"

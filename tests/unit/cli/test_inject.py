@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from jwtkeymap.cli import cli
+from jwtkeymap.cli.main import cli
 
 MANIFESTS = """\
 apiVersion: apps/v1

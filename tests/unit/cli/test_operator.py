@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from jwtkeymap.cli import cli
+from jwtkeymap.cli.main import cli
 
 
 def test_operator_needs_a_database_and_namespaces() -> None:

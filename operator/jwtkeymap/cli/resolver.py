@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from jwtkeymap.cli import Context, describe_error, pass_ctx
-from jwtkeymap.core.errors import JwtKeyMapError
+from jwtkeymap.cli.context import Command, Context, pass_ctx
 from jwtkeymap.core.logs import configure_logging
-from jwtkeymap.core.settings import load_settings
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--listen",
     metavar="HOST:PORT",
@@ -26,15 +24,10 @@ from jwtkeymap.core.settings import load_settings
 @pass_ctx
 def resolver(ctx: Context, listen: str | None, upstream: str | None) -> None:
     """Serve /check for Envoy ext_authz and nginx auth_request (or proxy to --upstream)."""
+    # The HTTP server is imported only when it is about to run.
     from jwtkeymap.resolver.server import parse_listen, run
 
-    settings = load_settings(
-        ctx.config,
-        database_url=ctx.database_url,
-        log_level=ctx.log_level,
-        listen=listen,
-        upstream=upstream,
-    )
+    settings = ctx.load(listen=listen, upstream=upstream)
     try:
         parse_listen(settings.listen)
     except ValueError as exc:
@@ -46,7 +39,4 @@ def resolver(ctx: Context, listen: str | None, upstream: str | None) -> None:
             "no trusted issuers configured: add `issuers:` (or oidc_userinfo_url) to the config"
         )
     configure_logging(settings.log_level)
-    try:
-        run(settings)
-    except JwtKeyMapError as exc:  # a startup failure: one line, not a traceback
-        raise click.ClickException(describe_error(exc)) from None
+    run(settings)  # a startup failure is a core error: one line, not a traceback
