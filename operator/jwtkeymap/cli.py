@@ -285,7 +285,7 @@ async def map_add(
             actor="jwtkeymap:cli",
         ),
     )
-    click.echo(f"added mapping {row.id} ({_label(row.identity)} -> key {row.key_fingerprint})")
+    click.echo(f"added mapping {row.id} ({row.identity.label()} -> key {row.key_fingerprint})")
 
 
 @map_group.command("list")
@@ -338,7 +338,7 @@ async def map_list(ctx: Context, claim: str | None, output: str) -> None:
 async def map_disable(ctx: Context, mapping_id: str) -> None:
     """Disable a mapping (its client is then denied, never re-registered)."""
     row = await with_store(ctx, lambda s: s.set_active(mapping_id, False, actor="jwtkeymap:cli"))
-    click.echo(f"disabled mapping {row.id} ({_label(row.identity)})")
+    click.echo(f"disabled mapping {row.id} ({row.identity.label()})")
 
 
 @map_group.command("enable")
@@ -348,7 +348,7 @@ async def map_disable(ctx: Context, mapping_id: str) -> None:
 async def map_enable(ctx: Context, mapping_id: str) -> None:
     """Enable a disabled mapping."""
     row = await with_store(ctx, lambda s: s.set_active(mapping_id, True, actor="jwtkeymap:cli"))
-    click.echo(f"enabled mapping {row.id} ({_label(row.identity)})")
+    click.echo(f"enabled mapping {row.id} ({row.identity.label()})")
 
 
 @map_group.command("remove")
@@ -389,11 +389,6 @@ async def resolve(ctx: Context, token: str) -> None:
     click.echo(json.dumps(decision.to_json(), indent=2))
     if not decision.allowed:
         sys.exit(1)
-
-
-def _label(identity: MappingIdentity) -> str:
-    scope = f"{identity.issuer} " if identity.issuer else ""
-    return f"{scope}{identity.claim_name}={identity.claim_value}"
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:

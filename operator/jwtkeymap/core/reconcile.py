@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import MappingConflict, SchemaError
 from jwtkeymap.core.keys import fingerprint
+from jwtkeymap.core.owners import OwnerKind, parse_owner
 from jwtkeymap.core.store import MAPPING_COLUMNS, MappingRow, Store, mapping_row
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,11 @@ def describe_owner(owner: str | None, ref: str | None, created_by: str | None) -
     if owner is None:
         who = f" (created by {created_by})" if created_by else ""
         return f"a mapping created outside jwtkeymap{who}"
-    if owner.startswith("k8s:"):
+    parsed = parse_owner(owner)
+    if parsed is not None and parsed.kind is OwnerKind.K8S:
         return f"JWTKeyMapping {ref or owner}"
-    if owner.startswith("offline:"):
-        return f"offline manifest {ref or owner.removeprefix('offline:')}"
+    if parsed is not None and parsed.kind is OwnerKind.OFFLINE:
+        return f"offline manifest {ref or parsed.key}"
     return f"{ref or owner}"
 
 
@@ -261,7 +263,7 @@ class Reconciler:
                 Outcome.CONFLICT,
                 mapping_id=None,
                 conflict_owner=holder,
-                message=f"{_label(want.identity)} is already mapped by {holder}{hint}",
+                message=f"{want.identity.label()} is already mapped by {holder}{hint}",
             )
 
         if not await _key_exists(conn, want.token_hash):
@@ -446,7 +448,7 @@ class Reconciler:
         log.info(
             "mapping %s: %s",
             result.outcome.value,
-            ", ".join(_label(i) for i in identities),
+            ", ".join(i.label() for i in identities),
             extra={"ref": result.ref, "key_fingerprint": result.key_fingerprint},
         )
         if self._evict is not None:
@@ -461,11 +463,6 @@ def _result(want: DesiredMapping, outcome: Outcome, **details: Any) -> Reconcile
         ref=want.ref,
         **details,
     )
-
-
-def _label(identity: MappingIdentity) -> str:
-    scope = f"{identity.issuer} " if identity.issuer else ""
-    return f"{scope}{identity.claim_name}={identity.claim_value}"
 
 
 def _like_prefix(prefix: str) -> str:

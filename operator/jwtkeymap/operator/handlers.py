@@ -32,6 +32,7 @@ from jwtkeymap.core.errors import (
     StoreError,
 )
 from jwtkeymap.core.litellm import LiteLLMCache
+from jwtkeymap.core.owners import k8s_owner
 from jwtkeymap.core.reconcile import (
     OPERATOR_ACTOR,
     DesiredMapping,
@@ -54,7 +55,6 @@ from jwtkeymap.operator.resource import (
     SpecError,
     desired_mapping,
     identity_of,
-    k8s_owner,
     parse_spec,
 )
 from jwtkeymap.operator.secrets import SecretKeyMissing, SecretNotFound, key_hash_from_data

@@ -30,6 +30,7 @@ from jwtkeymap import __version__
 from jwtkeymap.core.claims import split_path
 from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.settings import Behavior, Settings
+from jwtkeymap.operator.names import DNS_SUBDOMAIN, DNS_SUBDOMAIN_RE
 
 PREFIX: Final = "jwtkeymap.io"
 INJECT_LABEL: Final = f"{PREFIX}/inject"
@@ -52,9 +53,6 @@ CONFIG_KEY: Final = "config.yaml"
 # The sidecar's writable scratch space (its root filesystem is read-only).
 TMP_DIR: Final = "/tmp"  # noqa: S108 (a mount path in the container)
 
-_DNS_SUBDOMAIN: Final = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-)
 _PORT: Final = re.compile(r"[1-9][0-9]{0,4}")
 # Settings the injection itself decides; a default for them would be silently overridden.
 _RESERVED_SETTINGS: Final = frozenset({"database_url", "listen", "upstream"})
@@ -94,7 +92,7 @@ class _Values(BaseModel):
 class SecretKeyRef(_Values):
     """A key of a Secret in the *workload's* namespace."""
 
-    secret_name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN.pattern)
+    secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
@@ -263,7 +261,7 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
 
     config_map = annotations.get(CONFIG_ANNOTATION)
     if config_map is not None and (
-        len(config_map) > 253 or not _DNS_SUBDOMAIN.fullmatch(str(config_map))
+        len(config_map) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(str(config_map))
     ):
         raise InjectionError(
             CONFIG_ANNOTATION, f"must name a ConfigMap (a DNS subdomain), got {config_map!r}"
