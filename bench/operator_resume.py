@@ -36,8 +36,7 @@ from harness import ControlPlane  # noqa: E402
 from jwtkeymap.core import schema  # noqa: E402
 from jwtkeymap.core.keys import hash_key  # noqa: E402
 from jwtkeymap.core.settings import load_settings  # noqa: E402
-from jwtkeymap.operator import register  # noqa: E402
-from jwtkeymap.operator.handlers import Runtime  # noqa: E402
+from jwtkeymap.operator.handlers import Runtime, register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from jwtkeymap.testing.postgres import ThrowawayPostgres  # noqa: E402
 

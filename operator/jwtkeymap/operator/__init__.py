@@ -2,34 +2,6 @@
 
 Everything that decides what the database should hold lives in
 ``jwtkeymap.core.reconcile``; this package only translates between Kubernetes
-objects (or manifests on disk) and that core.
+objects (or manifests on disk) and that core. It imports nothing, so one of its
+modules can be imported alone (without kopf) and no module imports it back.
 """
-
-from jwtkeymap.operator.handlers import Runtime, register
-from jwtkeymap.operator.resource import (
-    ADOPT_ANNOTATION,
-    API_VERSION,
-    FINALIZER,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    MappingSpec,
-    SpecError,
-    parse_spec,
-)
-
-__all__ = [
-    "ADOPT_ANNOTATION",
-    "API_VERSION",
-    "FINALIZER",
-    "GROUP",
-    "KIND",
-    "PLURAL",
-    "VERSION",
-    "MappingSpec",
-    "Runtime",
-    "SpecError",
-    "parse_spec",
-    "register",
-]

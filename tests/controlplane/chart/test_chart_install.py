@@ -26,7 +26,8 @@ from harness import ControlPlane, free_port, poll
 
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator import injector, register
+from jwtkeymap.operator import injector
+from jwtkeymap.operator.handlers import register
 from jwtkeymap.operator.injection import CONTAINER_NAME, apply, plan
 from jwtkeymap.operator.kube import Connection, Kube
 

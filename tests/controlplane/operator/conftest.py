@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from operator_kit import Cluster, RunningOperator, StartOperator, WebhookSetup
 
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator import register
+from jwtkeymap.operator.handlers import register
 from jwtkeymap.operator.kube import Connection, Kube
 
 REPO = Path(__file__).resolve().parents[3]
