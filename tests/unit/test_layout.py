@@ -47,7 +47,7 @@ def test_core_has_no_kubernetes_or_http_server_imports() -> None:
 
 def test_edges_never_import_each_other() -> None:
     root = REPO / "operator" / "jwtkeymap"
-    for path in (root / "operator").glob("*.py"):
+    for path in (root / "operator").rglob("*.py"):
         assert "jwtkeymap.resolver" not in path.read_text(), path
-    for path in (root / "resolver").glob("*.py"):
+    for path in (root / "resolver").rglob("*.py"):
         assert "jwtkeymap.operator" not in path.read_text(), path

@@ -425,10 +425,11 @@ def register(
             return f"unavailable: {type(exc).__name__}"
         return "ok"
 
-    from jwtkeymap.operator import injector, metrics, webhooks
+    from jwtkeymap.operator import metrics, webhooks
+    from jwtkeymap.operator.sidecar import webhook as sidecar
 
     if admission:
         webhooks.register(registry, settings)
-        injector.register(registry)  # pod injection, when $JWTKEYMAP_INJECTION_CONFIG is set
+        sidecar.register(registry)  # pod injection, when $JWTKEYMAP_INJECTION_CONFIG is set
     metrics.register(registry)  # /metrics, when $JWTKEYMAP_METRICS_PORT is set
     return runtime

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from jwtkeymap.operator.injection import SecretKeyRef
 from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
 from jwtkeymap.operator.resource import SecretRef
+from jwtkeymap.operator.sidecar.defaults import SecretKeyRef
 
 
 @pytest.mark.parametrize("name", ["a", "db", "jwtkeymap-database", "a.b-c.d", "0x"])
