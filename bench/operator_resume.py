@@ -36,7 +36,8 @@ from harness import ControlPlane  # noqa: E402
 from jwtkeymap.core import schema  # noqa: E402
 from jwtkeymap.core.keys import hash_key  # noqa: E402
 from jwtkeymap.core.settings import load_settings  # noqa: E402
-from jwtkeymap.operator.handlers import Runtime, register  # noqa: E402
+from jwtkeymap.operator.handlers.runtime import Runtime, runtime_of  # noqa: E402
+from jwtkeymap.operator.handlers.wiring import register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from jwtkeymap.testing.postgres import ThrowawayPostgres  # noqa: E402
 
@@ -120,7 +121,8 @@ class Operator:
         async def connect() -> Kube:
             return await Kube.connect(connection)
 
-        self.runtime = register(registry, settings, connect_kube=connect)
+        register(registry, settings, connect_kube=connect)
+        memo = kopf.Memo()
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.watching.server_timeout = 10
         ready = asyncio.Event()
@@ -132,9 +134,11 @@ class Operator:
                 namespaces=[self.namespace],
                 stop_flag=self._stop,
                 ready_flag=ready,
+                memo=memo,
             )
         )
         await asyncio.wait_for(ready.wait(), timeout=60)
+        self.runtime = runtime_of(memo)  # opened by the startup handlers, which ran by now
 
     async def stop(self) -> None:
         self._stop.set()

@@ -91,7 +91,7 @@ def operator(
     """Run the JWTKeyMapping operator (kopf) until interrupted."""
     import kopf
 
-    from jwtkeymap.operator.handlers import register
+    from jwtkeymap.operator.handlers.wiring import register
 
     settings = _settings(ctx, database_url)
     configure_logging(settings.log_level)

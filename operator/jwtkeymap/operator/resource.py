@@ -132,6 +132,11 @@ def claim_name_allowed(name: str, settings: Settings) -> bool:
     return not settings.allowed_claim_names or name in settings.allowed_claim_names
 
 
+def ref_of(namespace: str | None, name: str | None) -> str:
+    """``namespace/name`` of a resource, as conditions, Events and owner rows name it."""
+    return f"{namespace}/{name}"
+
+
 def adopt_requested(annotations: Mapping[str, str] | None) -> bool:
     """Whether the resource asks to take over a row created outside jwtkeymap."""
     return (annotations or {}).get(ADOPT_ANNOTATION, "").lower() == "true"

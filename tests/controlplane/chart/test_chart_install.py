@@ -26,7 +26,7 @@ from harness import ControlPlane, free_port, poll
 
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.handlers import register
+from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.kube import Connection, Kube
 from jwtkeymap.operator.sidecar import webhook
 from jwtkeymap.operator.sidecar.defaults import load_defaults

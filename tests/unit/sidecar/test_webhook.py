@@ -153,11 +153,11 @@ def test_register_needs_configured_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(webhook.CONFIG_ENV, raising=False)
-    assert webhook.register(kopf.OperatorRegistry()) is False
+    assert webhook.register_injector(kopf.OperatorRegistry()) is False
     config = tmp_path / "injection.yaml"
     config.write_text("listenPort: 9000\nnativeSidecar: false\n")
     monkeypatch.setenv(webhook.CONFIG_ENV, str(config))
-    assert webhook.register(kopf.OperatorRegistry()) is True
+    assert webhook.register_injector(kopf.OperatorRegistry()) is True
 
 
 def test_bad_defaults_file_is_a_config_error(tmp_path: Path) -> None:

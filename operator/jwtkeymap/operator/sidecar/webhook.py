@@ -165,7 +165,7 @@ def _mutate(mutation: Mutation, raw: kopf.RawBody) -> None:
     apply_in_place(cast(MutableMapping[str, Any], raw), mutation)
 
 
-def register(
+def register_injector(
     registry: kopf.OperatorRegistry,
     defaults: InjectionDefaults | None = None,
     *,
