@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, cast
 
 import kopf
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.operator.handlers.indexes import BY_IDENTITY, ByIdentity
+from jwtkeymap.operator.handlers.indexes import (
+    BY_IDENTITY,
+    ByIdentity,
+    IdentityHolder,
+    IdentityKey,
+)
 from jwtkeymap.operator.resource import (
     GROUP,
     PLURAL,
@@ -41,7 +46,7 @@ def check(
     name: str | None,
     uid: str | None,
     settings: Settings,
-    taken: Mapping[tuple[str, str, str], Any],
+    taken: Mapping[IdentityKey, Iterable[IdentityHolder]],
 ) -> None:
     """Raise kopf.AdmissionError when the spec must be refused.
 
