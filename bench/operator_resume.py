@@ -40,7 +40,8 @@ from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR  # noqa: E402
 from jwtkeymap.core.settings import load_settings  # noqa: E402
 from jwtkeymap.demo.polling import wait_until  # noqa: E402
 from jwtkeymap.demo.postgres import ThrowawayPostgres  # noqa: E402
-from jwtkeymap.operator.handlers import Runtime, register  # noqa: E402
+from jwtkeymap.operator.handlers.runtime import Runtime, runtime_of  # noqa: E402
+from jwtkeymap.operator.handlers.wiring import register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 
 CHANNEL = "jwtkeymap_invalidate"
@@ -129,7 +130,8 @@ class Operator:
         async def connect() -> Kube:
             return await Kube.connect(connection)
 
-        self.runtime = register(registry, settings, connect_kube=connect)
+        register(registry, settings, connect_kube=connect)
+        memo = kopf.Memo()
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.watching.server_timeout = 10
         ready = asyncio.Event()
@@ -141,9 +143,11 @@ class Operator:
                 namespaces=[self.namespace],
                 stop_flag=self._stop,
                 ready_flag=ready,
+                memo=memo,
             )
         )
         await asyncio.wait_for(ready.wait(), timeout=60)
+        self.runtime = runtime_of(memo)  # opened by the startup handlers, which ran by now
 
     async def stop(self) -> None:
         self._stop.set()

@@ -20,6 +20,11 @@ from jwtkeymap.core.claims import (
 from jwtkeymap.core.errors import ClaimInvalid, ClaimMissing
 
 
+def test_identity_label_names_the_issuer_only_when_scoped() -> None:
+    assert MappingIdentity("", "email", "a@x").label() == "email=a@x"
+    assert MappingIdentity("https://idp", "email", "a@x").label() == "https://idp email=a@x"
+
+
 def test_dot_path_reads_nested_claims() -> None:
     assert extract({"realm": {"email": "a@x"}}, "realm.email") == "a@x"
 

@@ -7,15 +7,12 @@ reviewed in a pull request or applied on a cluster without the webhook.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Any
-
 import click
-import yaml
 
 from jwtkeymap.cli.context import Command
-from jwtkeymap.operator.inject import Report, inject_object, load_defaults, read_source
-from jwtkeymap.operator.injection import INJECT_LABEL
+from jwtkeymap.operator.sidecar.defaults import load_defaults
+from jwtkeymap.operator.sidecar.plan import INJECT_LABEL
+from jwtkeymap.operator.sidecar.render import render
 
 
 @click.command(cls=Command)
@@ -45,23 +42,7 @@ def inject(
     filenames: tuple[str, ...], defaults_file: str | None, image: str | None, force: bool
 ) -> None:
     """Inject the resolver sidecar into labelled Pods and workloads; print the YAML."""
-    defaults = load_defaults(defaults_file, image)
-    documents: list[Any] = []
-    reports: list[Report] = []
-    for filename in filenames:
-        label, text = read_source(filename)
-        try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            raise click.ClickException(f"{label}: not YAML: {exc}") from None
-        for index, doc in enumerate(loaded):
-            if doc is None:
-                continue
-            if isinstance(doc, MutableMapping):
-                reports += inject_object(
-                    doc, defaults, source=f"{label} document {index}", force=force
-                )
-            documents.append(doc)
-    click.echo(yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True), nl=False)
-    for report in reports:
-        click.echo(f"{report.kind.lower()}/{report.name}: {report.outcome}", err=True)
+    rendered = render(filenames, load_defaults(defaults_file, image=image), force=force)
+    click.echo(rendered.yaml(), nl=False)
+    for report in rendered.reports:
+        click.echo(report.line(), err=True)

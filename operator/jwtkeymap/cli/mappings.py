@@ -27,11 +27,6 @@ def _identity(ctx: Context, issuer: str, claim: str | None, value: str) -> Mappi
     return MappingIdentity(issuer=issuer, claim_name=name, claim_value=canonical)
 
 
-def _label(identity: MappingIdentity) -> str:
-    scope = f"{identity.issuer} " if identity.issuer else ""
-    return f"{scope}{identity.claim_name}={identity.claim_value}"
-
-
 @map_group.command("add")
 @click.argument("value")
 @click.option("--claim", help="Claim name (default: the configured claim_field).")
@@ -65,7 +60,7 @@ async def map_add(
         row = await store.add_mapping(
             identity, token_hash, description=description, active=not inactive, actor=ACTOR
         )
-    click.echo(f"added mapping {row.id} ({_label(row.identity)} -> key {row.key_fingerprint})")
+    click.echo(f"added mapping {row.id} ({row.identity.label()} -> key {row.key_fingerprint})")
 
 
 @map_group.command("list")
@@ -118,7 +113,7 @@ async def map_disable(ctx: Context, mapping_id: str) -> None:
     """Disable a mapping (its client is then denied, never re-registered)."""
     async with ctx.store() as store:
         row = await store.set_active(mapping_id, False, actor=ACTOR)
-    click.echo(f"disabled mapping {row.id} ({_label(row.identity)})")
+    click.echo(f"disabled mapping {row.id} ({row.identity.label()})")
 
 
 @map_group.command("enable")
@@ -128,7 +123,7 @@ async def map_enable(ctx: Context, mapping_id: str) -> None:
     """Enable a disabled mapping."""
     async with ctx.store() as store:
         row = await store.set_active(mapping_id, True, actor=ACTOR)
-    click.echo(f"enabled mapping {row.id} ({_label(row.identity)})")
+    click.echo(f"enabled mapping {row.id} ({row.identity.label()})")
 
 
 @map_group.command("remove")

@@ -73,7 +73,7 @@ def operator(
     # kopf is imported only here, so that no other command pays for it (or needs it).
     import kopf
 
-    from jwtkeymap.operator.handlers import register
+    from jwtkeymap.operator.handlers.wiring import register
 
     settings = ctx.settings
     configure_logging(settings.log_level)

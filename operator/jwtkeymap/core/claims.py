@@ -30,6 +30,11 @@ class MappingIdentity:
     claim_name: str
     claim_value: str
 
+    def label(self) -> str:
+        """``[issuer ]claim=value``, as messages and logs name a mapping."""
+        scope = f"{self.issuer} " if self.issuer else ""
+        return f"{scope}{self.claim_name}={self.claim_value}"
+
     def as_global(self) -> MappingIdentity:
         """The same claim, without an issuer scope."""
         return dataclasses.replace(self, issuer="")

@@ -2,7 +2,7 @@
 
 kopf's ``kopf.event()`` only works inside resource handlers: its event queue is
 bound per watched object, and the admission webhook server runs outside that
-context (kopf 1.45). So the injector posts its own core/v1 Events, in the
+context (kopf 1.45). So the sidecar webhook posts its own core/v1 Events, in the
 background: an admission answer never waits on an Event, and a failed Event is
 logged, never turned into a denied pod.
 """
@@ -59,21 +59,26 @@ def event_body(
 
 
 class EventPoster:
-    """Posts Events in background tasks on the running loop."""
+    """Posts Events in background tasks on the running loop.
 
-    def __init__(self, connection: Connection | None = None) -> None:
-        self._connection = connection
-        self._api: client.ApiClient | None = None
+    Built by :meth:`open`; without Kubernetes credentials it has no API client and
+    only logs what it would have posted (Events are optional, the operator is not).
+    """
+
+    def __init__(self, api: client.ApiClient | None) -> None:
+        self._api = api
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        """Open the API client; without credentials, Events are off (never the operator)."""
+    @classmethod
+    async def open(cls, connection: Connection | None = None) -> EventPoster:
+        """Open the API client from ``connection``, else the pod's or the kubeconfig's account."""
         try:
-            self._api = await api_client(self._connection)
+            return cls(await api_client(connection))
         except (config.ConfigException, OSError) as exc:
             log.warning("injection Events disabled: no Kubernetes credentials (%s)", exc)
+            return cls(None)
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Let pending Events go out (briefly), then close the client."""
         if self._pending:
             await asyncio.wait(self._pending, timeout=5)
@@ -91,15 +96,15 @@ class EventPoster:
         body = event_body(
             target, type=type, reason=reason, message=message, now=dt.datetime.now(dt.UTC)
         )
-        task = asyncio.get_running_loop().create_task(self._send(body))
+        task = asyncio.get_running_loop().create_task(_send(self._api, body))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _send(self, body: dict[str, Any]) -> None:
-        assert self._api is not None
-        namespace = body["metadata"]["namespace"] or "default"
-        try:
-            # A plain dict serialises as it is; the generated model would add nothing.
-            await client.CoreV1Api(self._api).create_namespaced_event(namespace, body)  # type: ignore[arg-type]
-        except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("could not post %s event: %s", body["reason"], exc)
+
+async def _send(api: client.ApiClient, body: dict[str, Any]) -> None:
+    namespace = body["metadata"]["namespace"] or "default"
+    try:
+        # A plain dict serialises as it is; the generated model would add nothing.
+        await client.CoreV1Api(api).create_namespaced_event(namespace, body)  # type: ignore[arg-type]
+    except (ApiException, aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("could not post %s event: %s", body["reason"], exc)

@@ -13,8 +13,6 @@ not make ``--prune`` delete the mapping that file declares.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
 import re
@@ -27,24 +25,28 @@ import yaml
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import JwtKeyMapError
+from jwtkeymap.core.owners import OwnerKind, offline_owner, owner_prefix
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
 from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
 from jwtkeymap.operator.resource import (
     API_VERSION,
     KIND,
     MappingSpec,
     SpecError,
     desired_mapping,
-    offline_owner,
     parse_spec,
 )
-from jwtkeymap.operator.secrets import SecretKeyMissing, SecretNotFound, key_hash_from_data
+from jwtkeymap.operator.secrets import (
+    SecretKeyMissing,
+    SecretNotFound,
+    decode_value,
+    key_hash_from_data,
+)
 
-OWNER_PREFIX: Final = "offline:"
 ENV_PREFIX: Final = "JWTKEYMAP_SECRET_"
 _MANIFEST_SUFFIXES: Final = (".yaml", ".yml", ".json")
-_NAME_RE: Final = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class ManifestError(JwtKeyMapError):
@@ -145,10 +147,10 @@ def _read_document(
     if not isinstance(meta, dict):
         raise ManifestError(f"{where}: metadata: required")
     name = meta.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 253:
+    if not isinstance(name, str) or not DNS_SUBDOMAIN_RE.match(name) or len(name) > 253:
         raise ManifestError(f"{where}: metadata.name: must be a DNS subdomain name")
     namespace = meta.get("namespace") or default_namespace
-    if not isinstance(namespace, str) or not _NAME_RE.match(namespace):
+    if not isinstance(namespace, str) or not DNS_SUBDOMAIN_RE.match(namespace):
         raise ManifestError(f"{where}: metadata.namespace: must be a DNS label")
     if kind == "Secret":
         if api_version != "v1":
@@ -192,8 +194,8 @@ def _secret_values(doc: Mapping[str, Any], where: str) -> dict[str, str]:
                 raise ManifestError(f"{where}: {field}.{key}: must be a string")
             if encoded:
                 try:
-                    value = base64.b64decode(value, validate=True).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError):
+                    value = decode_value(value)
+                except ValueError:
                     raise ManifestError(f"{where}: {field}.{key}: not base64 UTF-8 text") from None
             values[str(key)] = value
     return values
@@ -325,7 +327,8 @@ async def reconcile(
         )
     if prune:
         keep = [offline_owner(m.namespace, m.name) for m in manifests.mappings]
-        for result in await reconciler.prune(OWNER_PREFIX, keep, dry_run=dry_run):
+        prefix = owner_prefix(OwnerKind.OFFLINE)
+        for result in await reconciler.prune(prefix, keep, dry_run=dry_run):
             issuer, claim = _claim(result.identity)
             label = "delete" if dry_run else "pruned"
             key = result.key_fingerprint or "-"

@@ -7,7 +7,6 @@ apiserver already validated against the CRD schema) and the offline ``apply``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -15,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jwtkeymap.core.claims import MappingIdentity, canonicalize, split_path
 from jwtkeymap.core.errors import ClaimError, JwtKeyMapError
+from jwtkeymap.core.keys import is_key_hash
 from jwtkeymap.core.reconcile.desired import DesiredMapping
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.names import DNS_SUBDOMAIN
 
 GROUP: Final = "jwtkeymap.io"
 VERSION: Final = "v1alpha1"
@@ -31,9 +32,6 @@ SECRET_VERSION_ANNOTATION: Final = "jwtkeymap.io/secret-version"
 # Set on mappings that lost a Conflict when the winner lets go of the identity, so they
 # retry at once instead of on the next drift timer.
 RELEASED_ANNOTATION: Final = "jwtkeymap.io/released-by"
-
-_HASH_RE: Final = re.compile(r"[0-9a-f]{64}")
-_DNS_SUBDOMAIN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class SpecError(JwtKeyMapError):
@@ -62,7 +60,7 @@ class _Strict(BaseModel):
 class SecretRef(_Strict):
     """A key in a Secret of the mapping's namespace that holds the plaintext virtual key."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
@@ -75,7 +73,7 @@ class KeySource(_Strict):
     @field_validator("hash")
     @classmethod
     def _hex(cls, value: str | None) -> str | None:
-        if value is not None and not _HASH_RE.fullmatch(value):
+        if value is not None and not is_key_hash(value):
             raise ValueError(
                 "must be the sha256 of a virtual key (64 lowercase hex characters); "
                 "use key.secretRef for a plaintext key"
@@ -149,14 +147,9 @@ def claim_name_allowed(name: str, settings: Settings) -> bool:
     return not settings.allowed_claim_names or name in settings.allowed_claim_names
 
 
-def k8s_owner(uid: str) -> str:
-    """Owner id of a mapping declared by a Kubernetes resource (stable across renames)."""
-    return f"k8s:{uid}"
-
-
-def offline_owner(namespace: str, name: str) -> str:
-    """Owner id of a mapping declared by an offline manifest."""
-    return f"offline:{namespace}/{name}"
+def ref_of(namespace: str | None, name: str | None) -> str:
+    """``namespace/name`` of a resource, as conditions, Events and owner rows name it."""
+    return f"{namespace}/{name}"
 
 
 def adopt_requested(annotations: Mapping[str, str] | None) -> bool:

@@ -7,7 +7,6 @@ and only its fingerprint is ever shown.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 
 from jwtkeymap.core.errors import JwtKeyMapError
@@ -20,6 +19,12 @@ class SecretNotFound(JwtKeyMapError):
 
 class SecretKeyMissing(JwtKeyMapError):
     """The Secret exists but lacks the referenced key, or its value is empty or unreadable."""
+
+
+def decode_value(encoded: str) -> str:
+    """Decode one value of a Secret's ``data``; raise ValueError unless it is base64 UTF-8 text."""
+    # binascii.Error and UnicodeDecodeError are both ValueErrors.
+    return base64.b64decode(encoded, validate=True).decode("utf-8")
 
 
 def key_hash_from_data(
@@ -37,8 +42,8 @@ def key_hash_from_data(
     raw = data[key]
     if encoded:
         try:
-            raw = base64.b64decode(raw, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = decode_value(raw)
+        except ValueError:
             raise SecretKeyMissing(f"Secret {secret} key {key!r} is not UTF-8 text") from None
     plaintext = raw.strip()
     if not plaintext:

@@ -10,13 +10,21 @@ caught there and reported as a Conflict condition).
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, cast
 
 import kopf
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.handlers.indexes import (
+    BY_IDENTITY,
+    ByIdentity,
+    IdentityHolder,
+    IdentityKey,
+)
 from jwtkeymap.operator.resource import (
     GROUP,
     PLURAL,
@@ -25,19 +33,20 @@ from jwtkeymap.operator.resource import (
     claim_name_allowed,
     identity_of,
     parse_spec,
+    ref_of,
 )
 
-HANDLER_ID = "validate-mapping"
+HANDLER_ID: Final = "validate-mapping"
 
 
 def check(
-    spec: Any,
+    spec: Mapping[str, Any],
     *,
     namespace: str | None,
     name: str | None,
     uid: str | None,
     settings: Settings,
-    taken: Any,
+    taken: Mapping[IdentityKey, Iterable[IdentityHolder]],
 ) -> None:
     """Raise kopf.AdmissionError when the spec must be refused.
 
@@ -56,7 +65,7 @@ def check(
             f"(allowed: {allowed})",
             code=422,
         )
-    me = f"{namespace}/{name}"
+    me = ref_of(namespace, name)
     key = (identity.issuer, identity.claim_name, identity.claim_value)
     for ref, holder_uid in taken.get(key, ()):
         if ref != me and holder_uid != uid:
@@ -68,26 +77,25 @@ def check(
             )
 
 
-def register(registry: kopf.OperatorRegistry, settings: Settings) -> None:
-    """Register the validating webhook handler (served only when a webhook server is set)."""
+def validate(
+    spec: kopf.Spec,
+    namespace: str | None,
+    name: str,
+    uid: str,
+    *,
+    config: Settings,
+    **kwargs: Any,
+) -> None:
+    """Admit a JWTKeyMapping CREATE or UPDATE, or raise kopf.AdmissionError."""
+    taken = cast(ByIdentity, kwargs[BY_IDENTITY])  # the kopf index registered by the handlers
+    check(spec, namespace=namespace, name=name, uid=uid, settings=config, taken=taken)
 
-    @kopf.on.validate(
-        GROUP,
-        VERSION,
-        PLURAL,
-        registry=registry,
-        id=HANDLER_ID,
-        operations=["CREATE", "UPDATE"],
-    )
-    def validate(
-        spec: kopf.Spec,
-        namespace: str | None,
-        name: str,
-        uid: str,
-        **kwargs: Any,
-    ) -> None:
-        taken = kwargs["by_identity"]  # the kopf index registered by the handlers
-        check(spec, namespace=namespace, name=name, uid=uid, settings=settings, taken=taken)
+
+def register_validation(registry: kopf.OperatorRegistry, settings: Settings) -> None:
+    """Register the validating webhook handler (served only when a webhook server is set)."""
+    kopf.on.validate(
+        GROUP, VERSION, PLURAL, registry=registry, id=HANDLER_ID, operations=["CREATE", "UPDATE"]
+    )(functools.partial(validate, config=settings))
 
 
 def malformed_review(body: bytes) -> str | None:

@@ -27,10 +27,11 @@ from harness import ControlPlane, poll
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.operator import injector
-from jwtkeymap.operator.handlers import register
-from jwtkeymap.operator.injection import CONTAINER_NAME, apply, plan
+from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.kube import Connection, Kube
+from jwtkeymap.operator.sidecar import webhook
+from jwtkeymap.operator.sidecar.defaults import load_defaults
+from jwtkeymap.operator.sidecar.plan import CONTAINER_NAME, apply, plan
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 
@@ -49,11 +50,11 @@ class Installed:
     def __init__(self, plane: ControlPlane, namespace: str, files: Path) -> None:
         self.plane = plane
         self.namespace = namespace
-        self.defaults = injector.load_defaults(files / "injection.yaml")
+        self.defaults = load_defaults(files / "injection.yaml")
 
     def counted(self, result: str, reason: str) -> float:
         """How many admissions the injector counted with this result and reason."""
-        return float(injector.INJECTIONS.labels(result, reason)._value.get())
+        return float(webhook.INJECTIONS.labels(result, reason)._value.get())
 
 
 def _run_operator(
@@ -156,7 +157,7 @@ def installed(
         ).stdout.strip()
         with pytest.MonkeyPatch.context() as patch:
             # As the chart's Deployment sets them.
-            patch.setenv(injector.CONFIG_ENV, str(files / "injection.yaml"))
+            patch.setenv(webhook.CONFIG_ENV, str(files / "injection.yaml"))
             patch.setattr(
                 "kubernetes_asyncio.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
                 str(_kubeconfig(plane, token, files / "kubeconfig")),

@@ -15,9 +15,10 @@ from charttools import CHART, CI_VALUES, Render, find, kinds
 from cryptography import x509
 from harness import REPO_ROOT, Binaries
 
-from jwtkeymap.operator import injector, webhooks
-from jwtkeymap.operator.inject import load_defaults
-from jwtkeymap.operator.injection import INJECT_LABEL, InjectionDefaults
+from jwtkeymap.operator import webhooks
+from jwtkeymap.operator.sidecar import webhook
+from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, load_defaults
+from jwtkeymap.operator.sidecar.plan import INJECT_LABEL
 
 pytestmark = pytest.mark.controlplane
 
@@ -139,7 +140,7 @@ def test_injector_webhook_is_opt_in_and_fails_closed(render: Render) -> None:
     assert hook["clientConfig"]["service"] == {
         "name": "r-jwtkeymap-webhook",
         "namespace": NS,
-        "path": f"/{injector.HANDLER_ID}",
+        "path": f"/{webhook.HANDLER_ID}",
         "port": 443,
     }
     assert hook["objectSelector"] == {"matchLabels": {INJECT_LABEL: "true"}}
@@ -294,7 +295,7 @@ def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Rend
         e["name"]: e.get("value")
         for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert env[injector.CONFIG_ENV] == "/etc/jwtkeymap/operator/injection.yaml"
+    assert env[webhook.CONFIG_ENV] == "/etc/jwtkeymap/operator/injection.yaml"
 
 
 def test_values_schema_is_strict_everywhere() -> None:
@@ -354,7 +355,7 @@ def test_offline_inject_with_the_values_file_matches_the_chart(render: Render, v
     chart = InjectionDefaults.model_validate(
         yaml.safe_load(find(docs, "ConfigMap")["data"]["injection.yaml"])
     )
-    assert load_defaults(str(values), None) == chart
+    assert load_defaults(str(values)) == chart
 
 
 def test_deployment_arguments_parse_with_the_real_command_line(render: Render) -> None:

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from operator_kit import Cluster, RunningOperator, StartOperator, WebhookSetup
 
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.handlers import register
+from jwtkeymap.operator.handlers.runtime import runtime_of
+from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.kube import Connection, Kube
 
 REPO = Path(__file__).resolve().parents[3]
@@ -89,7 +90,7 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
                 token=controlplane.token,
             )
 
-        runtime = register(registry, settings, connect_kube=connect, admission=webhook is not None)
+        register(registry, settings, connect_kube=connect, admission=webhook is not None)
         if webhook is not None:
 
             @kopf.on.startup(registry=registry)
@@ -108,6 +109,7 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
         kopf_settings = kopf.OperatorSettings()
         kopf_settings.watching.server_timeout = 10
         stop, ready = asyncio.Event(), asyncio.Event()
+        memo = kopf.Memo()
         task = asyncio.create_task(
             kopf.operator(
                 registry=registry,
@@ -120,11 +122,13 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
                 namespaces=list(namespaces),
                 stop_flag=stop,
                 ready_flag=ready,
+                memo=memo,
             )
         )
         await asyncio.wait_for(ready.wait(), timeout=30)
         running = RunningOperator(task, stop, settings)
-        running.runtime = runtime
+        # Opened by the startup handlers, which kopf ran before raising the ready flag.
+        running.runtime = runtime_of(memo)
         started.append(running)
         return running
 

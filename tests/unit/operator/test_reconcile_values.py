@@ -16,7 +16,7 @@ from jwtkeymap.core.reconcile.desired import (
 )
 from jwtkeymap.core.reconcile.plan import describe_owner
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.handlers import Runtime
+from jwtkeymap.operator.handlers.runtime import backoff
 
 A = MappingIdentity("", "email", "a@x")
 B = MappingIdentity("https://idp", "email", "b@x")
@@ -55,12 +55,9 @@ def test_describe_owner() -> None:
 
 
 def test_backoff_is_exponential_and_capped() -> None:
-    runtime = Runtime(
-        settings=load_settings(None, reconcile_backoff_seconds=2, reconcile_backoff_max_seconds=30),
-        connect_kube=None,  # type: ignore[arg-type]
-    )
-    assert [runtime.backoff(r) for r in range(6)] == [2, 4, 8, 16, 30, 30]
-    assert runtime.backoff(10_000) == 30
+    settings = load_settings(None, reconcile_backoff_seconds=2, reconcile_backoff_max_seconds=30)
+    assert [backoff(settings, r) for r in range(6)] == [2, 4, 8, 16, 30, 30]
+    assert backoff(settings, 10_000) == 30
 
 
 class FakeRedis:

@@ -7,14 +7,13 @@ from typing import Any
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.owners import k8s_owner, offline_owner
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.resource import (
     SpecError,
     adopt_requested,
     desired_mapping,
     identity_of,
-    k8s_owner,
-    offline_owner,
     parse_spec,
 )
 

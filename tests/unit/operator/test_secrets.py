@@ -7,7 +7,12 @@ import base64
 import pytest
 
 from jwtkeymap.core.keys import hash_key
-from jwtkeymap.operator.secrets import SecretKeyMissing, SecretNotFound, key_hash_from_data
+from jwtkeymap.operator.secrets import (
+    SecretKeyMissing,
+    SecretNotFound,
+    decode_value,
+    key_hash_from_data,
+)
 
 
 def b64(text: str) -> str:
@@ -43,3 +48,10 @@ def test_errors(data: dict[str, str] | None, error: type[Exception], text: str) 
     with pytest.raises(error, match=text) as caught:
         key_hash_from_data(data, secret="ns/s", key="apiKey")
     assert "sk-" not in str(caught.value)
+
+
+def test_decode_value_accepts_only_base64_utf8_text() -> None:
+    assert decode_value(b64("sk-ä")) == "sk-ä"
+    for bad in ("***", base64.b64encode(b"\xff").decode(), "c2stw6Q=\u00e4"):
+        with pytest.raises(ValueError):
+            decode_value(bad)

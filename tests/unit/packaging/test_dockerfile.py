@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from jwtkeymap.operator.injection import InjectionDefaults
+from jwtkeymap.operator.sidecar.defaults import InjectionDefaults
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cargo|rustc)\b")

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.rows import MappingRow
+from jwtkeymap.core.owners import OwnerKind, parse_owner
 from jwtkeymap.core.reconcile.desired import (
     DesiredMapping,
     ReconcileOutcome,
@@ -61,21 +62,16 @@ class Plan:
         return len(self.drop) + (self.write is not Write.NONE)
 
 
-def label(identity: MappingIdentity) -> str:
-    """``issuer claim=value`` (issuer left out when global), for messages and logs."""
-    scope = f"{identity.issuer} " if identity.issuer else ""
-    return f"{scope}{identity.claim_name}={identity.claim_value}"
-
-
 def describe_owner(owner: str | None, ref: str | None, created_by: str | None) -> str:
     """Name whoever holds a row, for a conflict message."""
     if owner is None:
         who = f" (created by {created_by})" if created_by else ""
         return f"a mapping created outside jwtkeymap{who}"
-    if owner.startswith("k8s:"):
+    parsed = parse_owner(owner)
+    if parsed is not None and parsed.kind is OwnerKind.K8S:
         return f"JWTKeyMapping {ref or owner}"
-    if owner.startswith("offline:"):
-        return f"offline manifest {ref or owner.removeprefix('offline:')}"
+    if parsed is not None and parsed.kind is OwnerKind.OFFLINE:
+        return f"offline manifest {ref or parsed.key}"
     return f"{ref or owner}"
 
 
@@ -134,7 +130,7 @@ def plan(
     if target is not None and taken and (target.owner is not None or not want.adopt):
         holder = describe_owner(target.owner, target.ref, target.created_by)
         hint = "" if target.owner is not None else ADOPT_HINT
-        message = f"{label(want.identity)} is already mapped by {holder}{hint}"
+        message = f"{want.identity.label()} is already mapped by {holder}{hint}"
         conflict = result(want, ReconcileOutcome.CONFLICT, conflict_owner=holder, message=message)
         return Plan(conflict)
     if not key_exists:

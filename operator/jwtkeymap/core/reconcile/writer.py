@@ -31,7 +31,7 @@ from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import MappingConflict
 from jwtkeymap.core.keys import fingerprint
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
-from jwtkeymap.core.reconcile.plan import Plan, Write, label, plan, result, row_digest
+from jwtkeymap.core.reconcile.plan import Plan, Write, plan, result, row_digest
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Reconciler:
         log.info(
             "mapping %s: %s",
             done.outcome.value,
-            ", ".join(label(i) for i in identities),
+            ", ".join(i.label() for i in identities),
             extra={"ref": done.ref, "key_fingerprint": done.key_fingerprint},
         )
         if self._evict is not None:

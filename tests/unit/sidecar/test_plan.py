@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.operator.injection import (
+from jwtkeymap.operator.sidecar.defaults import InjectionDefaults
+from jwtkeymap.operator.sidecar.plan import (
     BEHAVIOR_ANNOTATION,
     CLAIM_FIELD_ANNOTATION,
     CONFIG_ANNOTATION,
@@ -19,11 +20,10 @@ from jwtkeymap.operator.injection import (
     MODE_ANNOTATION,
     STATUS_ANNOTATION,
     UPSTREAM_PORT_ANNOTATION,
-    InjectionDefaults,
     InjectionError,
     Mutation,
     apply,
-    owner_of,
+    apply_in_place,
     plan,
 )
 
@@ -320,24 +320,17 @@ def test_bad_defaults_are_rejected(values: dict[str, Any], fragment: str) -> Non
         InjectionDefaults.model_validate(values)
 
 
-def test_events_go_to_the_controlling_owner() -> None:
-    p = pod()
-    p["metadata"]["ownerReferences"] = [
-        {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "u0"},
-        {
-            "apiVersion": "apps/v1",
-            "kind": "ReplicaSet",
-            "name": "web-5d9",
-            "uid": "u1",
-            "controller": True,
-        },
-    ]
-    assert owner_of(p, "shop") == {
-        "apiVersion": "apps/v1",
-        "kind": "ReplicaSet",
-        "metadata": {"name": "web-5d9", "uid": "u1", "namespace": "shop"},
-    }
-    assert owner_of(pod(), "shop") is None
+def test_apply_in_place_keeps_the_object_and_matches_apply() -> None:
+    # The webhook (kopf's live body) and `jwtkeymap inject` (a template inside a document)
+    # both mutate the object they hold.
+    target = pod(annotations={"team": "shop"})
+    mutation = plan(target, DEFAULTS)
+    expected = apply(target, mutation)
+    document = {"spec": {"template": target}}
+    apply_in_place(target, mutation)
+    assert document["spec"]["template"] is target
+    assert target == expected
+    assert target["metadata"]["annotations"] == {"team": "shop", STATUS_ANNOTATION: "injected"}
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
-"""Handler logic without kopf running: how each failure becomes a condition, what gets written."""
+"""Verdicts without kopf running: how each failure becomes a condition, what gets written."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 from typing import Any
@@ -14,7 +15,8 @@ from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.handlers import Runtime, Verdict, attempt, record
+from jwtkeymap.operator.handlers.runtime import Runtime
+from jwtkeymap.operator.handlers.verdicts import Verdict, attempt, record
 from jwtkeymap.operator.kube import KubeUnavailable
 from jwtkeymap.operator.status import Condition
 
@@ -55,11 +57,21 @@ class FakeKube:
         return self.data
 
 
-def runtime(outcome: ReconcileOutcome | Exception, kube: Any = None) -> Runtime:
-    rt = Runtime(settings=load_settings(None), connect_kube=None)  # type: ignore[arg-type]
-    rt.reconciler = FakeReconciler(outcome)  # type: ignore[assignment]
-    rt.kube = kube
-    return rt
+def runtime(
+    outcome: ReconcileOutcome | Exception,
+    kube: Any = None,
+    *,
+    reconciler: Any = None,
+    limit: int = 4,
+) -> Runtime:
+    return Runtime(
+        settings=load_settings(None),
+        store=None,  # type: ignore[arg-type]
+        reconciler=reconciler or FakeReconciler(outcome),
+        kube=kube,
+        litellm=None,
+        limit=asyncio.Semaphore(limit),
+    )
 
 
 def by_hash(**extra: Any) -> dict[str, Any]:
@@ -210,8 +222,6 @@ def test_record_drift_repair_warns(events: list[tuple[str, str]]) -> None:
 
 
 async def test_reconciles_queue_behind_the_pool_size() -> None:
-    import asyncio
-
     running = peak = 0
 
     class Slow(FakeReconciler):
@@ -223,9 +233,7 @@ async def test_reconciles_queue_behind_the_pool_size() -> None:
             running -= 1
             return await super().apply(want)
 
-    rt = runtime(ReconcileOutcome.UNCHANGED)
-    rt.reconciler = Slow(ReconcileOutcome.UNCHANGED)  # type: ignore[assignment]
-    rt.limit = asyncio.Semaphore(3)
+    rt = runtime(ReconcileOutcome.UNCHANGED, reconciler=Slow(ReconcileOutcome.UNCHANGED), limit=3)
     verdicts = await asyncio.gather(*(attempt(rt, by_hash(), META, "ns") for _ in range(20)))
     assert {v.condition.reason for v in verdicts} == {"Synced"}
     assert peak == 3

@@ -1,45 +1,47 @@
-"""The sidecar injector: a kopf mutating admission handler for Pod CREATE.
+"""The sidecar webhook: kopf's mutating admission handler for Pod CREATE.
 
-The mutation itself is :func:`jwtkeymap.operator.injection.plan`; this module
+The mutation itself is :func:`jwtkeymap.operator.sidecar.plan.plan`; this module
 only adapts it to kopf (an invalid annotation becomes a denied admission naming
 it), counts outcomes for Prometheus and leaves an Event on the pod's owner, so
 ``kubectl describe replicaset`` shows why a pod was or was not injected (see
-``events`` for why this is not ``kopf.event``).
+``operator/events.py`` for why this is not ``kopf.event``).
 
 The handler is served on ``/inject-pod`` by the operator's webhook server (kopf
 routes ``POST /{handler id}``); the Helm chart's MutatingWebhookConfiguration
 points there. Every replica serves admissions, peering or not.
+
+What the handler needs (the defaults, the Event poster) is opened by a startup
+handler and kept in kopf's operator ``memo``, which kopf hands to every handler
+of this operator and of no other (tests run several operators in one process).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Final, Protocol
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Final, Protocol, cast
 
 import kopf
-import yaml
 from prometheus_client import Counter
-from pydantic import ValidationError
 
-from jwtkeymap.core.errors import ConfigError
-from jwtkeymap.core.settings import format_validation_error
 from jwtkeymap.operator.events import EventPoster
-from jwtkeymap.operator.injection import (
-    InjectionDefaults,
+from jwtkeymap.operator.kube import Connection
+from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, load_defaults
+from jwtkeymap.operator.sidecar.plan import (
     InjectionError,
     Mutation,
     SkipReason,
-    apply,
-    owner_of,
+    apply_in_place,
     plan,
 )
-from jwtkeymap.operator.kube import Connection
 
 HANDLER_ID: Final = "inject-pod"
+EVENTS_ID: Final = "injector-events"
 # Path of the injection defaults (YAML of the chart's `resolver:` values); unset = no injector.
 CONFIG_ENV: Final = "JWTKEYMAP_INJECTION_CONFIG"
+_MEMO_KEY: Final = "jwtkeymap.sidecar"
 
 INJECTIONS: Final = Counter(
     "jwtkeymap_injections_total",
@@ -48,34 +50,28 @@ INJECTIONS: Final = Counter(
 )
 
 
-def load_defaults(path: str | Path) -> InjectionDefaults:
-    """Read the injection defaults; raise ConfigError naming the file and field."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read injection defaults {path}: {exc}") from None
-    try:
-        return InjectionDefaults.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"invalid injection defaults in {path}: {format_validation_error(exc)}"
-        ) from None
-
-
 class EventSink(Protocol):
-    """Where the injector reports outcomes (an :class:`EventPoster` in the operator)."""
+    """Where the webhook reports outcomes (an :class:`EventPoster` in the operator)."""
 
     def post(self, target: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
         """Report an outcome about ``target``."""
 
 
-def _mutate_in_place(mutation: Mutation) -> Any:
-    def mutate(raw: Any) -> None:
-        patched = apply(raw, mutation)
-        raw.clear()
-        raw.update(patched)
-
-    return mutate
+def owner_of(pod: Mapping[str, Any], namespace: str | None) -> dict[str, Any] | None:
+    """The pod's controller as an object body for an Event (None for a bare pod)."""
+    meta = pod.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return {
+                "apiVersion": ref.get("apiVersion"),
+                "kind": ref.get("kind"),
+                "metadata": {
+                    "name": ref.get("name"),
+                    "uid": ref.get("uid"),
+                    "namespace": namespace or meta.get("namespace"),
+                },
+            }
+    return None
 
 
 def _announce(
@@ -125,7 +121,51 @@ def review(
     return mutation
 
 
-def register(
+@dataclasses.dataclass(frozen=True)
+class Injector:
+    """What the mutating handler works with, opened at operator startup."""
+
+    defaults: InjectionDefaults
+    events: EventPoster
+
+
+def _injector(memo: kopf.Memo) -> Injector:
+    # Set by open_injector, which kopf runs before it serves any admission.
+    return cast(Injector, memo[_MEMO_KEY])
+
+
+async def open_injector(
+    memo: kopf.Memo,
+    *,
+    defaults: InjectionDefaults,
+    connection: Connection | None,
+    **_: Any,
+) -> None:
+    """Startup: open the Event poster and keep it, with the defaults, in the operator memo."""
+    memo[_MEMO_KEY] = Injector(defaults, await EventPoster.open(connection))
+
+
+async def close_injector(memo: kopf.Memo, **_: Any) -> None:
+    """Cleanup: let pending Events go out, then close their client."""
+    await _injector(memo).events.close()
+
+
+async def inject_pod(
+    body: kopf.Body, patch: kopf.Patch, dryrun: bool, memo: kopf.Memo, **_: Any
+) -> None:
+    """Mutate a Pod being created: add the resolver when it asks for it."""
+    injector = _injector(memo)
+    mutation = review(body, injector.defaults, dryrun=dryrun, events=injector.events)
+    if mutation.injected:
+        # kopf turns the mutated body back into a JSON patch against the original.
+        patch.fns.append(functools.partial(_mutate, mutation))
+
+
+def _mutate(mutation: Mutation, raw: kopf.RawBody) -> None:
+    apply_in_place(cast(MutableMapping[str, Any], raw), mutation)
+
+
+def register_injector(
     registry: kopf.OperatorRegistry,
     defaults: InjectionDefaults | None = None,
     *,
@@ -141,22 +181,10 @@ def register(
         if not path:
             return False
         defaults = load_defaults(path)
-    chosen = defaults
-    events = EventPoster(connection)
-
-    @kopf.on.startup(registry=registry, id="injector-events")
-    async def open_events(**_: Any) -> None:
-        await events.start()
-
-    @kopf.on.cleanup(registry=registry, id="injector-events")
-    async def close_events(**_: Any) -> None:
-        await events.stop()
-
-    @kopf.on.mutate("", "v1", "pods", registry=registry, id=HANDLER_ID, operations=["CREATE"])
-    async def inject_pod(body: kopf.Body, patch: kopf.Patch, dryrun: bool, **_: Any) -> None:
-        mutation = review(body, chosen, dryrun=dryrun, events=events)
-        if mutation.injected:
-            # kopf turns the mutated body back into a JSON patch against the original.
-            patch.fns.append(_mutate_in_place(mutation))
-
+    opening = functools.partial(open_injector, defaults=defaults, connection=connection)
+    kopf.on.startup(registry=registry, id=EVENTS_ID)(opening)
+    kopf.on.cleanup(registry=registry, id=EVENTS_ID)(close_injector)
+    kopf.on.mutate("", "v1", "pods", registry=registry, id=HANDLER_ID, operations=["CREATE"])(
+        inject_pod
+    )
     return True

@@ -1,8 +1,8 @@
-"""Sidecar injection: the pod mutation that adds the resolver next to a workload.
+"""The sidecar plan: what injecting the resolver adds to one pod.
 
-A pure function of a Pod (or a pod template) and the injection defaults the Helm
-chart configures; no I/O. The admission webhook (``injector``) and the offline
-``jwtkeymap inject`` both call :func:`plan`, so what a reviewer sees offline is
+A pure function of a Pod (or a pod template) and the chart's defaults; no I/O.
+The admission webhook and ``jwtkeymap inject`` both call :func:`plan` and apply
+the result with :func:`apply_in_place`, so what a reviewer sees offline is
 exactly what the cluster would do.
 
 Opt-in is a pod *label* (so the MutatingWebhookConfiguration's objectSelector
@@ -19,17 +19,16 @@ import dataclasses
 import enum
 import json
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, Final
 
 import jsonpatch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
 
-from jwtkeymap import __version__
 from jwtkeymap.core.claims import split_path
 from jwtkeymap.core.errors import JwtKeyMapError
-from jwtkeymap.core.settings import Behavior, Settings
+from jwtkeymap.core.settings import Behavior
+from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
+from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, Mode
 
 PREFIX: Final = "jwtkeymap.io"
 INJECT_LABEL: Final = f"{PREFIX}/inject"
@@ -43,7 +42,6 @@ CONFIG_ANNOTATION: Final = f"{PREFIX}/config"
 INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
-IMAGE_REPOSITORY: Final = "ghcr.io/jwtkeymap/jwtkeymap"
 PORT_NAME: Final = "jwtkeymap"
 TMP_VOLUME: Final = "jwtkeymap-tmp"
 CONFIG_VOLUME: Final = "jwtkeymap-config"
@@ -52,19 +50,7 @@ CONFIG_KEY: Final = "config.yaml"
 # The sidecar's writable scratch space (its root filesystem is read-only).
 TMP_DIR: Final = "/tmp"  # noqa: S108 (a mount path in the container)
 
-_DNS_SUBDOMAIN: Final = re.compile(
-    r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-)
 _PORT: Final = re.compile(r"[1-9][0-9]{0,4}")
-# Settings the injection itself decides; a default for them would be silently overridden.
-_RESERVED_SETTINGS: Final = frozenset({"database_url", "listen", "upstream"})
-
-
-class Mode(enum.StrEnum):
-    """How the sidecar sits in front of the workload."""
-
-    PROXY = "proxy"  # reverse proxy: the Service targets the resolver, which forwards
-    EXT_AUTHZ = "ext-authz"  # /check only, for an Envoy or nginx in the pod or at the edge
 
 
 class SkipReason(enum.StrEnum):
@@ -82,64 +68,6 @@ class InjectionError(JwtKeyMapError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.detail = message
-
-
-class _Values(BaseModel):
-    # The chart renders its camelCase values straight into this model.
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
-
-
-class SecretKeyRef(_Values):
-    """A key of a Secret in the *workload's* namespace."""
-
-    secret_name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN.pattern)
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
-
-
-class InjectionDefaults(_Values):
-    """The resolver sidecar as the chart configures it (``injection.resolver`` in its values)."""
-
-    # The chart's default too: its appVersion is the package version.
-    image: str = Field(default=f"{IMAGE_REPOSITORY}:{__version__}", min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    mode: Mode = Mode.PROXY
-    listen_port: int = Field(default=8181, ge=1, le=65535)
-    # A restartable init container (Kubernetes >= 1.29): started, and probed, before the
-    # app containers, so the app never takes traffic through a resolver that is not there.
-    native_sidecar: bool = True
-    # The database URL for the sidecar; None runs it without a database (reject/fallback only).
-    database: SecretKeyRef | None = SecretKeyRef(
-        secret_name="jwtkeymap-database",  # noqa: S106 (the name of a Secret, not a password)
-        key="url",
-    )
-    # Resolver settings (core.settings names), rendered as JWTKEYMAP_* variables.
-    settings: dict[str, Any] = Field(default_factory=dict)
-    extra_env: list[dict[str, Any]] = Field(default_factory=list)
-    resources: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {
-            "requests": {"cpu": "50m", "memory": "64Mi"},
-            # ~330 MiB with every default cache full (100k clients): bench/RESULTS.md.
-            "limits": {"memory": "512Mi"},
-        }
-    )
-    run_as_user: int = Field(default=10001, ge=1)
-    run_as_group: int = Field(default=10001, ge=1)
-
-    @field_validator("settings")
-    @classmethod
-    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
-        known = set(Settings.model_fields)
-        unknown = sorted(k for k in value if k not in known)
-        if unknown:
-            raise ValueError(f"unknown resolver setting(s) {unknown}")
-        reserved = sorted(k for k in value if k in _RESERVED_SETTINGS)
-        if reserved:
-            raise ValueError(
-                f"{reserved} are set by the injection (database: use resolver.database)"
-            )
-        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +191,7 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
 
     config_map = annotations.get(CONFIG_ANNOTATION)
     if config_map is not None and (
-        len(config_map) > 253 or not _DNS_SUBDOMAIN.fullmatch(str(config_map))
+        len(config_map) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(str(config_map))
     ):
         raise InjectionError(
             CONFIG_ANNOTATION, f"must name a ConfigMap (a DNS subdomain), got {config_map!r}"
@@ -463,18 +391,13 @@ def apply(pod: Mapping[str, Any], mutation: Mutation) -> dict[str, Any]:
     return patched
 
 
-def owner_of(pod: Mapping[str, Any], namespace: str | None) -> dict[str, Any] | None:
-    """The pod's controller as an object body for an Event (None for a bare pod)."""
-    meta = pod.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller"):
-            return {
-                "apiVersion": ref.get("apiVersion"),
-                "kind": ref.get("kind"),
-                "metadata": {
-                    "name": ref.get("name"),
-                    "uid": ref.get("uid"),
-                    "namespace": namespace or meta.get("namespace"),
-                },
-            }
-    return None
+def apply_in_place(pod: MutableMapping[str, Any], mutation: Mutation) -> None:
+    """Apply the mutation to ``pod`` itself: previous content cleared, the patched one put in.
+
+    Both callers own a live object rather than a copy: kopf diffs the body it
+    handed to a patch function, and ``jwtkeymap inject`` edits the template
+    inside the document it prints.
+    """
+    patched = apply(pod, mutation)
+    pod.clear()
+    pod.update(patched)
