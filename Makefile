@@ -29,7 +29,7 @@ tools: ## Build or fetch kube-apiserver, etcd, kubectl and helm (cached outside 
 demo: deps venv ## Run the whole flow on a throwaway PostgreSQL, no cluster needed.
 	$(BIN)/jwtkeymap demo
 
-lint: venv ## ruff (lint + format check) and mypy (strict on core and cli).
+lint: venv ## ruff (lint + format check) and mypy (strict on the package).
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
