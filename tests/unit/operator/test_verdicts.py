@@ -153,16 +153,29 @@ def synced(outcome: ReconcileOutcome) -> Verdict:
     return Verdict(Condition("Ready", True, "Synced", "mapped"), result=result)
 
 
-def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str, str]]) -> None:
+def recorded(
+    outcome: ReconcileOutcome,
+    *,
+    status: dict[str, Any] | None = None,
+    now: dt.datetime | None = NOW,
+    drift: bool = False,
+) -> kopf.Patch:
+    """The patch ``record`` makes for a synced result (``now=None``: the real clock)."""
     patch = kopf.Patch()
     record(
-        synced(ReconcileOutcome.CREATED),
+        synced(outcome),
         body=kopf.Body({}),
-        status={},
+        status=status or {},
         meta=META,
         patch=patch,
-        now=NOW,
+        now=now,
+        drift=drift,
     )
+    return patch
+
+
+def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str, str]]) -> None:
+    patch = recorded(ReconcileOutcome.CREATED)
     assert patch["status"] == {
         "conditions": [
             {"type": "Ready", "status": "True", "reason": "Synced", "message": "mapped",
@@ -177,44 +190,18 @@ def test_record_writes_status_and_an_event_on_transition(events: list[tuple[str,
 
 
 def test_record_is_silent_when_nothing_changed(events: list[tuple[str, str]]) -> None:
-    first = kopf.Patch()
-    record(
-        synced(ReconcileOutcome.CREATED),
-        body=kopf.Body({}),
-        status={},
-        meta=META,
-        patch=first,
-        now=NOW,
-    )
+    first = recorded(ReconcileOutcome.CREATED)
     status = dict(first["status"])
     events.clear()
-    again = kopf.Patch()
-    record(
-        synced(ReconcileOutcome.UNCHANGED),
-        body=kopf.Body({}),
-        status=status,
-        meta=META,
-        patch=again,
-    )
+    again = recorded(ReconcileOutcome.UNCHANGED, status=status, now=None)
     assert dict(again) == {} and events == []
 
 
 def test_record_drift_repair_warns(events: list[tuple[str, str]]) -> None:
-    first = kopf.Patch()
-    record(
-        synced(ReconcileOutcome.CREATED),
-        body=kopf.Body({}),
-        status={},
-        meta=META,
-        patch=first,
-        now=NOW,
-    )
+    first = recorded(ReconcileOutcome.CREATED)
     events.clear()
     later = NOW + dt.timedelta(hours=1)
-    patch = kopf.Patch()
-    status = dict(first["status"])
-    record(synced(ReconcileOutcome.CREATED), body=kopf.Body({}), status=status, meta=META, patch=patch,
-           now=later, drift=True)  # fmt: skip
+    patch = recorded(ReconcileOutcome.CREATED, status=dict(first["status"]), now=later, drift=True)
     assert events == [("Warning", "DriftRepaired")]
     assert patch["status"]["lastSyncTime"] == "2026-05-01T13:00:00Z"
     # Still Ready: the transition time stays.
