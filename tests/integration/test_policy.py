@@ -22,7 +22,7 @@ from jwtkeymap.core.settings import Settings
 
 ISS = "https://idp.test.example"
 OTHER = "https://other-idp.test.example"
-# Set a key's expiry relative to now ($2: an interval such as '-1 minute'), in UTC as LiteLLM writes it.
+# Set a key's expiry relative to now ($2: a timedelta), in UTC as LiteLLM writes it.
 EXPIRES_IN = (
     'UPDATE "LiteLLM_VerificationToken" '
     "SET expires = (now() AT TIME ZONE 'UTC') + $2::interval WHERE token = $1"
@@ -97,7 +97,7 @@ async def test_expired_key_is_denied(
 ) -> None:
     token = await make_key(store)
     await add(store, "u1", token)
-    await db.execute(EXPIRES_IN, token, "-1 minute")
+    await db.execute(EXPIRES_IN, token, dt.timedelta(minutes=-1))
     d = await resolver(make_settings(), store).resolve({"sub": "u1"}, ISS)
     assert (d.status, d.reason) == (403, DenialReason.KEY_EXPIRED)
 
@@ -107,7 +107,7 @@ async def test_key_expiring_later_expires_while_cached(
 ) -> None:
     token = await make_key(store)
     await add(store, "u1", token)
-    await db.execute(EXPIRES_IN, token, "60 seconds")
+    await db.execute(EXPIRES_IN, token, dt.timedelta(seconds=60))
     clock = ManualClock(dt.datetime.now(dt.UTC))
     r = resolver(make_settings(), store, clock)
     assert (await r.resolve({"sub": "u1"}, ISS)).outcome is Verdict.MAPPED
