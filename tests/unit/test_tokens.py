@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from jwtkeymap.core.clock import ManualClock
-from jwtkeymap.core.errors import InvalidToken
+from jwtkeymap.core.errors import IdentityProviderUnavailable, InvalidToken
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.tokens import TokenVerifier, parse_unverified
 from jwtkeymap.demo.signing import SigningKey
@@ -130,3 +130,179 @@ def test_bad_pem_is_a_config_error() -> None:
 def test_private_key_material_is_not_needed(key: SigningKey) -> None:
     # The verifier holds only public keys: the PEM we configure is a public key.
     serialization.load_pem_public_key(key.public_pem.encode())
+
+
+# -- issue 14: what an attack pass found ---------------------------------------------------
+
+
+class FakeJwks:
+    """A stand-in for the HTTP session: each GET of the JWKS answers ``document``."""
+
+    def __init__(self, document: Any) -> None:
+        self.document = document
+        self.fetches = 0
+
+    def get(self, url: str, **_: Any) -> FakeJwks:
+        self.fetches += 1
+        return self
+
+    async def __aenter__(self) -> FakeJwks:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def raise_for_status(self) -> None:
+        return None
+
+    async def json(self, **_: Any) -> Any:
+        return self.document
+
+
+def jwks_verifier(
+    sessions: dict[str, FakeJwks], clock: ManualClock | None = None, **issuer: Any
+) -> TokenVerifier:
+    settings = load_settings(
+        None,
+        issuers=[
+            {
+                "issuer": name,
+                "jwks_url": f"{name}/jwks.json",
+                "audience": "litellm",
+                "algorithms": ["RS256", "RS512", "PS256"],
+                **issuer,
+            }
+            for name in sessions
+        ],
+        jwks_min_refresh_seconds=30,
+        jwks_max_age_seconds=60,
+    )
+    # One fake session answers per issuer URL.
+    by_url = {f"{name}/jwks.json": s for name, s in sessions.items()}
+
+    class Router:
+        def get(self, url: str, **kw: Any) -> FakeJwks:
+            return by_url[url].get(url, **kw)
+
+    return TokenVerifier(settings, session=Router(), clock=clock or ManualClock())  # type: ignore[arg-type]
+
+
+def test_deeply_nested_segments_are_invalid_not_a_recursion_error() -> None:
+    nested = b64url(b"[" * 3000 + b"]" * 3000)
+    with pytest.raises(InvalidToken):
+        parse_unverified(f"{b64url({'alg': 'RS256'})}.{nested}.x")
+    with pytest.raises(InvalidToken):
+        parse_unverified(f"{nested}.{b64url({})}.x")
+
+
+@pytest.mark.parametrize("document", [{"keys": []}, None, [], "x", {"keys": "x"}, {"keys": [1]}])
+async def test_one_issuers_bad_jwks_never_stops_the_others(key: SigningKey, document: Any) -> None:
+    other = "https://idp.broken"
+    good, bad = FakeJwks({"keys": [key.jwk()]}), FakeJwks(document)
+    v = jwks_verifier({ISS: good, other: bad})
+    await v.start()  # never raises
+    assert v.keysets[ISS].loaded and not v.keysets[other].loaded
+    assert (await v.verify(key.sign({"sub": "a"}))).issuer == ISS
+    # A token of the issuer whose keys never loaded: a retryable outage, not a bad token.
+    stray = SigningKey(other, kid=key.kid)
+    with pytest.raises(IdentityProviderUnavailable):
+        await v.verify(stray.sign({"sub": "a"}))
+
+
+async def test_a_bad_refresh_keeps_the_previous_keys_and_backs_off(key: SigningKey) -> None:
+    clock = ManualClock()
+    source = FakeJwks({"keys": [key.jwk()]})
+    v = jwks_verifier({ISS: source}, clock)
+    await v.start()
+    keyset = v.keysets[ISS]
+    source.document = {"keys": []}
+    delays = []
+    for _ in range(4):
+        await keyset.refresh()
+        assert keyset.loaded
+        delays.append(keyset.retry_delay())
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+    assert not keyset.retry_due()
+    clock.advance(delays[-1])
+    assert keyset.retry_due()
+    assert (await v.verify(key.sign({"sub": "a"}))).issuer == ISS
+    source.document = {"keys": [key.jwk()]}
+    await keyset.refresh()
+    assert not keyset.retry_due()
+
+
+async def test_a_key_replaced_behind_its_kid_drops_tokens_it_verified(key: SigningKey) -> None:
+    clock = ManualClock()
+    source = FakeJwks({"keys": [key.jwk()]})
+    v = jwks_verifier({ISS: source}, clock)
+    await v.start()
+    token = key.sign({"sub": "a"})
+    await v.verify(token)
+    # Same kid, other key material: the token verified with the old key must not stay valid.
+    source.document = {"keys": [SigningKey(ISS, kid=key.kid).jwk()]}
+    await v.keysets[ISS].refresh()
+    with pytest.raises(InvalidToken):
+        await v.verify(token)
+
+
+def _small_rsa_jwk(kid: str, bits: int) -> tuple[Any, dict[str, Any]]:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    data: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+    data.update(kid=kid, use="sig")
+    return private, data
+
+
+async def test_short_rsa_keys_are_never_trusted() -> None:
+    # 1024 bits: the shortest cryptography still generates (512 was accepted as well).
+    private, jwk = _small_rsa_jwk("short", 1024)
+    v = jwks_verifier({ISS: FakeJwks({"keys": [jwk]})})
+    await v.start()
+    token = jwt.encode(
+        {"iss": ISS, "aud": "litellm", "sub": "a", "exp": int(time.time()) + 60},
+        private,
+        algorithm="RS256",
+        headers={"kid": "short"},
+    )
+    with pytest.raises((InvalidToken, IdentityProviderUnavailable)):
+        await v.verify(token)
+
+
+def test_short_static_rsa_key_is_a_config_error() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from jwtkeymap.core.errors import ConfigError
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - on purpose
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = load_settings(None, issuers=[{"issuer": ISS, "public_keys": [pem]}])
+    with pytest.raises(ConfigError, match="2048"):
+        TokenVerifier(settings)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "PS256"])
+async def test_a_jwks_keys_own_alg_is_enforced(alg: str) -> None:
+    signer = SigningKey(ISS, kid="k512", alg=alg)
+    jwk = signer.jwk() | {"alg": "RS512"}
+    v = jwks_verifier({ISS: FakeJwks({"keys": [jwk]})})
+    await v.start()
+    with pytest.raises(InvalidToken):
+        await v.verify(signer.sign({"sub": "a"}))
+
+
+async def test_typ_allow_list_per_issuer(key: SigningKey) -> None:
+    v = verifier(key, typ=["at+jwt"])
+    assert await v.verify(key.sign({"sub": "a"}, headers={"typ": "at+JWT"}))
+    for headers in ({"typ": "JWT"}, {"typ": None}):
+        with pytest.raises(InvalidToken, match="typ"):
+            await v.verify(key.sign({"sub": "b"}, headers=headers))
+    # Without the setting any typ is accepted, as before.
+    assert await verifier(key).verify(key.sign({"sub": "c"}, headers={"typ": "JWT"}))

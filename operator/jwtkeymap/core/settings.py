@@ -64,6 +64,9 @@ class IssuerSettings(_Strict):
     audience: str | list[str] | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
     leeway_seconds: float = Field(default=30, ge=0, le=600)
+    # The token header's accepted ``typ`` values (case-insensitive, e.g. ["at+jwt"]);
+    # unset: any typ, or none, is accepted.
+    typ: list[str] | None = Field(default=None, min_length=1)
 
     @field_validator("algorithms")
     @classmethod

@@ -128,12 +128,15 @@ class Service:
         await self.session.close()
 
     async def _keep_jwks(self) -> None:
-        """Retry key sets that failed to load; readiness would otherwise never recover."""
-        interval = max(1.0, min(self.settings.jwks_min_refresh_seconds, 10.0))
+        """Retry key sets whose last refresh failed, each on its own backoff.
+
+        Readiness would otherwise never recover; the backoff keeps a broken IdP
+        from being polled every second.
+        """
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(1.0)
             for keyset in self.verifier.keysets.values():
-                if not keyset.loaded:
+                if keyset.retry_due():
                     await keyset.refresh()
 
     # -- the check -------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from aiohttp import web
+
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
@@ -72,7 +74,8 @@ async def test_jwks_unreachable_at_start_is_not_ready_then_recovers(
     )
     r = await start_resolver(settings)
     assert not await r.ready(http)
-    assert await status_of(http, r.url, k1.sign(sub="alice")) == 401
+    # Keys never loaded: a retryable outage (503), not a bad token (issue 14, F4).
+    assert await status_of(http, r.url, k1.sign(sub="alice")) == 503
     async with serve(idp.app, port=port):
         await r.wait_ready(http)
         assert await status_of(http, r.url, k1.sign(sub="alice")) == 200
@@ -118,3 +121,38 @@ async def test_opaque_token_resolved_by_userinfo_and_cached(
             assert resp.status == 503
             assert resp.headers["Retry-After"]
             assert (await resp.json())["error"]["reason"] == "identity_provider_unavailable"
+
+
+async def test_one_issuers_broken_jwks_never_stops_the_resolver_or_the_others(
+    make_settings, start_resolver, http
+):
+    good, broken = SigningKey(ISSUER, kid="k1"), SigningKey("https://broken.example", kid="b1")
+    idp = IdentityProvider(good)
+    documents = [{"keys": []}, None, [], {"keys": [broken.jwk()]}]
+    bad = web.Application()
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(documents[0])
+
+    bad.router.add_get("/jwks.json", jwks)
+    async with serve(idp.app) as idp_url, serve(bad) as bad_url:
+        settings = make_settings(
+            issuers=[
+                {"issuer": ISSUER, "jwks_url": f"{idp_url}/jwks.json", "audience": "litellm"},
+                {"issuer": broken.issuer, "jwks_url": f"{bad_url}/jwks.json", "audience": "litellm"},
+            ],
+            jwks_min_refresh_seconds=0,
+        )
+        r = await start_resolver(settings)  # starts: one issuer's glitch is not fatal
+        for _ in range(3):
+            assert await status_of(http, r.url, good.sign(sub="alice")) == 200
+            assert await status_of(http, r.url, broken.sign(sub="alice")) == 503
+            documents.pop(0)
+        async with http.get(f"{r.url}/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["checks"]["jwks"] == {ISSUER: True, broken.issuer: False}
+        async with http.get(f"{r.url}/metrics") as resp:
+            assert f'jwtkeymap_jwks_loaded{{issuer="{broken.issuer}"}} 0.0' in await resp.text()
+        # The IdP recovers: its tokens are answered, and the others never noticed.
+        assert await status_of(http, r.url, broken.sign(sub="alice")) == 200
+        await r.wait_ready(http)
