@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from jwtkeymap.core.claims import (
     MAX_CLAIM_VALUE_LENGTH,
     MappingIdentity,
+    MatchRule,
     canonicalize,
     extract,
     identity_from_claims,
@@ -123,3 +124,18 @@ def test_canonical_values_round_trip_through_identity(a: str, b: str) -> None:
     except ClaimInvalid:
         return
     assert (va == vb) == (a == b)
+
+
+def test_admin_match_is_exact_except_for_scope_claims() -> None:
+    # A role of "guest admin" is not the role "admin": only scope strings are split into words.
+    assert not matches({"role": "guest admin"}, "role", "admin")
+    assert matches({"scp": "read admin"}, "scp", "admin")
+    assert matches({"realm": {"scope": "a admin"}}, "realm.scope", "admin")
+    assert matches({"roles": ["guest", "admin"]}, "roles", "admin")
+
+
+def test_admin_match_rule_can_be_chosen() -> None:
+    assert matches({"role": "guest admin"}, "role", "admin", MatchRule.WORD)
+    assert not matches({"scope": "a admin"}, "scope", "admin", MatchRule.EXACT)
+    assert not matches({"role": "admin"}, "role", "admin", MatchRule.ELEMENT)
+    assert matches({"role": ["admin"]}, "role", "admin", MatchRule.ELEMENT)

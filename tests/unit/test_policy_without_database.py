@@ -85,3 +85,8 @@ async def test_decision_json_never_contains_the_key_hash() -> None:
     h = hash_key("sk-secret")
     d = Decision(Verdict.MAPPED, key=KeyIdentity(token_hash=h, team_id="t"))
     assert h not in str(d.to_json()) and h not in repr(d)
+
+
+async def test_a_role_containing_the_admin_word_is_not_admin() -> None:
+    r = resolver(unregistered_client_behavior="reject", admin={"claim": "role", "value": "admin"})
+    assert (await r.resolve({"role": "guest admin", "sub": "g"}, ISS)).outcome is Verdict.DENIED

@@ -129,3 +129,12 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_database_url_is_not_in_the_repr() -> None:
     s = load_settings(None, database_url="postgresql://u:hunter2@127.0.0.1/db")
     assert "hunter2" not in repr(s)
+
+
+def test_admin_match_rule_is_read_and_checked() -> None:
+    from jwtkeymap.core.claims import MatchRule
+
+    rule = load_settings(None, admin={"claim": "role", "value": "admin", "match": "word"}).admin
+    assert rule is not None and rule.match is MatchRule.WORD
+    with pytest.raises(ConfigError, match="match"):
+        load_settings(None, admin={"claim": "role", "value": "admin", "match": "contains"})

@@ -11,6 +11,7 @@ W-numbers name LiteLLM's weaknesses: docs/litellm-weaknesses.md.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import unicodedata
 from collections.abc import Mapping
@@ -20,6 +21,19 @@ from jwtkeymap.core.errors import ClaimInvalid, ClaimMissing
 
 MAX_CLAIM_VALUE_LENGTH: Final = 1024
 _ESCAPED_DOT: Final = "\x00"
+# Claims that hold OAuth scopes: a space-separated list of words (RFC 8693 4.2).
+SCOPE_CLAIMS: Final = frozenset({"scope", "scp"})
+
+
+class MatchRule(enum.StrEnum):
+    """How a claim is compared with an expected value (the admin rule)."""
+
+    # The claim is the string, or a list with the string as an element.
+    EXACT = "exact"
+    # The claim is a list with the string as an element.
+    ELEMENT = "element"
+    # The claim is a space-separated string with the string as a word, or such a list.
+    WORD = "word"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,17 +144,31 @@ def optional_string(claims: Mapping[str, Any], path: str | None) -> str | None:
         return None
 
 
-def matches(claims: Mapping[str, Any], path: str, expected: str) -> bool:
-    """Tell whether a claim equals ``expected``, contains it (list) or lists it (scope string)."""
+def default_rule(path: str) -> MatchRule:
+    """WORD for a scope claim (``scope``, ``scp``), EXACT for any other."""
+    return MatchRule.WORD if split_path(path)[-1] in SCOPE_CLAIMS else MatchRule.EXACT
+
+
+def matches(
+    claims: Mapping[str, Any], path: str, expected: str, rule: MatchRule | None = None
+) -> bool:
+    """Tell whether the claim at ``path`` holds ``expected`` under ``rule``.
+
+    Only scope claims are split into words by default: a role of ``"guest admin"``
+    must not pass for the role ``"admin"``.
+    """
     try:
         value = extract(claims, path)
     except ClaimMissing:
         return False
-    if isinstance(value, str):
-        return value == expected or expected in value.split()
+    rule = rule or default_rule(path)
     if isinstance(value, list):
         return expected in value
-    return False
+    if not isinstance(value, str) or rule is MatchRule.ELEMENT:
+        return False
+    if rule is MatchRule.WORD:
+        return expected in value.split(" ")
+    return value == expected
 
 
 def sanitize_for_message(value: str, limit: int = 64) -> str:

@@ -178,7 +178,9 @@ class PolicyEngine:
     def is_admin(self, token_claims: Mapping[str, Any]) -> bool:
         """Evaluate the admin rule; run on every request, never cached."""
         rule = self.settings.admin
-        return rule is not None and claimlib.matches(token_claims, rule.claim, rule.value)
+        return rule is not None and claimlib.matches(
+            token_claims, rule.claim, rule.value, rule.match
+        )
 
     async def resolve(self, token_claims: Mapping[str, Any], issuer: str) -> Decision:
         """Decide what happens to a request carrying these verified claims."""

@@ -29,7 +29,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from jwtkeymap.core.claims import split_path
+from jwtkeymap.core.claims import MatchRule, split_path
 from jwtkeymap.core.errors import ConfigError
 
 # Asymmetric algorithms only: a verifier that holds public keys must never accept
@@ -91,6 +91,10 @@ class AdminRule(_Strict):
 
     claim: str = Field(min_length=1)
     value: str = Field(min_length=1)
+    # exact (the string, or an element of a list), element (of a list), or word (of a
+    # space-separated scope string, or an element of a list). Unset: word for a claim
+    # named ``scope`` or ``scp``, exact otherwise.
+    match: MatchRule | None = None
 
 
 class KeyDefaults(_Strict):
