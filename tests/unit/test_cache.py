@@ -239,3 +239,21 @@ def test_distinct_identities_never_share_an_entry(idents: list[MappingIdentity])
     for n, ident in enumerate(idents):
         entry = cache.get(ident)
         assert isinstance(entry, Mapped) and entry.mapping_id == str(n)
+
+
+async def test_a_failing_put_releases_every_waiter_and_caches_nothing(cache: MappingCache) -> None:
+    # A hash with no ASCII form cannot be indexed by fingerprint: put raises after the load.
+    bad = mapped(KeyIdentity(token_hash="é" * 64))
+    ident = MappingIdentity("i", "sub", "x")
+    gate = asyncio.Event()
+
+    async def load() -> Mapped:
+        await gate.wait()
+        return bad
+
+    tasks = [asyncio.create_task(cache.get_or_load(ident, load)) for _ in range(3)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, Exception) for r in results), results
+    assert cache.get(ident) is None

@@ -174,13 +174,15 @@ class MappingCache:
     def put(self, identity: MappingIdentity, entry: Entry) -> None:
         """Cache ``entry`` with the TTL of its kind."""
         ttl = self.positive_ttl if isinstance(entry, Mapped) else self.negative_ttl
+        # Computed first: an entry is stored only if it can also be indexed (and evicted).
+        key_fingerprint = entry.key.fingerprint if isinstance(entry, Mapped) else None
         self._lru.put(identity, entry, ttl)
         if identity in self._lru:
             self._by_claim.setdefault((identity.claim_name, identity.claim_value), set()).add(
                 identity.issuer
             )
-            if isinstance(entry, Mapped):
-                self._by_key.setdefault(entry.key.fingerprint, set()).add(identity)
+            if key_fingerprint is not None:
+                self._by_key.setdefault(key_fingerprint, set()).add(identity)
 
     async def get_or_load(
         self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]]
@@ -211,8 +213,11 @@ class MappingCache:
         self._flights[identity] = flight
         generation = self.generation
         self._lru.stats.loads += 1
+        # Whatever the load or the put raises, every waiter is released with it.
         try:
             entry = await load()
+            if generation == self.generation:
+                self.put(identity, entry)
         except asyncio.CancelledError:
             flight.cancel()
             raise
@@ -223,8 +228,6 @@ class MappingCache:
         finally:
             if self._flights.get(identity) is flight:
                 del self._flights[identity]
-        if generation == self.generation:
-            self.put(identity, entry)
         flight.set_result(entry)
         return entry
 

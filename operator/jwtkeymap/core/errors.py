@@ -49,6 +49,10 @@ class StoreError(JwtKeyMapError):
     """A database statement failed for a reason that is not an outage."""
 
 
+class InvalidKeyHash(StoreError):
+    """A stored key hash is not 64 lowercase hex: it cannot be sent, shown or trusted."""
+
+
 class KeyNotFound(StoreError):
     """The referenced virtual key does not exist in ``LiteLLM_VerificationToken``."""
 

@@ -22,7 +22,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import RegistrationVanished, Store
-from jwtkeymap.core.errors import ClaimError, DatabaseUnavailable, SchemaError
+from jwtkeymap.core.errors import ClaimError, DatabaseUnavailable, InvalidKeyHash, SchemaError
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import Behavior, Settings
 
@@ -53,6 +53,7 @@ class DenialReason(enum.StrEnum):
     DATABASE_REQUIRED = "database_required"
     DATABASE_UNAVAILABLE = "database_unavailable"
     REGISTRATION_CONFLICT = "registration_conflict"
+    KEY_HASH_INVALID = "key_hash_invalid"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -241,6 +242,15 @@ class PolicyEngine:
             )
         except DatabaseUnavailable as exc:
             return self._unavailable(identity, str(exc))
+        except InvalidKeyHash as exc:
+            # Never an allow: the row is damaged, and an operator has to repair it.
+            log.error("mapping lookup failed: %s", exc)
+            return denial(
+                500,
+                DenialReason.KEY_HASH_INVALID,
+                "the mapped key's stored hash is malformed. Access denied.",
+                identity,
+            )
         except SchemaError as exc:
             log.error("mapping lookup failed: %s", exc)
             return self._unavailable(identity, "the database schema is not usable")

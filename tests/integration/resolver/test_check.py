@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
 import asyncpg
+import pytest
 from aiohttp import web
 
 from jwtkeymap.core.keys import fingerprint
@@ -346,3 +348,32 @@ async def test_runner_fast_path_and_router_agree_on_every_path(
     assert seen["/check/v1/chat/completions?stream=true"][0] == (200, "mapped")
     assert seen["/checkx"][0] == (404, None)
     assert seen["/healthz"][0] == (200, None)
+
+
+@pytest.mark.parametrize("stored", ["a" * 62 + "\r\n", "é" * 64, "sk-plaintext-pasted-in"])
+async def test_a_malformed_stored_key_hash_is_a_clear_denial(
+    make_settings, database_url, start_resolver, http, db, signing_key, stored
+):
+    """A hash is used only as 64 lowercase hex: anything else is a 500 with a reason, every
+    time, for every concurrent caller, and counted (issue 14 F9)."""
+    await db.execute('INSERT INTO "LiteLLM_VerificationToken" (token) VALUES ($1)', stored)
+    await db.execute(
+        'INSERT INTO "LiteLLM_JWTKeyMapping" (id, jwt_claim_name, jwt_claim_value, token) '
+        "VALUES ('bad-1', 'sub', 'mallory', $1)",
+        stored,
+    )
+    r = await start_resolver(make_settings(database_url=database_url))
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='mallory')}"}
+
+    async def check() -> tuple[int, str, dict[str, str]]:
+        async with http.get(f"{r.url}/check", headers=auth) as resp:
+            return resp.status, (await error_of(resp))["reason"], dict(resp.headers)
+
+    for status, reason, headers in await asyncio.wait_for(
+        asyncio.gather(*(check() for _ in range(6))), 10
+    ):
+        assert (status, reason) == (500, "key_hash_invalid")
+        assert not any(h.lower().startswith("x-jwtkeymap-") for h in headers)
+    async with http.get(f"{r.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'jwtkeymap_decisions_total{decision="denied",reason="key_hash_invalid"} 6.0' in text

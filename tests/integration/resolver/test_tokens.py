@@ -139,7 +139,11 @@ async def test_one_issuers_broken_jwks_never_stops_the_resolver_or_the_others(
         settings = make_settings(
             issuers=[
                 {"issuer": ISSUER, "jwks_url": f"{idp_url}/jwks.json", "audience": "litellm"},
-                {"issuer": broken.issuer, "jwks_url": f"{bad_url}/jwks.json", "audience": "litellm"},
+                {
+                    "issuer": broken.issuer,
+                    "jwks_url": f"{bad_url}/jwks.json",
+                    "audience": "litellm",
+                },
             ],
             jwks_min_refresh_seconds=0,
         )

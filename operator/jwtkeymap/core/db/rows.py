@@ -15,7 +15,8 @@ from typing import Any, Final
 from jwtkeymap.core.cache import UNMAPPED, Entry, Inactive, Mapped
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.schema import MAPPING_TABLE, OWNER_TABLE
-from jwtkeymap.core.keys import KeyIdentity, fingerprint
+from jwtkeymap.core.errors import InvalidKeyHash
+from jwtkeymap.core.keys import KeyIdentity, fingerprint, is_key_hash
 
 # A mapping row (``m``) with its owner (``o``), as MappingRow reads it.
 MAPPING_COLUMNS: Final = (
@@ -98,9 +99,18 @@ def mapping_row(row: Mapping[str, Any]) -> MappingRow:
 
 
 def key_identity(row: Mapping[str, Any]) -> KeyIdentity:
-    """Build a KeyIdentity from a record holding ``KEY_COLUMNS``."""
+    """Build a KeyIdentity from a record holding ``KEY_COLUMNS``.
+
+    The hash is checked here, where it is read: it becomes an HTTP header and a
+    fingerprint, and a row with CR/LF or non-ASCII in it would break both.
+    Raise InvalidKeyHash (naming the mapping, never the value) otherwise.
+    """
+    token = row["token"]
+    if not isinstance(token, str) or not is_key_hash(token):
+        where = f" of mapping {row['id']}" if "id" in row else ""
+        raise InvalidKeyHash(f"the stored key hash{where} is not 64 lowercase hex characters")
     return KeyIdentity(
-        token_hash=row["token"],
+        token_hash=token,
         team_id=row["team_id"],
         user_id=row["user_id"],
         org_id=row["organization_id"],
