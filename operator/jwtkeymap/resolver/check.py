@@ -1,13 +1,16 @@
 """The check contract: from a core Decision (or a token error) to an HTTP answer.
 
-Pure functions, no I/O: the same answer serves Envoy's HTTP ext_authz, nginx's
-``auth_request`` and the reverse-proxy mode.
+Pure functions, no I/O (a refused identity value is only logged): the same
+answer serves Envoy's HTTP ext_authz, nginx's ``auth_request`` and the
+reverse-proxy mode.
 
 * Allow is exactly 200 (Envoy treats anything else as a denial), with the
-  identity headers that are known. Every identity header this answer does not
-  set is named in ``x-envoy-auth-headers-to-remove``: Envoy does not show the
-  client's headers to the check, so naming the unset ones is what keeps a
-  spoofed copy from reaching the upstream (the set ones are overwritten).
+  identity headers that are known and in their strict form (visible ASCII, no
+  comma, no surrounding space, at most 256 characters; others are not sent).
+  Every identity header this answer does not set is named in
+  ``x-envoy-auth-headers-to-remove``: Envoy does not show the client's headers
+  to the check, so naming the unset ones is what keeps a spoofed copy from
+  reaching the upstream (the set ones are overwritten).
 * Denials carry a JSON body ``{"error": {type, code, reason, message}}``; 401
   adds ``WWW-Authenticate``, 503 adds ``Retry-After``.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -23,6 +27,8 @@ from typing import Final
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.policy import Decision, Verdict
 from jwtkeymap.core.tokens import MAX_TOKEN_BYTES
+
+log = logging.getLogger("jwtkeymap.resolver")
 
 HEADER_PREFIX: Final = "x-jwtkeymap-"
 DECISION_HEADER: Final = "x-jwtkeymap-decision"
@@ -78,14 +84,26 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+MAX_IDENTITY_VALUE_LENGTH: Final = 256
+# The one form an identity header value is sent in: visible ASCII but the comma (a list
+# separator to many parsers), inner spaces allowed, no surrounding ones, at most 256.
+# Anything else (spaces a parser trims, NEL, U+2028, non-ASCII, "a, team-admin") could
+# be read as another id, so it is not sent at all: the header is named for removal.
+_IDENTITY_VALUE: Final = re.compile(
+    r"[\x21-\x2b\x2d-\x7e]([\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?"
+)
 
 
-def _header_safe(value: str | None) -> str | None:
-    # A value with control characters cannot be a header; such an id is dropped.
-    if not value or _CONTROL.search(value):
+def _header_safe(name: str, value: str | None) -> str | None:
+    if value is None:
         return None
-    return value
+    if len(value) <= MAX_IDENTITY_VALUE_LENGTH and _IDENTITY_VALUE.fullmatch(value):
+        return value
+    log.warning(
+        "identity header value refused",
+        extra={"header": name, "length": len(value), "reason": "not visible ASCII without commas"},
+    )
+    return None
 
 
 def allow(decision: Decision, *, strip_authorization: bool = False) -> Answer:
@@ -95,9 +113,9 @@ def allow(decision: Decision, *, strip_authorization: bool = False) -> Answer:
     if key is not None:
         for name, value in (
             (KEY_HASH_HEADER, key.token_hash),
-            (TEAM_HEADER, _header_safe(key.team_id)),
-            (USER_HEADER, _header_safe(key.user_id)),
-            (ORG_HEADER, _header_safe(key.org_id)),
+            (TEAM_HEADER, _header_safe(TEAM_HEADER, key.team_id)),
+            (USER_HEADER, _header_safe(USER_HEADER, key.user_id)),
+            (ORG_HEADER, _header_safe(ORG_HEADER, key.org_id)),
         ):
             if value is not None:
                 headers[name] = value

@@ -93,3 +93,35 @@ def test_bearer_token_is_extracted(header, token):
 def test_bad_authorization_headers_are_invalid_tokens(header):
     with pytest.raises(InvalidToken):
         check.bearer_token(header)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        " team-admin",
+        "team-a ",
+        "a, team-admin",
+        "a\u0085b",
+        "a\u2028b",
+        "équipe",
+        "t" * (check.MAX_IDENTITY_VALUE_LENGTH + 1),
+        "\t",
+        "",
+    ],
+)
+def test_identity_values_outside_the_strict_form_are_not_sent(value, caplog):
+    key = KeyIdentity(token_hash="c" * 64, team_id=value, user_id="u", org_id="o")
+    result = check.answer(Decision(Verdict.MAPPED, key=key))
+    assert "x-jwtkeymap-team-id" not in result.headers
+    assert "x-jwtkeymap-team-id" in result.headers["x-envoy-auth-headers-to-remove"]
+    assert result.headers["x-jwtkeymap-user-id"] == "u"
+    if value:
+        assert "identity header value refused" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value", ["team-a", "a b", "user@example.com", "t" * check.MAX_IDENTITY_VALUE_LENGTH, "~!#"]
+)
+def test_identity_values_in_the_strict_form_are_sent_as_they_are(value):
+    key = KeyIdentity(token_hash="c" * 64, team_id=value)
+    assert check.answer(Decision(Verdict.MAPPED, key=key)).headers["x-jwtkeymap-team-id"] == value
