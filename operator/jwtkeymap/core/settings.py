@@ -184,6 +184,22 @@ class Settings(BaseSettings):
     upstream: str | None = None
     strip_authorization: bool = False
     shutdown_grace_seconds: float = Field(default=20, ge=0)
+    # What a client can cost before it has shown a token (docs/resolver.md, "Limits").
+    # The Authorization header may be this long (a 16 KiB token and its scheme) ...
+    max_authorization_bytes: int = Field(default=16 * 1024 + 64, ge=1024, le=1024 * 1024)
+    # ... every other header field this long, and the whole request head this long.
+    max_header_field_bytes: int = Field(default=8190, ge=1024, le=1024 * 1024)
+    max_request_head_bytes: int = Field(default=64 * 1024, ge=4096, le=4 * 1024 * 1024)
+    # A request head must arrive within this many seconds of its first byte (or of the
+    # connection's opening): slow clients are closed.
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    # An idle connection is closed after this. Unset: 75 s in reverse-proxy mode (the
+    # public listener); 3630 s in check mode, longer than the idle timeouts of Envoy's
+    # (1 h) and nginx's (60 s) connection pools, so a pooled connection is never cut
+    # as it is reused.
+    keepalive_timeout_seconds: float | None = Field(default=None, gt=0)
+    # Connections over this are answered 503 and closed at once.
+    max_connections: int = Field(default=1024, ge=1)
 
     # Operator.
     allowed_claim_names: list[str] = Field(default_factory=list)
@@ -213,6 +229,12 @@ class Settings(BaseSettings):
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value or None
+
+    @model_validator(mode="after")
+    def _head_holds_authorization(self) -> Settings:
+        if self.max_request_head_bytes <= self.max_authorization_bytes:
+            raise ValueError("max_request_head_bytes must exceed max_authorization_bytes")
+        return self
 
     @model_validator(mode="after")
     def _unique_issuers(self) -> Settings:

@@ -40,10 +40,6 @@ REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
 IDENTITY_HEADERS: Final = (DECISION_HEADER, KEY_HASH_HEADER, TEAM_HEADER, USER_HEADER, ORG_HEADER)
 
 RETRY_AFTER_SECONDS: Final = "1"
-# Headers this large still reach the check, so an oversized token gets the contract's 401
-# (core's MAX_TOKEN_BYTES, enforced here before any path, opaque tokens included) rather
-# than the HTTP parser's bare 400; beyond this the parser refuses.
-MAX_HEADER_BYTES: Final = 128 * 1024
 _WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
 
 

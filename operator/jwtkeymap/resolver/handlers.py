@@ -7,14 +7,17 @@ when the application starts (``create_app``'s lifecycle) and is found under
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.limits import Limits
 from jwtkeymap.resolver.metrics import CONTENT_TYPE, Metrics
 from jwtkeymap.resolver.proxy import add_proxy_routes
 from jwtkeymap.resolver.service import Service, header_digest
@@ -22,6 +25,12 @@ from jwtkeymap.resolver.service import Service, header_digest
 SERVICE = web.AppKey("service", Service)
 
 CHECK_PATH = "/check"
+
+# A request whose Authorization headers disagree must not be checked on one and
+# forwarded with both (issue 14, F12).
+TWO_AUTHORIZATIONS = check.refuse(
+    400, "invalid_request", "JWT Key Mapping: the request has more than one Authorization header."
+)
 
 
 def is_check_path(path: str) -> bool:
@@ -42,7 +51,10 @@ def check_handler(service: Service) -> Callable[[web.BaseRequest], Awaitable[web
     """
 
     async def handle_check(request: web.BaseRequest) -> web.Response:
-        authorization = request.headers.get("Authorization")
+        headers = request.headers
+        authorization = headers.get("Authorization")
+        if authorization is not None and _repeated_authorization(headers):
+            return _response(TWO_AUTHORIZATIONS)
         digest = header_digest(authorization)
         result = service.recall(digest) or await service.decide(authorization, digest)
         return _response(result)
@@ -55,9 +67,32 @@ async def handle_check(request: web.Request) -> web.Response:
     return await check_handler(request.app[SERVICE])(request)
 
 
+def _repeated_authorization(headers: CIMultiDictProxy[str]) -> bool:
+    return len(headers.getall("Authorization", ())) > 1
+
+
 async def answer_request(request: web.Request) -> Answer:
     """The check's answer for a request to forward (reverse-proxy mode)."""
-    return await request.app[SERVICE].answer(request.headers.get("Authorization"))
+    headers = request.headers
+    if _repeated_authorization(headers):
+        return TWO_AUTHORIZATIONS
+    return await request.app[SERVICE].answer(headers.get("Authorization"))
+
+
+async def handle_not_found(request: web.Request) -> web.Response:
+    """``/check`` in reverse-proxy mode: not served to clients, and never forwarded.
+
+    Its answer would hand the client its own key hash (issue 14, F2).
+    """
+    return web.Response(status=404)
+
+
+def is_loopback(remote: str | None) -> bool:
+    """Tell whether a peer address is on this host's loopback (where details are shown)."""
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -66,9 +101,16 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    """``GET /readyz``: database, JWKS and invalidation channel."""
+    """``GET /readyz``: database, JWKS and invalidation channel.
+
+    The details (issuer URLs, schema, channel state) only to a loopback peer; anyone
+    else (a kubelet probe, a client in reverse-proxy mode) learns ready or not.
+    """
     ready, checks = await request.app[SERVICE].readiness()
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready}
+    if is_loopback(request.remote):
+        body["checks"] = checks
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -80,11 +122,13 @@ async def handle_metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     """Build the resolver application (reverse-proxy routes when ``settings.upstream``).
 
-    Serve it with ``server.ResolverRunner`` (``server.run`` does), which answers
-    the check before the router; the check routes are registered here as well,
-    so any other runner serves the same contract, only slower.
+    In reverse-proxy mode ``/check`` is not served (404) and never forwarded.
+    Serve it with ``server.ResolverRunner`` (``server.run`` does), which bounds
+    every connection and answers the check before the router; the check routes
+    are registered here as well, so any other runner serves the same contract,
+    only slower and with aiohttp's own limits alone.
     """
-    app = web.Application(handler_args={"max_field_size": check.MAX_HEADER_BYTES})
+    app = web.Application(handler_args=Limits.of(settings).handler_args())
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -99,8 +143,9 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
 
-    app.router.add_route("*", CHECK_PATH, handle_check)
-    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", handle_check)
+    on_check = handle_not_found if settings.upstream else handle_check
+    app.router.add_route("*", CHECK_PATH, on_check)
+    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", on_check)
     app.router.add_get("/healthz", handle_healthz, allow_head=True)
     app.router.add_get("/readyz", handle_readyz, allow_head=True)
     app.router.add_get("/metrics", handle_metrics)

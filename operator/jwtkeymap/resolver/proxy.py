@@ -1,6 +1,9 @@
 """Reverse-proxy mode: check every request, then stream it to the upstream.
 
 * A denied request never reaches the upstream: the client gets the check's answer.
+  ``Expect: 100-continue`` is answered only after the check allowed the request,
+  so a client without a valid token never gets to send its body.
+* Only origin-form targets (``/path``) are forwarded; any other is a 400.
 * Client-sent ``x-jwtkeymap-*`` headers (also spelt with ``_``) are dropped and
   the identity headers added; ``Authorization`` is forwarded unless ``strip_authorization``.
 * Hop-by-hop headers (and any the ``Connection`` header names) stay on their hop.
@@ -116,13 +119,42 @@ def add_proxy_routes(
 
     app.cleanup_ctx.append(session_ctx)
 
-    async def handle_proxy(request: web.Request) -> web.StreamResponse:
-        result = await check_request(request)
+    async def checked(request: web.Request) -> Answer:
+        if not request.raw_path.startswith("/"):
+            # Absolute form (GET http://host/x) or asterisk form: this is not a forward proxy.
+            return _NOT_ORIGIN_FORM
+        known = request.get(_ANSWER)
+        return known if isinstance(known, Answer) else await check_request(request)
+
+    async def expect_checked(request: web.Request) -> web.StreamResponse | None:
+        # aiohttp's own handler sends 100 Continue before any check: check first.
+        result = await checked(request)
         if not result.allowed:
-            return web.Response(status=result.status, body=result.body, headers=result.headers)
+            return _response(result)
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _response(check.refuse(417, "expectation_failed", "Unknown Expect header."))
+        request[_ANSWER] = result
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response
+        return None
+
+    async def handle_proxy(request: web.Request) -> web.StreamResponse:
+        result = await checked(request)
+        if not result.allowed:
+            return _response(result)
         return await forward(request, result, request.app[SESSION], base, settings, metrics)
 
-    app.router.add_route("*", "/{tail:.*}", handle_proxy)
+    app.router.add_route("*", "/{tail:.*}", handle_proxy, expect_handler=expect_checked)
+
+
+_ANSWER: Final = "jwtkeymap.answer"
+_NOT_ORIGIN_FORM: Final = check.refuse(
+    400, "invalid_request", "JWT Key Mapping: the request target must be a path."
+)
+
+
+def _response(result: Answer) -> web.Response:
+    return web.Response(status=result.status, body=result.body, headers=result.headers)
 
 
 async def forward(

@@ -10,22 +10,28 @@ import logging
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.resolver.check import refuse
 from jwtkeymap.resolver.handlers import SERVICE, check_handler, create_app, is_check_path
+from jwtkeymap.resolver.limits import GuardedServer, Limits, oversized_field
 
 log = logging.getLogger("jwtkeymap.resolver")
 
 
 class ResolverRunner(web.AppRunner):
-    """An ``AppRunner`` whose server hands ``/check`` straight to the check handler.
+    """An ``AppRunner`` whose connections are bounded, and whose server answers ``/check`` first.
 
-    Every other path goes through the application as usual. Skipping the
-    router, match info and application dispatch for the one path that sees
-    every request of the proxy saves about a fifth of a cache hit's CPU
-    (bench/README.md); the check needs none of them.
+    Every connection is a ``limits.GuardedRequestHandler`` (head size, head time,
+    connection count), and a request with an oversized header field other than
+    ``Authorization`` is answered 431 before anything else. In check mode ``/check``
+    goes straight to the check handler; every other path goes through the
+    application as usual. Skipping the router, match info and application dispatch
+    for the one path that sees every request of the proxy saves about a fifth of a
+    cache hit's CPU (bench/README.md); the check needs none of them. In
+    reverse-proxy mode the router answers ``/check`` with 404.
 
     It overrides ``AppRunner._make_server``, an underscore hook of aiohttp 3.x
-    (pyproject.toml pins ``aiohttp<4``). If it ever stops being called, the check
-    still works through the routes, and
+    (pyproject.toml pins ``aiohttp<4``), and rebuilds the server from its ``_kwargs``.
+    If it ever stops being called, the check still works through the routes, and
     ``test_runner_fast_path_and_router_agree_on_every_path`` fails, because it
     asserts that the router is not consulted.
     """
@@ -33,15 +39,30 @@ class ResolverRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         routed = server.request_handler
-        handle_check = check_handler(self.app[SERVICE])
+        service = self.app[SERVICE]
+        limits = Limits.of(service.settings)
+        handle_check = check_handler(service)
+        fast_check = not service.settings.upstream
+        too_large = refuse(
+            431, "header_too_large", "JWT Key Mapping: a request header field is too large."
+        )
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
-            if is_check_path(request.rel_url.raw_path):
+            if oversized_field(request.raw_headers, limits):
+                return web.Response(
+                    status=too_large.status, body=too_large.body, headers=too_large.headers
+                )
+            if fast_check and is_check_path(request.rel_url.raw_path):
                 return await handle_check(request)
             return await routed(request)
 
-        server.request_handler = dispatch
-        return server
+        return GuardedServer(
+            dispatch,
+            limits=limits,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            **server._kwargs,  # what the application built it with
+        )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
