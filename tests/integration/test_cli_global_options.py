@@ -96,6 +96,7 @@ async def test_key_create(spelling: str, database_url: str, db: asyncpg.Connecti
 async def test_map_add(spelling: str, database_url: str, store: Store) -> None:
     _, key = await store.create_key(NewKey(team_id="team-a"), actor="test")
     command = ["map", "add", "bob@example.com", "--claim", "email", "--key-hash", key.token_hash]
+    command.append("--any-issuer")
     result = await jwtkeymap(argv(spelling, ("--database-url", database_url), command))
     assert result.exit_code == 0, result.output
     assert "added mapping" in result.output and "email=bob@example.com" in result.output
@@ -144,7 +145,7 @@ async def test_apply_and_diff(
     manifest.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: carol, namespace: team-a}\n"
-        f"spec: {{claim: {{name: email, value: carol@example.com}}, key: {{hash: {key.token_hash}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: carol@example.com}}, key: {{hash: {key.token_hash}}}}}\n"
     )
     options = ("--database-url", database_url)
     result = await jwtkeymap(argv(spelling, options, [verb, "-f", str(manifest)]))

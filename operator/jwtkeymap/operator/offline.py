@@ -26,7 +26,12 @@ import yaml
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.owners import OwnerKind, offline_owner, owner_prefix
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.desired import (
+    ADOPT_ANYTHING,
+    DesiredMapping,
+    ReconcileOutcome,
+    ReconcileResult,
+)
 from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
@@ -224,7 +229,14 @@ class Row:
 
 
 FAILURES: Final = frozenset(
-    {"conflict", "key-not-found", "secret-not-found", "secret-key-missing", "invalid"}
+    {
+        "conflict",
+        "policy-denied",
+        "key-not-found",
+        "secret-not-found",
+        "secret-key-missing",
+        "invalid",
+    }
 )
 # What a dry run calls each outcome.
 _PLANNED: Final = {
@@ -302,6 +314,7 @@ async def reconcile(
                 owner=offline_owner(mapping.namespace, mapping.name),
                 ref=mapping.ref,
                 annotations=mapping.annotations,
+                may_adopt=ADOPT_ANYTHING,
             )
         except SecretNotFound as exc:
             rows.append(Row(mapping.ref, issuer, claim, "-", "secret-not-found", str(exc)))

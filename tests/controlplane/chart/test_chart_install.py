@@ -357,7 +357,7 @@ def mapping(name: str, claim: str, value: str, key: dict[str, Any]) -> dict[str,
         "apiVersion": "jwtkeymap.io/v1alpha1",
         "kind": "JWTKeyMapping",
         "metadata": {"name": name},
-        "spec": {"claim": {"name": claim, "value": value}, "key": key},
+        "spec": {"issuer": "*", "claim": {"name": claim, "value": value}, "key": key},
     }
 
 

@@ -38,7 +38,11 @@ def mapping(namespace: str, name: str, claim: str, value: str, token: str) -> st
             "apiVersion": "jwtkeymap.io/v1alpha1",
             "kind": "JWTKeyMapping",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"claim": {"name": claim, "value": value}, "key": {"hash": token}},
+            "spec": {
+                "issuer": "*",
+                "claim": {"name": claim, "value": value},
+                "key": {"hash": token},
+            },
         }
     )
 

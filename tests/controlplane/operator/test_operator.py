@@ -26,7 +26,7 @@ ISSUER = "https://idp.example.com"
 
 
 def spec(value: str, *, key: dict[str, Any], claim: str = "email", **extra: Any) -> dict[str, Any]:
-    return {"claim": {"name": claim, "value": value}, "key": key, **extra}
+    return {"issuer": "*", "claim": {"name": claim, "value": value}, "key": key, **extra}
 
 
 def by_hash(token: str) -> dict[str, Any]:

@@ -139,7 +139,7 @@ async def test_conflict_across_namespaces_exits_nonzero(
     rival.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: alice, namespace: team-gamma}\n"
-        "spec:\n  claim: {name: email, value: alice@alpha.example.com}\n"
+        "spec:\n  issuer: '*'\n  claim: {name: email, value: alice@alpha.example.com}\n"
         f"  key: {{hash: {hash_key(DEMO_KEYS[1])}}}\n"
     )
     result = await run(database_url, "apply", "-f", str(rival))
@@ -169,7 +169,7 @@ async def test_secret_from_env(
     manifest.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: dave, namespace: ops}\n"
-        "spec:\n  claim: {name: sub, value: '1234'}\n"
+        "spec:\n  issuer: '*'\n  claim: {name: sub, value: '1234'}\n"
         "  key: {secretRef: {name: ops-keys, key: dave.key}}\n"
     )
     without = await run(database_url, "apply", "-f", str(manifest))
@@ -191,25 +191,31 @@ async def test_secret_from_env(
     [
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a@b}, key: {hash: NOTHEX}}\n",
+            "spec: {issuer: '*', claim: {name: email, value: a@b}, key: {hash: NOTHEX}}\n",
             "bad.yaml: document 2 (default/x): spec.key.hash: must be the sha256",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email}, key: {hash: '" + "0" * 64 + "'}}\n",
+            "spec: {issuer: '*', claim: {name: email}, key: {hash: '" + "0" * 64 + "'}}\n",
             "bad.yaml: document 2 (default/x): spec.claim.value: Field required",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a}, key: {}}\n",
+            "spec: {issuer: '*', claim: {name: email, value: a}, key: {}}\n",
             "bad.yaml: document 2 (default/x): spec.key: exactly one of key.secretRef or key.hash",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a}, key: {hash: '"
+            "spec: {issuer: '*', claim: {name: email, value: a}, key: {hash: '"
             + "0" * 64
             + "'}, colour: red}\n",
             "bad.yaml: document 2 (default/x): spec.colour: Extra inputs are not permitted",
+        ),
+        (
+            "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
+            "spec: {claim: {name: sub, value: a}, key: {hash: '" + "0" * 64 + "'}}\n",
+            "bad.yaml: document 2 (default/x): spec.issuer: required: set an issuer URL "
+            '(e.g. https://idp.example.com), or "*" for any trusted issuer',
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1\nmetadata: {name: x}\nspec: {}\n",
@@ -234,7 +240,7 @@ async def test_malformed_manifest_names_file_document_and_field(
     monkeypatch.chdir(tmp_path)
     valid = (
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: ok}\n"
-        f"spec: {{claim: {{name: email, value: ok@x}}, key: {{hash: {hash_key(DEMO_KEYS[0])}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: ok@x}}, key: {{hash: {hash_key(DEMO_KEYS[0])}}}}}\n"
     )
     Path("bad.yaml").write_text(valid + "---\n" + document)
     result = await run(database_url, "apply", "--prune", "-f", "bad.yaml")
@@ -251,7 +257,7 @@ async def test_stdin_and_unrelated_kinds(
     manifest = (
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\n---\n"
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: eve}\n"
-        f"spec: {{claim: {{name: email, value: eve@x}}, key: {{hash: {hash_key(DEMO_KEYS[3])}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: eve@x}}, key: {{hash: {hash_key(DEMO_KEYS[3])}}}}}\n"
     )
     result = await run(database_url, "apply", "-f", "-", input=manifest)
     assert result.exit_code == 0, result.output

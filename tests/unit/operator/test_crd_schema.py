@@ -200,8 +200,9 @@ def test_a_difference_is_named(change: Callable[[Schema], object], named: str) -
 # --- types: the API server coerces nothing, so neither may the model ---------------------------
 
 HASH = "a" * 64
-BY_HASH: Schema = {"claim": {"name": "email", "value": "a@x"}, "key": {"hash": HASH}}
+BY_HASH: Schema = {"issuer": "*", "claim": {"name": "email", "value": "a@x"}, "key": {"hash": HASH}}
 BY_SECRET: Schema = {
+    "issuer": "https://idp.example.com",
     "claim": {"name": "email", "value": "a@x"},
     "key": {"secretRef": {"name": "s", "key": "k"}},
 }
@@ -273,6 +274,7 @@ def test_a_null_is_an_absent_field(path: tuple[str, ...], kind: str) -> None:
 # --- CEL rules: one Python reading each -------------------------------------------------------
 
 CEL: dict[tuple[str, str], Callable[[Any], bool]] = {
+    ("", "has(self.issuer)"): lambda spec: "issuer" in spec,
     (
         "claim.name",
         "!self.startsWith('.') && !self.endsWith('.') && !self.contains('..')",
@@ -297,6 +299,12 @@ def cel_rules(node: Schema, path: tuple[str, ...] = ()) -> Iterator[tuple[str, s
 
 def test_every_cel_rule_has_a_python_reading() -> None:
     assert set(cel_rules(crd_spec())) == set(CEL), "mirror the new CEL rule in resource.py and here"
+
+
+@pytest.mark.parametrize("issuer", [None, "*", "https://idp.example.com"])
+def test_issuer_required_rule(issuer: str | None) -> None:
+    spec = _without(("issuer",)) if issuer is None else with_value(("issuer",), issuer)
+    assert accepts(spec) == CEL["", "has(self.issuer)"](spec), spec
 
 
 def _agrees(field: str, value: Any) -> None:

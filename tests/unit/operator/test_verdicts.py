@@ -76,6 +76,7 @@ def runtime(
 
 def by_hash(**extra: Any) -> dict[str, Any]:
     return {
+        "issuer": "*",
         "claim": {"name": "email", "value": "alice@example.com"},
         "key": {"hash": TOKEN},
         **extra,
@@ -84,7 +85,7 @@ def by_hash(**extra: Any) -> dict[str, Any]:
 
 def by_secret() -> dict[str, Any]:
     ref = {"secretRef": {"name": "keys", "key": "alice"}}
-    return {"claim": {"name": "email", "value": "alice@example.com"}, "key": ref}
+    return {"issuer": "*", "claim": {"name": "email", "value": "alice@example.com"}, "key": ref}
 
 
 async def test_synced() -> None:

@@ -13,7 +13,7 @@ from jwtkeymap.operator.webhooks import check
 HASH = "b" * 64
 
 
-def spec(value: str = "a@example.com", name: str = "email", issuer: str = "") -> dict[str, Any]:
+def spec(value: str = "a@example.com", name: str = "email", issuer: str = "*") -> dict[str, Any]:
     return {"issuer": issuer, "claim": {"name": name, "value": value}, "key": {"hash": HASH}}
 
 
@@ -66,5 +66,5 @@ def test_claim_allow_list() -> None:
 
 def test_invalid_spec_is_refused_with_the_field() -> None:
     with pytest.raises(kopf.AdmissionError, match=r"spec\.key\.hash") as e:
-        run({"claim": {"name": "email", "value": "x"}, "key": {"hash": "nope"}})
+        run({"issuer": "*", "claim": {"name": "email", "value": "x"}, "key": {"hash": "nope"}})
     assert e.value.code == 422
