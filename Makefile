@@ -47,6 +47,7 @@ e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); 
 # when a chart copy differs, is missing, or has no source here.
 chart-crds: ## Copy crds/ into the Helm chart (the CRD is rendered from files/crds/; kopf's peering CRDs go to crds/).
 	cp crds/jwtkeymappings.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
+	cp crds/jwtkeymappingpolicies.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
 	cp crds/kopf-peering.yaml charts/jwtkeymap/crds/
 
 chart-lint: tools ## helm lint the chart with each of its ci/ values files.

@@ -49,7 +49,9 @@ class SpecError(JwtKeyMapError):
         self.detail = message
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Coerces nothing and reads a null as an absent field, as the API server does."""
+
     # strict: the API server coerces nothing ("true" is not a boolean), so neither do we.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
@@ -63,14 +65,14 @@ class _Strict(BaseModel):
         return data
 
 
-class SecretRef(_Strict):
+class SecretRef(StrictModel):
     """A key in a Secret of the mapping's namespace that holds the plaintext virtual key."""
 
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
-class KeySource(_Strict):
+class KeySource(StrictModel):
     """Where the virtual key comes from: exactly one of a Secret or a hash."""
 
     secret_ref: SecretRef | None = Field(default=None, alias="secretRef")
@@ -93,7 +95,7 @@ class KeySource(_Strict):
         return self
 
 
-class Claim(_Strict):
+class Claim(StrictModel):
     """The identifying claim and its value."""
 
     name: str = Field(min_length=1, max_length=256)
@@ -118,7 +120,7 @@ ISSUER_REQUIRED: Final = (
 )
 
 
-class MappingSpec(_Strict):
+class MappingSpec(StrictModel):
     """``spec`` of a JWTKeyMapping."""
 
     # Required, but by a rule of our own rather than the schema's `required`: the CRD's CEL

@@ -12,7 +12,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from jwtkeymap.cli.main import cli
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.keys import hash_key
+from jwtkeymap.core.owners import AUTO_REGISTERED
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "mappings"
@@ -263,3 +267,38 @@ async def test_stdin_and_unrelated_kinds(
     assert result.exit_code == 0, result.output
     assert "<stdin>: document 1: skipped ConfigMap" in result.stderr
     assert "default/eve" in result.stdout
+
+
+async def test_policies_beside_the_mappings_are_enforced(
+    database_url: str, db: asyncpg.Connection, demo_keys: None, examples: Path
+) -> None:
+    # The resolver auto-registered someone on team Alpha's domain.
+    store = await Store.open(database_url)
+    try:
+        await store.register(
+            MappingIdentity("", "email", "zoe@alpha.example.com"), NewKey(team_id="sandbox")
+        )
+    finally:
+        await store.close()
+    alice_key = hash_key(DEMO_KEYS[1])
+    (examples / "rivals.yaml").write_text(
+        "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
+        "metadata: {name: grab, namespace: team-mallory}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: eve@alpha.example.com}}, "
+        f"key: {{hash: {alice_key}}}}}\n---\n"
+        "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
+        "metadata: {name: zoe, namespace: team-alpha, annotations: {jwtkeymap.io/adopt: 'true'}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: zoe@alpha.example.com}}, "
+        f"key: {{hash: {alice_key}}}}}\n"
+    )
+    result = await run(database_url, "apply", "-f", str(examples))
+    assert result.exit_code == 1, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "policy-denied" in lines["team-mallory/grab"]
+    assert "no JWTKeyMappingPolicy selects namespace team-mallory" in lines["team-mallory/grab"]
+    assert "policy-denied" in lines["team-alpha/zoe"]
+    assert "adopt auto-registered mappings" in lines["team-alpha/zoe"]
+    assert "created" in lines["team-alpha/alice"] and "adopted" in lines["team-beta/ci-robot"]
+    owners = {(name, value): owner for _, name, value, _, owner in await mapping_rows(db)}
+    assert ("email", "eve@alpha.example.com") not in owners  # no row written
+    assert owners["email", "zoe@alpha.example.com"] == AUTO_REGISTERED

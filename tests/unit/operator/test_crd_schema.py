@@ -34,6 +34,7 @@ from jwtkeymap.operator.resource import (
     parse_spec,
 )
 from jwtkeymap.operator.status import READY, Condition, Reason, set_condition
+from jwtkeymap.operator.tenancy import POLICY_KIND, POLICY_PLURAL, PolicySpec
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
@@ -159,6 +160,35 @@ def test_the_spec_model_says_what_the_crd_says() -> None:
     assert first is None, (
         f"{CRD.name} (the source) and jwtkeymap.operator.resource.MappingSpec differ: {first}"
     )
+
+
+POLICY_CRD = CRD.with_name(f"{POLICY_PLURAL}.{GROUP}.yaml")
+
+
+def policy_crd_spec() -> Schema:
+    """The policy CRD's schema of ``spec``, for the served version."""
+    crd = yaml.safe_load(POLICY_CRD.read_text())
+    assert (crd["spec"]["names"]["kind"], crd["spec"]["scope"]) == (POLICY_KIND, "Cluster")
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
+    root: Schema = version["schema"]["openAPIV3Schema"]
+    assert "spec" in root["required"]
+    spec: Schema = root["properties"]["spec"]
+    return spec
+
+
+def test_the_policy_model_says_what_its_crd_says() -> None:
+    model = PolicySpec.model_json_schema(by_alias=True, mode="validation")
+    first = next(spec_differences(policy_crd_spec(), model), None)
+    assert first is None, (
+        f"{POLICY_CRD.name} (the source) and jwtkeymap.operator.tenancy.PolicySpec differ: {first}"
+    )
+
+
+def test_the_policy_comparison_sees_a_difference() -> None:
+    crd = copy.deepcopy(policy_crd_spec())
+    crd["properties"]["issuers"]["items"]["pattern"] = "^.*$"
+    model = PolicySpec.model_json_schema(by_alias=True, mode="validation")
+    assert any("spec.issuers[]: pattern" in d for d in spec_differences(crd, model))
 
 
 def _at(spec: Schema, dotted: str) -> Schema:

@@ -23,6 +23,7 @@ def test_examples_load_cleanly() -> None:
         ("team-alpha", "alpha-llm-keys"),
         ("team-beta", "beta-ci-key"),
     }
+    assert [p.name for p in manifests.policies] == ["team-alpha", "team-beta"]
     carol = manifests.mappings[2]
     assert carol.spec.issuer == "https://idp.example.com"
     assert carol.source.endswith("team-beta.yaml: document 2")
