@@ -11,6 +11,8 @@ on one database; tests keep apart by using their own keys and claim values.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import sys
 import uuid
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 # harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,6 +35,8 @@ from harness import (
     prepare_database,
     proxy_config,
 )
+
+from jwtkeymap.core.assertion import jwks, load_signing_keys
 
 SKIP_ENV = "JWTKEYMAP_SKIP_LITELLM"
 CHANNEL = "jwtkeymap_invalidate"
@@ -71,10 +77,53 @@ def litellm_database_url(pg_server) -> str:
     return str(pg_server.url_for(name))
 
 
+@dataclasses.dataclass
+class AssertionKeys:
+    """The assertion signing keys the resolvers use and the JWKS file LiteLLM's hook reads."""
+
+    key_file: Path
+    jwks_file: Path
+
+    def write(self, *privates: ed25519.Ed25519PrivateKey) -> list[str]:
+        """Put ``privates`` in the key file (first signs) and publish all; return their kids."""
+        pem = b"".join(
+            p.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            for p in privates
+        )
+        keys = load_signing_keys(pem)
+        self.key_file.write_bytes(pem)
+        self.jwks_file.write_text(json.dumps(jwks(keys)))
+        return [k.kid for k in keys]
+
+
 @pytest.fixture(scope="session")
-def litellm_proxy(litellm_install: Install, litellm_database_url: str) -> Iterator[LiteLLMProxy]:
-    """A LiteLLM proxy with mock models on the session's LiteLLM database."""
-    proxy = LiteLLMProxy(litellm_install, litellm_database_url, config=proxy_config(hook=False))
+def assertion_keys(tmp_path_factory: pytest.TempPathFactory) -> AssertionKeys:
+    """One signing key for the session, published in a JWKS file."""
+    root = tmp_path_factory.mktemp("assertion-keys")
+    keys = AssertionKeys(root / "signing.pem", root / "jwks.json")
+    keys.write(ed25519.Ed25519PrivateKey.generate())
+    return keys
+
+
+@pytest.fixture(scope="session")
+def litellm_proxy(
+    litellm_install: Install, litellm_database_url: str, assertion_keys: AssertionKeys
+) -> Iterator[LiteLLMProxy]:
+    """A LiteLLM proxy with mock models and jwtkeymap's hook, on the session's database."""
+    proxy = LiteLLMProxy(
+        litellm_install,
+        litellm_database_url,
+        config=proxy_config(hook=True),
+        env={
+            "JWTKEYMAP_HOOK_JWKS": str(assertion_keys.jwks_file),
+            # Rotation tests must not wait long for a re-read of the JWKS file.
+            "JWTKEYMAP_HOOK_JWKS_REFRESH_SECONDS": "0.2",
+        },
+    )
     proxy.start()
     _timings["litellm"] = f"LiteLLM proxy start-to-live {proxy.startup_seconds:.1f} s"
     try:
