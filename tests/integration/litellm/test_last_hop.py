@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -301,3 +302,77 @@ async def test_assertion_key_rotation_refuses_nothing(
             await asyncio.gather(*runners)
             assertion_keys.write(old)  # the session's key again, for the other tests
     assert statuses and set(statuses) == {200}, statuses
+
+
+async def test_auto_registered_key_limits_are_enforced_by_litellm(
+    litellm_proxy, litellm_store, litellm_database_url, make_settings, http, signing_key
+):
+    settings = make_settings(
+        database_url=litellm_database_url,
+        unregistered_client_behavior="auto_register",
+        upstream=litellm_proxy.url,
+        assertion={"enabled": True},
+        auto_register={
+            "user_id_claim": None,
+            "key_defaults": {"models": ["fake"], "max_budget": 10, "rpm_limit": 2},
+        },
+    )
+    app = create_app(settings)
+    # The hook trusts the session's key file only: publish this resolver's ephemeral key there.
+    async with serve(app, runner_class=ResolverRunner) as url:
+        signer = app[SERVICE].signer
+        assert signer is not None
+        jwks_file = Path(litellm_proxy.extra_env["JWTKEYMAP_HOOK_JWKS"])
+        original = jwks_file.read_text()
+        published = json.loads(original)
+        published["keys"] += [dict(k.jwk) for k in signer.keys]
+        jwks_file.write_text(json.dumps(published))
+        try:
+            token = signing_key.sign(sub=f"new-{uuid.uuid4().hex[:8]}")
+            first = await chat(http, url, token)
+            assert first[0] == 200, first
+            assert (await chat(http, url, token, model="other"))[0] in (401, 403)
+            statuses = [(await chat(http, url, token))[0] for _ in range(3)]
+            assert 429 in statuses, statuses
+        finally:
+            jwks_file.write_text(original)
+
+
+async def test_disabled_mapping_and_blocked_key_are_refused_within_the_bound(
+    gateway, http, signing_key, litellm_database_url
+):
+    _, key = await gateway.key(models=["fake"])
+    sub = await gateway.client(key)
+    token = signing_key.sign(sub=sub)
+    assert (await chat(http, gateway.url, token))[0] == 200
+    conn = await asyncpg.connect(litellm_database_url)
+    try:
+        await conn.execute(
+            'UPDATE "LiteLLM_VerificationToken" SET blocked = true WHERE token = $1',
+            key.token_hash,
+        )
+        await wait_until(
+            lambda: _refused(http, gateway.url, token), timeout=5, what="blocked key refused"
+        )
+        await conn.execute(
+            'UPDATE "LiteLLM_VerificationToken" SET blocked = false WHERE token = $1',
+            key.token_hash,
+        )
+        await wait_until(
+            lambda: _served(http, gateway.url, token), timeout=5, what="unblocked key served"
+        )
+        await conn.execute(
+            'UPDATE "LiteLLM_JWTKeyMapping" SET is_active = false WHERE token = $1 '
+            "AND jwt_claim_value = $2",
+            key.token_hash,
+            sub,
+        )
+        await wait_until(
+            lambda: _refused(http, gateway.url, token), timeout=5, what="disabled mapping refused"
+        )
+    finally:
+        await conn.close()
+
+
+async def _served(http: aiohttp.ClientSession, url: str, bearer: str) -> bool:
+    return (await chat(http, url, bearer))[0] == 200
