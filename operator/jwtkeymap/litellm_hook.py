@@ -135,7 +135,9 @@ class KeySet:
 
     async def key_for(self, kid: str) -> dict[str, VerifyingKey]:
         """The keys to verify ``kid`` with (fetched again when it is unknown and allowed)."""
-        if kid not in self.keys and self._may_fetch():
+        if kid not in self.keys:
+            # Wait for a fetch in flight (the first one, at start, above all) rather than
+            # refuse while it runs; a new fetch only when the rate bound allows it.
             async with self._lock:
                 if kid not in self.keys and self._may_fetch():
                     await self._refresh()
