@@ -34,9 +34,9 @@ from typing import Any
 import asyncpg
 import yaml
 
+import support.litellm as litellm_schema
 from jwtkeymap.core.db import schema
-from jwtkeymap.testing import litellm as litellm_schema
-from jwtkeymap.testing.postgres import free_port
+from jwtkeymap.demo.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 INSTALL_SCRIPT = REPO_ROOT / "hack" / "litellm" / "install.sh"

@@ -31,10 +31,11 @@ from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.keys import KeyIdentity, hash_key
 from jwtkeymap.core.settings import KeyDefaults
+from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
 from jwtkeymap.resolver.server import ResolverRunner
-from jwtkeymap.testing.postgres import free_port
-from jwtkeymap.testing.servers import Envoy, serve, wait_until
+from support.servers import Envoy, serve
 
 HEADER = "x-jwtkeymap-assertion"
 
