@@ -65,7 +65,8 @@ def _load(path: Path, name: str) -> Any:
 check = _load(REPO / "bench" / "check.py", "bench_check")
 # The LiteLLM tier's harness, which imports the test helpers (tests/support).
 sys.path.insert(0, str(REPO / "tests"))
-harness = _load(REPO / "tests" / "integration" / "litellm" / "harness.py", "litellm_harness")
+LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
+harness = _load(LITELLM_TIER / "litellm_harness.py", "litellm_harness")
 
 
 def post_script(path: Path, authorization: str) -> Path:

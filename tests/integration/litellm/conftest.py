@@ -24,10 +24,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-# harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
+# litellm_harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import (
+from litellm_harness import (
     Install,
     LiteLLMProxy,
     NotInstalled,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from harness import MASTER_KEY, REQUEST_COST, LiteLLMProxy
+from litellm_harness import MASTER_KEY, REQUEST_COST, LiteLLMProxy
 
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store

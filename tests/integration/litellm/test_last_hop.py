@@ -23,7 +23,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from harness import MASTER_KEY, REQUEST_COST, LiteLLMProxy
+from litellm_harness import MASTER_KEY, REQUEST_COST, LiteLLMProxy
 
 from jwtkeymap.core.assertion import AssertionSigner, SigningKey
 from jwtkeymap.core.claims import MappingIdentity
