@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +13,9 @@ import yaml
 from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
+from support.commands import run_jwtkeymap as jwtkeymap
 
 ISS = "https://idp.test.example"
-
-
-async def jwtkeymap(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JWTKEYMAP_")}
-    full_env.update(env or {})
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "jwtkeymap", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=60,
-    )
 
 
 @pytest.fixture

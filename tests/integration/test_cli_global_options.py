@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from jwtkeymap.core.db.rows import MappingRow
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
+from support.commands import run_jwtkeymap
 
 
 @pytest.fixture(params=["before", "after"])
@@ -164,27 +162,14 @@ async def test_operator_reads_them(spelling: str, database_url: str) -> None:
     assert f"configuration file {missing} does not exist" in result.output
 
 
-async def resolver_process(args: list[str]) -> subprocess.CompletedProcess[str]:
-    # A process of its own: the resolver installs signal handlers, which needs a main thread.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JWTKEYMAP_")}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "jwtkeymap", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 async def test_resolver_reads_them(spelling: str, config: Path, pg_server) -> None:
     missing = "/nonexistent/resolver.yaml"
-    result = await resolver_process(argv(spelling, ("--config", missing), ["resolver"]))
+    result = await run_jwtkeymap(*argv(spelling, ("--config", missing), ["resolver"]))
     assert result.returncode != 0
     assert f"configuration file {missing} does not exist" in result.stderr
     unusable = pg_server.url_for("no_such_database")
     listen = ["--listen", f"127.0.0.1:{free_port()}"]
     options = ("--config", str(config), "--database-url", unusable)
-    result = await resolver_process(argv(spelling, options, ["resolver", *listen]))
+    result = await run_jwtkeymap(*argv(spelling, options, ["resolver", *listen]))
     assert result.returncode == 1
     assert "no_such_database" in result.stderr and "Traceback" not in result.stderr

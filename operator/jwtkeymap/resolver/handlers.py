@@ -22,6 +22,7 @@ from jwtkeymap.resolver.service import Service, header_digest
 SERVICE = web.AppKey("service", Service)
 
 CHECK_PATH = "/check"
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 def is_check_path(path: str) -> bool:
@@ -60,6 +61,29 @@ async def answer_request(request: web.Request) -> Answer:
     return await request.app[SERVICE].answer(request.headers.get("Authorization"))
 
 
+async def handle_no_check(request: web.Request) -> web.Response:
+    """``/check`` in reverse-proxy mode: 404, never forwarded.
+
+    The check's 200 answer carries the key hash and the signed assertion, meant
+    for the upstream only; a client reaching the proxy's listener must never
+    obtain them.
+    """
+    return web.json_response(
+        {"error": {"type": "not_found", "code": 404, "message": "not found"}}, status=404
+    )
+
+
+async def handle_jwks(request: web.Request) -> web.Response:
+    """``GET /.well-known/jwks.json``: the assertion keys' public halves (404 when off)."""
+    signer = request.app[SERVICE].signer
+    if signer is None:
+        return await handle_no_check(request)
+    return web.Response(
+        body=signer.jwks_body,
+        headers={"Content-Type": "application/json", "Cache-Control": "max-age=60"},
+    )
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: the process is alive."""
     return web.json_response({"ok": True})
@@ -82,7 +106,8 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
 
     Serve it with ``server.ResolverRunner`` (``server.run`` does), which answers
     the check before the router; the check routes are registered here as well,
-    so any other runner serves the same contract, only slower.
+    so any other runner serves the same contract, only slower. In reverse-proxy
+    mode ``/check`` answers 404 (``handle_no_check``).
     """
     app = web.Application(handler_args={"max_field_size": check.MAX_HEADER_BYTES})
     metrics = Metrics()
@@ -99,8 +124,10 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
 
-    app.router.add_route("*", CHECK_PATH, handle_check)
-    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", handle_check)
+    check_route = handle_no_check if settings.upstream else handle_check
+    app.router.add_route("*", CHECK_PATH, check_route)
+    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", check_route)
+    app.router.add_get(JWKS_PATH, handle_jwks)
     app.router.add_get("/healthz", handle_healthz, allow_head=True)
     app.router.add_get("/readyz", handle_readyz, allow_head=True)
     app.router.add_get("/metrics", handle_metrics)

@@ -32,6 +32,9 @@ class ResolverRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        if self.app[SERVICE].settings.upstream:
+            # Reverse-proxy mode serves no check on its listener (handlers.handle_no_check).
+            return server
         routed = server.request_handler
         handle_check = check_handler(self.app[SERVICE])
 

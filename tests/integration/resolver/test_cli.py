@@ -66,9 +66,12 @@ async def test_resolver_process_serves_logs_json_and_drains_on_sigterm(
                 return False
 
         await wait_until(ready, timeout=20, what="resolver process ready")
+        # Proxy mode: /check is not served to clients; a request is checked and forwarded.
         async with http.get(f"{base}/check", headers=auth) as resp:
+            assert resp.status == 404
+        async with http.get(f"{base}/v1/models", headers=auth) as resp:
             assert resp.status == 200
-            assert resp.headers["x-jwtkeymap-key-hash"] == rows.key.token_hash
+        assert echo.identity_of()["x-jwtkeymap-key-hash"] == [rows.key.token_hash]
 
         # A request in flight when SIGTERM arrives is finished, new ones are refused.
         held = asyncio.ensure_future(http.get(f"{base}/hold", headers=auth))

@@ -88,8 +88,11 @@ class FakeRedis:
         self.calls.append(("close", ()))
 
 
-def test_litellm_cache_key_has_no_issuer() -> None:
-    assert cache_key(B) == "jwt_key_mapping:email:b@x"
+def test_litellm_cache_key_is_scoped_like_litellms() -> None:
+    # Issue 12: LiteLLM caches an issuer-scoped row under its issuer; a global row keeps
+    # the issuer-less key (tests/integration/litellm compares with LiteLLM's own function).
+    assert cache_key(A) == "jwt_key_mapping:email:a@x"
+    assert cache_key(B) == "jwt_key_mapping:https://idp:email:b@x"
 
 
 async def test_evict_deletes_then_publishes_each_key_once() -> None:
@@ -97,7 +100,7 @@ async def test_evict_deletes_then_publishes_each_key_once() -> None:
     cache = LiteLLMCache("redis://unused", client=fake, namespace="prod")
     await cache.evict([A, B, A])
     assert fake.calls == [
-        ("delete", ("jwt_key_mapping:email:a@x", "jwt_key_mapping:email:b@x")),
+        ("delete", ("jwt_key_mapping:email:a@x", "jwt_key_mapping:https://idp:email:b@x")),
         (
             "publish",
             (
@@ -109,7 +112,7 @@ async def test_evict_deletes_then_publishes_each_key_once() -> None:
             "publish",
             (
                 "prod:litellm_proxy.auth_cache_invalidation",
-                '{"cache_key": "jwt_key_mapping:email:b@x"}',
+                '{"cache_key": "jwt_key_mapping:https://idp:email:b@x"}',
             ),
         ),
     ]
