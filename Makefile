@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv tools demo test test-fast lint fmt bench bench-operator controlplane-up controlplane-down e2e chart-crds chart-lint clean
+.PHONY: help deps venv tools litellm demo test test-fast lint fmt bench bench-operator controlplane-up controlplane-down e2e chart-crds chart-lint clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ venv: $(STAMP) ## Create the virtualenv with the package and test tools.
 tools: ## Build or fetch kube-apiserver, etcd, kubectl and helm (cached outside the repo).
 	@hack/envtest/install.sh
 
+litellm: deps ## Build the pinned LiteLLM proxy the tests run (own virtualenv, cached outside the repo).
+	@hack/litellm/install.sh >/dev/null
+
 demo: deps venv ## Run the whole flow on a throwaway PostgreSQL, no cluster needed.
 	$(BIN)/jwtkeymap demo
 
@@ -34,7 +37,7 @@ lint: venv ## ruff (lint + format check) and mypy (strict on the package).
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: deps venv tools lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy), control plane.
+test: deps venv tools litellm lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy/LiteLLM), control plane.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv ## Unit tests only.
@@ -47,6 +50,7 @@ e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); 
 # when a chart copy differs, is missing, or has no source here.
 chart-crds: ## Copy crds/ into the Helm chart (the CRD is rendered from files/crds/; kopf's peering CRDs go to crds/).
 	cp crds/jwtkeymappings.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
+	cp crds/jwtkeymappingpolicies.jwtkeymap.io.yaml charts/jwtkeymap/files/crds/
 	cp crds/kopf-peering.yaml charts/jwtkeymap/crds/
 
 chart-lint: tools ## helm lint the chart with each of its ci/ values files.
@@ -54,11 +58,12 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 	  $$(hack/envtest/install.sh --check --print-env | sed -n 's/^JWTKEYMAP_HELM=//p') lint --strict charts/jwtkeymap -f $$values || exit 1; \
 	done
 
-bench: deps venv tools ## Every benchmark (figures, not pass/fail): core, resolver, operator, fleet.
+bench: deps venv tools litellm ## Every benchmark (figures, not pass/fail): core, resolver, operator, fleet, LiteLLM.
 	$(BIN)/python -P bench/core.py
 	$(BIN)/python -P bench/check.py
 	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)
 	$(BIN)/python -P bench/fleet.py
+	$(BIN)/python -P bench/litellm.py
 
 bench-operator: deps venv tools ## Operator benchmark: resume with 1,000 JWTKeyMappings, CR -> NOTIFY latency.
 	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)

@@ -17,6 +17,8 @@ a noisy neighbour on a shared machine disturbs far less than a ratio of medians.
 * cache miss:    1,000 mapped tokens in rotation, mapping cache disabled (TTL 0):
                  one PostgreSQL round trip per request
 * verify always: verified-token cache disabled: an RS256 verification per request
+* cache hit, assertion: the cache hit with the signed identity assertion on (issue 12):
+                 the 200 answer carries an Ed25519-signed x-jwtkeymap-assertion
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ def run(
             ("cache hit", {}, one),
             ("cache miss (PostgreSQL)", {"positive_ttl_seconds": 0}, many),
             ("verify every request (RS256)", {"token_cache_ttl_seconds": 0}, one),
+            ("cache hit, assertion signed", {"assertion": {"enabled": True}}, one),
         ]
         targets = []
         for i, (name, overrides, script) in enumerate(scenarios):
@@ -298,9 +301,10 @@ def main() -> None:
         sys.exit("wrk not found: run `make deps` (Debian package wrk)")
     results = run(args.seconds, args.warmup, args.rounds)
     print(table(results))
-    hit, miss = results[1], results[2]
+    hit, miss, signed = results[1], results[2], results[4]
     print(
         f"\ncache hit: {hit[1]['x_rps']:.2f}x the trivial handler's throughput (target >= 0.9; "
+        f"with assertions on {signed[1]['x_rps']:.2f}x, target >= 0.9; "
         f"by server CPU per request {hit[1]['x_cpu']:.2f}x), unloaded p50 "
         f"{1 / hit[2]['x_p50']:.2f}x its round trip (target <= 1.3); "
         f"cache miss: unloaded p50 {miss[2]['p50'] / 1000:.3f} ms (target <= 0.4)"

@@ -366,6 +366,8 @@ async def controlplane(args: argparse.Namespace) -> str:
                       "crd/jwtkeymappings.jwtkeymap.io", check=True)  # fmt: skip
         namespace = f"bench-{uuid.uuid4().hex[:6]}"
         plane.kubectl("create", "namespace", namespace, check=True)
+        resume = _load(REPO / "bench" / "operator_resume.py", "bench_operator_resume")
+        resume.install_tenancy(plane, namespace, "sub")
         store = await Store.open(url, min_size=1, max_size=1)
         _, k = await store.create_key(NewKey(team_id="bench"), actor="bench")
         await store.close()
@@ -382,7 +384,7 @@ async def controlplane(args: argparse.Namespace) -> str:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
                 body = {"apiVersion": "jwtkeymap.io/v1alpha1", "kind": "JWTKeyMapping",
                         "metadata": {"name": "alice"},
-                        "spec": {"claim": {"name": "sub", "value": "alice"},
+                        "spec": {"issuer": "*", "claim": {"name": "sub", "value": "alice"},
                                  "key": {"hash": k.token_hash}}}  # fmt: skip
                 async with http.post(api, json=body, headers=auth, ssl=tls) as resp:
                     assert resp.status == 201, await resp.text()

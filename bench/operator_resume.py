@@ -53,6 +53,24 @@ def operator_writes() -> float:
     return REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", labels) or 0.0
 
 
+def install_tenancy(plane: ControlPlane, namespace: str, claim: str) -> None:
+    """The policy CRD and a policy letting ``namespace`` map any ``claim`` (secure by default)."""
+    crd = "jwtkeymappingpolicies.jwtkeymap.io"
+    plane.kubectl("apply", "-f", str(REPO / "crds" / f"{crd}.yaml"), check=True)
+    plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", check=True)
+    policy = {
+        "apiVersion": "jwtkeymap.io/v1alpha1",
+        "kind": "JWTKeyMappingPolicy",
+        "metadata": {"name": f"bench-{namespace}"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "issuers": ["*"],
+            "claims": [{"name": claim, "values": ["*"]}],
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
+
+
 def manifest_list(namespace: str, count: int, tokens: list[str]) -> str:
     items = [
         {
@@ -60,6 +78,7 @@ def manifest_list(namespace: str, count: int, tokens: list[str]) -> str:
             "kind": "JWTKeyMapping",
             "metadata": {"name": f"user-{i:05d}", "namespace": namespace},
             "spec": {
+                "issuer": "*",
                 "claim": {"name": "email", "value": f"user-{i:05d}@bench.example"},
                 "key": {"hash": tokens[i]},
             },
@@ -187,6 +206,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     )
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace, check=True)
+    install_tenancy(plane, namespace, "email")
     await wait_until(
         lambda: _discoverable(plane, namespace), timeout=30, what="jwtkeymappings served"
     )

@@ -241,7 +241,17 @@ cat "$values"
 run helm install jwtkeymap "$ROOT/charts/jwtkeymap" -n "$SYSTEM_NS" -f "$values" \
   --wait --timeout 5m
 
-step "Apply a JWTKeyMapping and wait until it is Ready"
+step "Apply a first JWTKeyMappingPolicy (nothing is mapped without one) and a JWTKeyMapping"
+apply <<EOF
+apiVersion: jwtkeymap.io/v1alpha1
+kind: JWTKeyMappingPolicy
+metadata: {name: e2e-app}
+spec:
+  namespaceSelector:
+    matchLabels: {kubernetes.io/metadata.name: $APP_NS}
+  issuers: ["$ISSUER"]
+  claims: [{name: email, values: ["*@example.com"]}]
+EOF
 apply <<EOF
 apiVersion: jwtkeymap.io/v1alpha1
 kind: JWTKeyMapping

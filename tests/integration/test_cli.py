@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +13,9 @@ import yaml
 from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
+from support.commands import run_jwtkeymap as jwtkeymap
 
 ISS = "https://idp.test.example"
-
-
-async def jwtkeymap(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("JWTKEYMAP_")}
-    full_env.update(env or {})
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "jwtkeymap", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=60,
-    )
 
 
 @pytest.fixture
@@ -83,13 +65,16 @@ async def test_map_lifecycle_and_decisions(
     base = ("--config", str(config), "--database-url", database_url)
     key = (await jwtkeymap(*base, "key", "create", "--team-id", "team-a")).stdout.strip()
     added = await jwtkeymap(
-        *base, "map", "add", "alice@example.com", "--key", key, "--description", "Alice"
-    )
+        *base, "map", "add", "alice@example.com", "--key", key, "--description", "Alice",
+        "--any-issuer",
+    )  # fmt: skip
     assert added.returncode == 0, added.stderr
     mapping_id = added.stdout.split()[2]
 
     listing = await jwtkeymap(*base, "map", "list")
     assert "alice@example.com" in listing.stdout and fingerprint(hash_key(key)) in listing.stdout
+    # The global scope is listed as "*", as manifests spell it.
+    assert listing.stdout.splitlines()[1].split()[1] == "*"
     assert hash_key(key) not in listing.stdout and key not in listing.stdout
     rows = json.loads((await jwtkeymap(*base, "map", "list", "-o", "json")).stdout)
     assert rows[0]["id"] == mapping_id and rows[0]["active"] is True and "token" not in rows[0]
@@ -118,18 +103,31 @@ async def test_map_lifecycle_and_decisions(
 async def test_duplicate_mapping_is_a_conflict(database_url: str) -> None:
     base = ("--database-url", database_url)
     key = (await jwtkeymap(*base, "key", "create")).stdout.strip()
-    assert (await jwtkeymap(*base, "map", "add", "bob", "--key", key)).returncode == 0
-    dup = await jwtkeymap(*base, "map", "add", "bob", "--key", key)
+    scope = ("--issuer", "https://idp.example.com")
+    assert (await jwtkeymap(*base, "map", "add", "bob", "--key", key, *scope)).returncode == 0
+    dup = await jwtkeymap(*base, "map", "add", "bob", "--key", key, *scope)
     assert dup.returncode == 1 and "conflict" in dup.stderr
-    unknown = await jwtkeymap(*base, "map", "add", "carol", "--key", "sk-does-not-exist")
+    # The same sub from another issuer is someone else: a mapping of its own.
+    other = await jwtkeymap(
+        *base, "map", "add", "bob", "--key", key, "--issuer", "https://b.example"
+    )
+    assert other.returncode == 0, other.stderr
+    unknown = await jwtkeymap(
+        *base, "map", "add", "carol", "--key", "sk-does-not-exist", "--any-issuer"
+    )
     assert unknown.returncode == 1 and "key not found" in unknown.stderr
 
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("map", "add", "x", "--key-hash", "ABC"), "64 lowercase hex"),
-        (("map", "add", "x"), "exactly one of --key"),
+        (("map", "add", "x", "--key-hash", "ABC", "--any-issuer"), "64 lowercase hex"),
+        (("map", "add", "x", "--any-issuer"), "exactly one of --key"),
+        # No silent default scope: the error names both ways to give one.
+        (("map", "add", "x", "--key", "sk-x"), "--issuer URL (tokens of that issuer only) or"),
+        (("map", "add", "x", "--key", "sk-x"), "--any-issuer (any trusted issuer)"),
+        (("map", "add", "x", "--key", "sk-x", "--issuer", "https://i", "--any-issuer"), "--issuer"),
+        (("map", "add", "x", "--key", "sk-x", "--issuer", "idp.example"), "an issuer URL"),
     ],
 )
 async def test_usage_errors(database_url: str, args: tuple[str, ...], fragment: str) -> None:

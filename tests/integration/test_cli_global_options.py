@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from jwtkeymap.core.db.rows import MappingRow
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
+from support.commands import run_jwtkeymap
 
 
 @pytest.fixture(params=["before", "after"])
@@ -96,6 +94,7 @@ async def test_key_create(spelling: str, database_url: str, db: asyncpg.Connecti
 async def test_map_add(spelling: str, database_url: str, store: Store) -> None:
     _, key = await store.create_key(NewKey(team_id="team-a"), actor="test")
     command = ["map", "add", "bob@example.com", "--claim", "email", "--key-hash", key.token_hash]
+    command.append("--any-issuer")
     result = await jwtkeymap(argv(spelling, ("--database-url", database_url), command))
     assert result.exit_code == 0, result.output
     assert "added mapping" in result.output and "email=bob@example.com" in result.output
@@ -144,7 +143,7 @@ async def test_apply_and_diff(
     manifest.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: carol, namespace: team-a}\n"
-        f"spec: {{claim: {{name: email, value: carol@example.com}}, key: {{hash: {key.token_hash}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: carol@example.com}}, key: {{hash: {key.token_hash}}}}}\n"
     )
     options = ("--database-url", database_url)
     result = await jwtkeymap(argv(spelling, options, [verb, "-f", str(manifest)]))
@@ -163,27 +162,14 @@ async def test_operator_reads_them(spelling: str, database_url: str) -> None:
     assert f"configuration file {missing} does not exist" in result.output
 
 
-async def resolver_process(args: list[str]) -> subprocess.CompletedProcess[str]:
-    # A process of its own: the resolver installs signal handlers, which needs a main thread.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JWTKEYMAP_")}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "jwtkeymap", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 async def test_resolver_reads_them(spelling: str, config: Path, pg_server) -> None:
     missing = "/nonexistent/resolver.yaml"
-    result = await resolver_process(argv(spelling, ("--config", missing), ["resolver"]))
+    result = await run_jwtkeymap(*argv(spelling, ("--config", missing), ["resolver"]))
     assert result.returncode != 0
     assert f"configuration file {missing} does not exist" in result.stderr
     unusable = pg_server.url_for("no_such_database")
     listen = ["--listen", f"127.0.0.1:{free_port()}"]
     options = ("--config", str(config), "--database-url", unusable)
-    result = await resolver_process(argv(spelling, options, ["resolver", *listen]))
+    result = await run_jwtkeymap(*argv(spelling, options, ["resolver", *listen]))
     assert result.returncode == 1
     assert "no_such_database" in result.stderr and "Traceback" not in result.stderr

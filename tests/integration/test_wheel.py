@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # What may sit directly under jwtkeymap/ in the wheel: the package's own modules and its
 # layers. A new top-level folder (a `testing/`, say) has to be added here on purpose.
 TOP_LEVEL = {"__init__.py", "__main__.py", "py.typed", "cli", "core", "demo"}
-TOP_LEVEL |= {"operator", "resolver"}
+TOP_LEVEL |= {"operator", "resolver", "litellm_hook.py"}
 DEMO_DATA = {"jwtkeymap/demo/data/mappings/team-alpha.yaml"}
 DEMO_DATA |= {"jwtkeymap/demo/data/mappings/team-beta.yaml"}
 

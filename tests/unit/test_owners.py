@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jwtkeymap.core.owners import (
+    AUTO_REGISTERED,
     Owner,
     OwnerKind,
     k8s_owner,
@@ -30,3 +31,8 @@ def test_parse_round_trips() -> None:
 @pytest.mark.parametrize("text", ["", "k8s", "helm:release", "K8S:u", "psql"])
 def test_foreign_owner_text_is_not_parsed(text: str) -> None:
     assert parse_owner(text) is None
+
+
+def test_auto_registered_rows_have_an_owner_of_their_own_kind() -> None:
+    assert parse_owner(AUTO_REGISTERED) == Owner(OwnerKind.AUTO_REGISTER, "resolver")
+    assert not AUTO_REGISTERED.startswith(owner_prefix(OwnerKind.OFFLINE))

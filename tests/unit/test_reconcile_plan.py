@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.rows import MappingRow
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
+from jwtkeymap.core.owners import AUTO_REGISTER_ACTOR, AUTO_REGISTERED
+from jwtkeymap.core.reconcile.desired import (
+    ADOPT_ANYTHING,
+    Adoptable,
+    DesiredMapping,
+    ReconcileOutcome,
+)
 from jwtkeymap.core.reconcile.plan import Write, plan
 
 ALICE = MappingIdentity("https://idp", "sub", "alice")
@@ -71,11 +77,13 @@ def test_stale_rows_of_ours_are_dropped_even_when_unchanged() -> None:
     assert p.drop == ("m0",) and p.statements == 1
 
 
-def test_another_owner_is_a_conflict_naming_it_without_adoption_hint() -> None:
+def test_another_owner_is_a_conflict_without_its_name_nor_adoption_hint() -> None:
     theirs = row("t1", owner="k8s:uid-other", ref="other/res")
-    p = plan([], theirs, True, want(adopt=True))
+    p = plan([], theirs, True, want(adopt=True, may_adopt=ADOPT_ANYTHING))
     assert p.result.outcome is ReconcileOutcome.CONFLICT
-    assert p.result.conflict_owner == "JWTKeyMapping other/res"
+    # The holder may be another tenant's resource: its namespace and name stay unsaid.
+    assert p.result.conflict_owner == "another JWTKeyMapping"
+    assert "other" not in p.result.message.replace("another", "")
     assert "adopt" not in p.result.message
     assert p.statements == 0 and not p.take_ownership
 
@@ -93,7 +101,7 @@ def test_conflict_is_reported_before_a_missing_key() -> None:
     theirs = row("t1", owner="offline:ns/x", ref=None)
     p = plan([], theirs, False, want())
     assert p.result.outcome is ReconcileOutcome.CONFLICT
-    assert p.result.conflict_owner == "offline manifest ns/x"
+    assert p.result.conflict_owner == "an offline manifest"
 
 
 def test_missing_key_writes_nothing_and_keeps_our_old_row() -> None:
@@ -107,7 +115,7 @@ def test_missing_key_writes_nothing_and_keeps_our_old_row() -> None:
 
 def test_adopting_an_identical_unowned_row_only_takes_ownership() -> None:
     unowned = row("u1", owner=None)
-    p = plan([], unowned, True, want(adopt=True))
+    p = plan([], unowned, True, want(adopt=True, may_adopt={Adoptable.UNOWNED}))
     assert p.result.outcome is ReconcileOutcome.ADOPTED
     assert (p.write, p.row_id, p.take_ownership, p.statements) == (Write.NONE, "u1", True, 0)
     assert p.result.changes == ()
@@ -115,7 +123,7 @@ def test_adopting_an_identical_unowned_row_only_takes_ownership() -> None:
 
 def test_adopting_a_different_row_updates_it_and_drops_what_we_owned() -> None:
     unowned, old = row("u1", owner=None, active=False), row("m0", BOB)
-    p = plan([old], unowned, True, want(adopt=True))
+    p = plan([old], unowned, True, want(adopt=True, may_adopt=ADOPT_ANYTHING))
     assert p.result.outcome is ReconcileOutcome.ADOPTED
     assert (p.write, p.row_id, p.drop) == (Write.UPDATE, "u1", ("m0",))
     assert p.result.changes == ("active",)
@@ -136,3 +144,35 @@ def test_only_writes_touch_identities() -> None:
     mine = row("m1")
     assert plan([mine], mine, True, want()).result.touched_identities == ()
     assert plan([], None, True, want()).result.touched_identities == (ALICE,)
+
+
+def test_adoption_is_denied_unless_a_policy_allows_that_kind_of_row() -> None:
+    unowned = row("u1", owner=None, ref=None, created_by="psql")
+    auto = row("a1", owner=AUTO_REGISTERED, ref=AUTO_REGISTERED)
+    legacy_auto = row("a0", owner=None, ref=None, created_by=AUTO_REGISTER_ACTOR)
+    only_unowned = want(adopt=True, may_adopt={Adoptable.UNOWNED})
+    for target in (auto, legacy_auto):
+        p = plan([], target, True, only_unowned)
+        assert p.result.outcome is ReconcileOutcome.POLICY_DENIED
+        assert p.result.outcome.failed and not p.result.outcome.wrote
+        assert (p.statements, p.take_ownership) == (0, False)
+        assert p.result.message == (
+            "https://idp sub=alice is already mapped by an auto-registered mapping, and no "
+            "policy lets this declaration adopt auto-registered mappings"
+        )
+    assert plan([], unowned, True, only_unowned).result.outcome is ReconcileOutcome.ADOPTED
+    # Secure by default: a declaration that no policy lets adopt adopts nothing.
+    denied = plan([], unowned, True, want(adopt=True)).result
+    assert denied.outcome is ReconcileOutcome.POLICY_DENIED
+    assert denied.message.endswith("adopt unowned mappings")
+
+
+def test_an_allowed_auto_registered_row_is_adopted_by_request_only() -> None:
+    auto = row("a1", owner=AUTO_REGISTERED, ref=AUTO_REGISTERED)
+    asked = plan([], auto, True, want(adopt=True, may_adopt={Adoptable.AUTO_REGISTERED}))
+    assert asked.result.outcome is ReconcileOutcome.ADOPTED
+    assert asked.result.message == "adopted an auto-registered mapping"
+    assert (asked.row_id, asked.take_ownership) == ("a1", True)
+    unasked = plan([], auto, True, want(may_adopt=ADOPT_ANYTHING)).result
+    assert unasked.outcome is ReconcileOutcome.CONFLICT
+    assert 'jwtkeymap.io/adopt: "true"' in unasked.message

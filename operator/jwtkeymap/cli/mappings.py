@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
 from jwtkeymap.cli.context import ACTOR, Context, Group, pass_ctx
 from jwtkeymap.cli.output import format_table
-from jwtkeymap.core.claims import MappingIdentity, canonicalize
+from jwtkeymap.core.claims import ISSUER_URL, MappingIdentity, canonicalize
 from jwtkeymap.core.errors import ClaimError, MappingNotFound
 from jwtkeymap.core.keys import hash_key, is_key_hash
 
@@ -30,7 +31,10 @@ def _identity(ctx: Context, issuer: str, claim: str | None, value: str) -> Mappi
 @map_group.command("add")
 @click.argument("value")
 @click.option("--claim", help="Claim name (default: the configured claim_field).")
-@click.option("--issuer", default="", help="Issuer scope; empty means any trusted issuer.")
+@click.option("--issuer", help="Issuer URL this mapping applies to (tokens of other issuers miss).")
+@click.option(
+    "--any-issuer", is_flag=True, help="Apply to tokens of any trusted issuer (the global scope)."
+)
 @click.option("--key", "key_plain", envvar="JWTKEYMAP_KEY", help="Plaintext virtual key.")
 @click.option("--key-hash", help="sha256 hex of an existing virtual key.")
 @click.option("--description")
@@ -40,13 +44,23 @@ async def map_add(
     ctx: Context,
     value: str,
     claim: str | None,
-    issuer: str,
+    issuer: str | None,
+    any_issuer: bool,
     key_plain: str | None,
     key_hash: str | None,
     description: str | None,
     inactive: bool,
 ) -> None:
-    """Map a claim VALUE to a key (give exactly one of --key or --key-hash)."""
+    """Map a claim VALUE to a key (give exactly one of --key or --key-hash, and a scope)."""
+    # No default scope: a sub is unique only within one issuer, so a silent "any issuer"
+    # would hand one user's key to a namesake at another trusted issuer.
+    if (issuer is None) == (not any_issuer):
+        raise click.UsageError(
+            "give the scope: --issuer URL (tokens of that issuer only) or --any-issuer "
+            "(any trusted issuer)"
+        )
+    if issuer is not None and not re.fullmatch(ISSUER_URL, issuer):
+        raise click.BadParameter("must be an issuer URL (https://…)", param_hint="--issuer")
     if bool(key_plain) == bool(key_hash):
         raise click.UsageError("give exactly one of --key (plaintext) or --key-hash (its sha256)")
     if key_hash is not None and not is_key_hash(key_hash):
@@ -55,7 +69,7 @@ async def map_add(
             param_hint="--key-hash",
         )
     token_hash = key_hash or hash_key(key_plain or "")
-    identity = _identity(ctx, issuer, claim, value)
+    identity = _identity(ctx, issuer or "", claim, value)
     async with ctx.store() as store:
         row = await store.add_mapping(
             identity, token_hash, description=description, active=not inactive, actor=ACTOR

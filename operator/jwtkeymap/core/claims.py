@@ -20,6 +20,10 @@ from typing import Any, Final
 from jwtkeymap.core.errors import ClaimInvalid, ClaimMissing
 
 MAX_CLAIM_VALUE_LENGTH: Final = 1024
+# How a declared mapping names its scope: an issuer URL, or ANY_ISSUER for the global
+# scope, which LiteLLM stores as ``''``.
+ISSUER_URL: Final = r"https?://\S+"
+ANY_ISSUER: Final = "*"
 _ESCAPED_DOT: Final = "\x00"
 # Claims that hold OAuth scopes: a space-separated list of words (RFC 8693 4.2).
 SCOPE_CLAIMS: Final = frozenset({"scope", "scp"})

@@ -67,3 +67,15 @@ class MappingNotFound(StoreError):
 
 class IdentityProviderUnavailable(JwtKeyMapError):
     """The identity provider (userinfo endpoint) cannot answer right now; callers retry."""
+
+
+class InvalidAssertion(JwtKeyMapError):
+    """A signed identity assertion is malformed, badly signed, expired or not for us.
+
+    ``reason`` is machine-readable (``malformed``, ``unknown_kid``, ``bad_signature``,
+    ``expired``, ``wrong_audience``, ``wrong_issuer``, ``keys_unavailable``, ...).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,10 +1,15 @@
 """Evicting LiteLLM's own cache of JWT key mappings, through its Redis.
 
-A LiteLLM proxy caches a mapping under ``jwt_key_mapping:{claim_name}:{claim_value}``
-in its auth cache, and proxies drop in-memory copies when a ``{"cache_key": …}``
-message arrives on ``litellm_proxy.auth_cache_invalidation``. Deleting the key
-and publishing the message makes a change visible to LiteLLM at once instead
-of after its TTL.
+A LiteLLM proxy caches each scope of a mapping lookup under its own key in its
+auth cache (hits and ``__NO_MAPPING__`` misses alike): a global row under
+``jwt_key_mapping:{claim_name}:{claim_value}``, an issuer-scoped one under
+``jwt_key_mapping:{issuer}:{claim_name}:{claim_value}`` (LiteLLM's
+``jwt_key_mapping_cache_key``). Proxies drop in-memory copies when a
+``{"cache_key": …}`` message arrives on ``litellm_proxy.auth_cache_invalidation``
+(prefixed by the Redis namespace when one is set). Deleting the key and
+publishing the message makes a change visible to LiteLLM at once instead of
+after its TTL. The formats are LiteLLM's; tests/integration/litellm compares them
+with the pinned LiteLLM's own functions.
 
 This is best effort by design: Redis being slow or down must never delay or
 fail a reconcile (the database is the source of truth, and LiteLLM's TTL bounds
@@ -35,8 +40,10 @@ EVICTIONS = Counter(
 
 
 def cache_key(identity: MappingIdentity) -> str:
-    """LiteLLM's cache key for a mapping (it has no issuer dimension)."""
-    return f"jwt_key_mapping:{identity.claim_name}:{identity.claim_value}"
+    """LiteLLM's cache key for a mapping row: the issuer's scope, or the global one."""
+    if not identity.issuer:
+        return f"jwt_key_mapping:{identity.claim_name}:{identity.claim_value}"
+    return f"jwt_key_mapping:{identity.issuer}:{identity.claim_name}:{identity.claim_value}"
 
 
 class LiteLLMCache:

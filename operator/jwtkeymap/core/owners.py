@@ -3,9 +3,11 @@
 The reconcile core records an owner next to every row it writes, as text
 ``<kind>:<key>``: ``k8s:<uid>`` for a JWTKeyMapping in a cluster (the uid, so a
 rename keeps the row), ``offline:<namespace>/<name>`` for a manifest applied by
-``jwtkeymap apply``. The format is built and read here only, so the operator,
-the offline mode and the conflict messages agree on it, and a prune by prefix
-can never reach another kind's rows.
+``jwtkeymap apply``, ``auto-register:resolver`` for a row the resolver created for
+an unregistered client (so that only a policy that allows it can adopt it). The
+format is built and read here only, so the operator, the offline mode and the
+conflict messages agree on it, and a prune by prefix can never reach another
+kind's rows.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class OwnerKind(enum.StrEnum):
 
     K8S = "k8s"
     OFFLINE = "offline"
+    AUTO_REGISTER = "auto-register"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +51,11 @@ def k8s_owner(uid: str) -> str:
 def offline_owner(namespace: str, name: str) -> str:
     """Owner id of a mapping declared by an offline manifest."""
     return str(Owner(OwnerKind.OFFLINE, f"{namespace}/{name}"))
+
+
+# ``created_by`` of rows auto-registered before they were given an owner: still told apart.
+AUTO_REGISTER_ACTOR: Final = "jwtkeymap:auto_register"
+AUTO_REGISTERED: Final = f"{OwnerKind.AUTO_REGISTER.value}{_SEPARATOR}resolver"
 
 
 def parse_owner(owner: str) -> Owner | None:

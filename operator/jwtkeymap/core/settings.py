@@ -130,6 +130,37 @@ class AutoRegisterSettings(_Strict):
     key_defaults: KeyDefaults = Field(default_factory=KeyDefaults)
 
 
+class AssertionSettings(_Strict):
+    """The signed identity assertion the resolver sends upstream (``x-jwtkeymap-assertion``).
+
+    On with ``enabled: true`` or a ``signing_key_file``. Without a file the resolver
+    signs with an ephemeral Ed25519 key made at start, which never leaves the process:
+    right for a sidecar whose gateway reads its JWKS over loopback, wrong for several
+    resolvers behind one gateway (each would have its own key).
+    """
+
+    enabled: bool = False
+    # A PEM file of PKCS#8 private keys (Ed25519 or EC P-256): the first signs, all
+    # are published, so a key is rotated by adding it second, then moving it first.
+    signing_key_file: Path | None = None
+    issuer: str = Field(default="jwtkeymap", min_length=1)
+    audience: str = Field(default="litellm", min_length=1)
+    ttl_seconds: int = Field(default=30, ge=1, le=300)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_turns_on(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("signing_key_file") and "enabled" not in data:
+            data = {**data, "enabled": True}
+        return data
+
+    @model_validator(mode="after")
+    def _file_needs_enabled(self) -> AssertionSettings:
+        if self.signing_key_file is not None and not self.enabled:
+            raise ValueError("signing_key_file is set but enabled is false")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of jwtkeymap; the same model for the CLI, resolver and operator."""
 
@@ -183,6 +214,7 @@ class Settings(BaseSettings):
     listen: str = "0.0.0.0:8080"
     upstream: str | None = None
     strip_authorization: bool = False
+    assertion: AssertionSettings = Field(default_factory=AssertionSettings)
     shutdown_grace_seconds: float = Field(default=20, ge=0)
     # What a client can cost before it has shown a token (docs/resolver.md, "Limits").
     # The Authorization header may be this long (a 16 KiB token and its scheme) ...

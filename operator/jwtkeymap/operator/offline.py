@@ -9,6 +9,11 @@ that an earlier offline run created.
 
 All manifests are validated before anything is written: a typo in one file must
 not make ``--prune`` delete the mapping that file declares.
+
+There is no cluster to hold JWTKeyMappingPolicies, so the ones found in the files
+(``kind: JWTKeyMappingPolicy``, with ``kind: Namespace`` documents for their labels)
+are enforced as the operator enforces them. Without any, every mapping is applied
+and may adopt what it asks to: whoever runs this holds the database credentials.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import yaml
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.owners import OwnerKind, offline_owner, owner_prefix
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.desired import (
+    ADOPT_ANYTHING,
+    Adoptable,
+    DesiredMapping,
+    ReconcileOutcome,
+    ReconcileResult,
+)
 from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
@@ -36,6 +47,7 @@ from jwtkeymap.operator.resource import (
     MappingSpec,
     SpecError,
     desired_mapping,
+    identity_of,
     parse_spec,
 )
 from jwtkeymap.operator.secrets import (
@@ -44,6 +56,7 @@ from jwtkeymap.operator.secrets import (
     decode_value,
     key_hash_from_data,
 )
+from jwtkeymap.operator.tenancy import POLICY_KIND, Policy, PolicyError, admit, parse_policy
 
 ENV_PREFIX: Final = "JWTKEYMAP_SECRET_"
 _MANIFEST_SUFFIXES: Final = (".yaml", ".yml", ".json")
@@ -74,6 +87,8 @@ class Manifests:
     """Everything read from the given paths."""
 
     mappings: list[ManifestMapping] = dataclasses.field(default_factory=list)
+    policies: list[Policy] = dataclasses.field(default_factory=list)
+    namespace_labels: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # (namespace, name) -> key -> plaintext value; never printed.
     secrets: dict[tuple[str, str], dict[str, str]] = dataclasses.field(default_factory=dict)
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -140,7 +155,7 @@ def _read_document(
         for i, item in enumerate(doc["items"]):
             _read_document(item, f"{where}: items[{i}]", default_namespace, out, seen)
         return
-    if kind not in (KIND, "Secret"):
+    if kind not in (KIND, POLICY_KIND, "Secret", "Namespace"):
         out.skipped.append(f"{where}: skipped {kind or 'an object without kind'}")
         return
     meta = doc.get("metadata")
@@ -149,6 +164,9 @@ def _read_document(
     name = meta.get("name")
     if not isinstance(name, str) or not DNS_SUBDOMAIN_RE.match(name) or len(name) > 253:
         raise ManifestError(f"{where}: metadata.name: must be a DNS subdomain name")
+    if kind in (POLICY_KIND, "Namespace"):
+        _read_cluster_object(doc, kind, name, where, out)
+        return
     namespace = meta.get("namespace") or default_namespace
     if not isinstance(namespace, str) or not DNS_SUBDOMAIN_RE.match(namespace):
         raise ManifestError(f"{where}: metadata.namespace: must be a DNS label")
@@ -181,6 +199,25 @@ def _read_document(
             source=where,
         )
     )
+
+
+def _read_cluster_object(
+    doc: Mapping[str, Any], kind: str, name: str, where: str, out: Manifests
+) -> None:
+    """A policy, or the labels of a namespace (which its policies' selectors read)."""
+    expected = "v1" if kind == "Namespace" else API_VERSION
+    if doc.get("apiVersion") != expected:
+        raise ManifestError(f"{where}: apiVersion: expected {expected} for a {kind}")
+    if kind == "Namespace":
+        labels = doc["metadata"].get("labels") or {}
+        if not isinstance(labels, dict):
+            raise ManifestError(f"{where}: metadata.labels: must be a mapping")
+        out.namespace_labels[name] = {str(k): str(v) for k, v in labels.items()}
+        return
+    try:
+        out.policies.append(parse_policy(name, doc.get("spec")))
+    except PolicyError as exc:
+        raise ManifestError(f"{where} ({POLICY_KIND} {name}): {exc}") from None
 
 
 def _secret_values(doc: Mapping[str, Any], where: str) -> dict[str, str]:
@@ -224,7 +261,14 @@ class Row:
 
 
 FAILURES: Final = frozenset(
-    {"conflict", "key-not-found", "secret-not-found", "secret-key-missing", "invalid"}
+    {
+        "conflict",
+        "policy-denied",
+        "key-not-found",
+        "secret-not-found",
+        "secret-key-missing",
+        "invalid",
+    }
 )
 # What a dry run calls each outcome.
 _PLANNED: Final = {
@@ -280,6 +324,24 @@ def resolve_key(mapping: ManifestMapping, manifests: Manifests, *, secret_from_e
     return key_hash_from_data(values, secret=label, key=ref.key, encoded=False)
 
 
+class _Denied(Exception):
+    """No policy in the files allows a mapping."""
+
+
+def _admitted(
+    mapping: ManifestMapping, manifests: Manifests, settings: Settings
+) -> frozenset[Adoptable]:
+    """What the mapping may adopt; raise _Denied when the policies in the files refuse it."""
+    if not manifests.policies:
+        return ADOPT_ANYTHING
+    identity = identity_of(mapping.spec, settings)
+    labels = manifests.namespace_labels.get(mapping.namespace)
+    answer = admit(manifests.policies, mapping.namespace, labels, identity)
+    if not answer.allowed:
+        raise _Denied(answer.reason)
+    return answer.may_adopt
+
+
 async def reconcile(
     reconciler: Reconciler,
     manifests: Manifests,
@@ -294,6 +356,7 @@ async def reconcile(
     for mapping in manifests.mappings:
         issuer, claim = _claim(None, mapping.spec)
         try:
+            may_adopt = _admitted(mapping, manifests, settings)
             token_hash = resolve_key(mapping, manifests, secret_from_env=secret_from_env)
             want: DesiredMapping = desired_mapping(
                 mapping.spec,
@@ -302,7 +365,11 @@ async def reconcile(
                 owner=offline_owner(mapping.namespace, mapping.name),
                 ref=mapping.ref,
                 annotations=mapping.annotations,
+                may_adopt=may_adopt,
             )
+        except _Denied as exc:
+            rows.append(Row(mapping.ref, issuer, claim, "-", "policy-denied", str(exc)))
+            continue
         except SecretNotFound as exc:
             rows.append(Row(mapping.ref, issuer, claim, "-", "secret-not-found", str(exc)))
             continue

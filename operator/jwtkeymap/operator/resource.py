@@ -12,10 +12,16 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jwtkeymap.core.claims import MappingIdentity, canonicalize, split_path
+from jwtkeymap.core.claims import (
+    ANY_ISSUER,
+    ISSUER_URL,
+    MappingIdentity,
+    canonicalize,
+    split_path,
+)
 from jwtkeymap.core.errors import ClaimError, JwtKeyMapError
 from jwtkeymap.core.keys import is_key_hash
-from jwtkeymap.core.reconcile.desired import DesiredMapping
+from jwtkeymap.core.reconcile.desired import Adoptable, DesiredMapping
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.names import DNS_SUBDOMAIN
 
@@ -43,7 +49,9 @@ class SpecError(JwtKeyMapError):
         self.detail = message
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Coerces nothing and reads a null as an absent field, as the API server does."""
+
     # strict: the API server coerces nothing ("true" is not a boolean), so neither do we.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
@@ -57,14 +65,14 @@ class _Strict(BaseModel):
         return data
 
 
-class SecretRef(_Strict):
+class SecretRef(StrictModel):
     """A key in a Secret of the mapping's namespace that holds the plaintext virtual key."""
 
     name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
-class KeySource(_Strict):
+class KeySource(StrictModel):
     """Where the virtual key comes from: exactly one of a Secret or a hash."""
 
     secret_ref: SecretRef | None = Field(default=None, alias="secretRef")
@@ -87,7 +95,7 @@ class KeySource(_Strict):
         return self
 
 
-class Claim(_Strict):
+class Claim(StrictModel):
     """The identifying claim and its value."""
 
     name: str = Field(min_length=1, max_length=256)
@@ -105,15 +113,38 @@ class Claim(_Strict):
         return value
 
 
-class MappingSpec(_Strict):
+ISSUER_PATTERN: Final = rf"^(\*|{ISSUER_URL})$"
+ISSUER_REQUIRED: Final = (
+    'required: set an issuer URL (e.g. https://idp.example.com), or "*" for any trusted '
+    "issuer; a sub is unique only within one issuer"
+)
+
+
+class MappingSpec(StrictModel):
     """``spec`` of a JWTKeyMapping."""
 
-    issuer: str = Field(default="", max_length=512)
+    # Required, but by a rule of our own rather than the schema's `required`: the CRD's CEL
+    # rule and this validator both name the two spellings, where "Required value" would not.
+    issuer: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=ISSUER_PATTERN, validate_default=True
+    )
     claim: Claim
     key: KeySource
     description: str | None = Field(default=None, max_length=1024)
     active: bool = True
     deletion_policy: Literal["Delete", "Retain"] = Field(default="Delete", alias="deletionPolicy")
+
+    @field_validator("issuer")
+    @classmethod
+    def _scope_is_explicit(cls, value: str | None) -> str | None:
+        if value is None:
+            raise ValueError(ISSUER_REQUIRED)
+        return value
+
+    @property
+    def scope(self) -> str:
+        """The issuer as stored: ``''`` (LiteLLM's global scope) for ``*``."""
+        return "" if self.issuer in (None, ANY_ISSUER) else self.issuer
 
     @property
     def retain(self) -> bool:
@@ -139,7 +170,7 @@ def identity_of(spec: MappingSpec, settings: Settings) -> MappingIdentity:
         )
     except ClaimError as exc:
         raise SpecError("spec.claim.value", str(exc)) from None
-    return MappingIdentity(issuer=spec.issuer, claim_name=spec.claim.name, claim_value=value)
+    return MappingIdentity(issuer=spec.scope, claim_name=spec.claim.name, claim_value=value)
 
 
 def claim_name_allowed(name: str, settings: Settings) -> bool:
@@ -165,6 +196,7 @@ def desired_mapping(
     owner: str,
     ref: str,
     annotations: Mapping[str, str] | None = None,
+    may_adopt: frozenset[Adoptable] = frozenset(),
 ) -> DesiredMapping:
     """Build the desired mapping handed to the reconcile core."""
     identity = identity_of(spec, settings)
@@ -182,4 +214,5 @@ def desired_mapping(
         description=spec.description,
         active=spec.active,
         adopt=adopt_requested(annotations),
+        may_adopt=may_adopt,
     )

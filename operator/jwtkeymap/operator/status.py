@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     SECRET_KEY_MISSING = "SecretKeyMissing"
     SECRET_UNREADABLE = "SecretUnreadable"  # the API refused or failed (RBAC, outage): retried
     CONFLICT = "Conflict"
+    POLICY_DENIED = "PolicyDenied"  # no JWTKeyMappingPolicy allows it: nothing was written
     INVALID_SPEC = "InvalidSpec"
     DATABASE_UNAVAILABLE = "DatabaseUnavailable"
 

@@ -1,11 +1,15 @@
 """Validating admission for JWTKeyMapping: refuse what the reconcile would refuse, earlier.
 
-Two rules the CRD schema cannot express: the claim name must be on the
-configured allow-list, and an (issuer, claim name, claim value) identity may be
-declared by one resource only. The second uses the operator's in-memory index
-of resources, so it answers without an API call; the database's unique index
-stays the final arbiter (two creations racing through different replicas are
-caught there and reported as a Conflict condition).
+Three rules the CRD schema cannot express: the claim name must be on the
+configured allow-list; a JWTKeyMappingPolicy must allow the namespace to declare
+the identity (403 otherwise); and an (issuer, claim name, claim value) identity
+may be declared by one resource only (409, without naming it: it may be another
+tenant's). The policy comes before the duplicate check, so a namespace cannot
+probe which identities outside its policy are mapped. Both use the operator's
+in-memory indexes, so they answer without an API call; the operator enforces
+the policy again, and the database's unique index stays the final arbiter (two
+creations racing through different replicas are caught there and reported as a
+Conflict condition).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from jwtkeymap.operator.handlers.indexes import (
     ByIdentity,
     IdentityHolder,
     IdentityKey,
+    Tenancy,
+    tenancy_of,
 )
 from jwtkeymap.operator.resource import (
     GROUP,
@@ -47,6 +53,7 @@ def check(
     uid: str | None,
     settings: Settings,
     taken: Mapping[IdentityKey, Iterable[IdentityHolder]],
+    tenancy: Tenancy,
 ) -> None:
     """Raise kopf.AdmissionError when the spec must be refused.
 
@@ -65,16 +72,24 @@ def check(
             f"(allowed: {allowed})",
             code=422,
         )
+    admission = tenancy.admit(namespace or "", identity)
+    if not admission.allowed:
+        raise kopf.AdmissionError(admission.reason, code=403)
     me = ref_of(namespace, name)
     key = (identity.issuer, identity.claim_name, identity.claim_value)
-    for ref, holder_uid in taken.get(key, ()):
+    for ref, holder_uid in taken.get(key, ()):  # refs are compared, never shown
         if ref != me and holder_uid != uid:
             scope = f" for issuer {identity.issuer}" if identity.issuer else ""
             raise kopf.AdmissionError(
                 f"{identity.claim_name}={identity.claim_value}{scope} is already mapped by "
-                f"JWTKeyMapping {ref}",
+                "another JWTKeyMapping",
                 code=409,
             )
+
+
+def spec_unchanged(old: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> bool:
+    """Whether an UPDATE leaves the spec as it was (``old`` is the stored object, if any)."""
+    return old is not None and dict(old.get("spec") or {}) == dict(spec)
 
 
 def validate(
@@ -87,8 +102,20 @@ def validate(
     **kwargs: Any,
 ) -> None:
     """Admit a JWTKeyMapping CREATE or UPDATE, or raise kopf.AdmissionError."""
+    if spec_unchanged(kwargs.get("old"), spec):
+        # Finalizers, annotations, a deletion: never blocked, or a resource denied after it
+        # was stored (a policy narrowed, a webhook not yet called) could not even be deleted.
+        return
     taken = cast(ByIdentity, kwargs[BY_IDENTITY])  # the kopf index registered by the handlers
-    check(spec, namespace=namespace, name=name, uid=uid, settings=config, taken=taken)
+    check(
+        spec,
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        settings=config,
+        taken=taken,
+        tenancy=tenancy_of(kwargs),
+    )
 
 
 def register_validation(registry: kopf.OperatorRegistry, settings: Settings) -> None:

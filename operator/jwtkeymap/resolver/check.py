@@ -6,7 +6,9 @@ reverse-proxy mode.
 
 * Allow is exactly 200 (Envoy treats anything else as a denial), with the
   identity headers that are known and in their strict form (visible ASCII, no
-  comma, no surrounding space, at most 256 characters; others are not sent).
+  comma, no surrounding space, at most 256 characters; others are not sent) and,
+  when assertions are on, the signed ``x-jwtkeymap-assertion`` (``core.assertion``)
+  that a gateway can verify.
   Every identity header this answer does not set is named in
   ``x-envoy-auth-headers-to-remove``: Envoy does not show the client's headers
   to the check, so naming the unset ones is what keeps a spoofed copy from
@@ -24,6 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from jwtkeymap.core.assertion import HEADER, AssertionSigner
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.policy import Decision, Verdict
 from jwtkeymap.core.tokens import MAX_TOKEN_BYTES
@@ -36,8 +39,16 @@ KEY_HASH_HEADER: Final = "x-jwtkeymap-key-hash"
 TEAM_HEADER: Final = "x-jwtkeymap-team-id"
 USER_HEADER: Final = "x-jwtkeymap-user-id"
 ORG_HEADER: Final = "x-jwtkeymap-org-id"
+ASSERTION_HEADER: Final = HEADER
 REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
-IDENTITY_HEADERS: Final = (DECISION_HEADER, KEY_HASH_HEADER, TEAM_HEADER, USER_HEADER, ORG_HEADER)
+IDENTITY_HEADERS: Final = (
+    DECISION_HEADER,
+    KEY_HASH_HEADER,
+    TEAM_HEADER,
+    USER_HEADER,
+    ORG_HEADER,
+    ASSERTION_HEADER,
+)
 
 RETRY_AFTER_SECONDS: Final = "1"
 _WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
@@ -102,9 +113,18 @@ def _header_safe(name: str, value: str | None) -> str | None:
     return None
 
 
-def allow(decision: Decision, *, strip_authorization: bool = False) -> Answer:
-    """The 200 answer for an allowed decision, with identity and removal headers."""
+def allow(
+    decision: Decision,
+    *,
+    strip_authorization: bool = False,
+    signer: AssertionSigner | None = None,
+) -> Answer:
+    """The 200 answer for an allowed decision, with identity, assertion and removal headers."""
     headers = {DECISION_HEADER: decision.outcome.value}
+    if signer is not None:
+        headers[ASSERTION_HEADER] = signer.assertion(
+            decision.outcome.value, decision.key, decision.identity
+        )
     key = decision.key
     if key is not None:
         for name, value in (
@@ -136,10 +156,15 @@ def refuse(status: int, reason: str, message: str) -> Answer:
     return Answer(status, headers, body, decision="denied", reason=reason, message=message)
 
 
-def answer(decision: Decision, *, strip_authorization: bool = False) -> Answer:
-    """Translate a policy decision into the HTTP answer."""
+def answer(
+    decision: Decision,
+    *,
+    strip_authorization: bool = False,
+    signer: AssertionSigner | None = None,
+) -> Answer:
+    """Translate a policy decision into the HTTP answer (signed when ``signer`` is given)."""
     if decision.outcome is not Verdict.DENIED:
-        return allow(decision, strip_authorization=strip_authorization)
+        return allow(decision, strip_authorization=strip_authorization, signer=signer)
     reason = decision.reason.value if decision.reason is not None else "denied"
     return refuse(decision.status, reason, decision.message)
 

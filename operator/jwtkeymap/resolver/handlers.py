@@ -25,6 +25,7 @@ from jwtkeymap.resolver.service import Service, header_digest
 SERVICE = web.AppKey("service", Service)
 
 CHECK_PATH = "/check"
+JWKS_PATH = "/.well-known/jwks.json"
 
 # A request whose Authorization headers disagree must not be checked on one and
 # forwarded with both (issue 14, F12).
@@ -79,20 +80,35 @@ async def answer_request(request: web.Request) -> Answer:
     return await request.app[SERVICE].answer(headers.get("Authorization"))
 
 
-async def handle_not_found(request: web.Request) -> web.Response:
-    """``/check`` in reverse-proxy mode: not served to clients, and never forwarded.
-
-    Its answer would hand the client its own key hash (issue 14, F2).
-    """
-    return web.Response(status=404)
-
-
 def is_loopback(remote: str | None) -> bool:
     """Tell whether a peer address is on this host's loopback (where details are shown)."""
     try:
         return remote is not None and ipaddress.ip_address(remote).is_loopback
     except ValueError:
         return False
+
+
+async def handle_no_check(request: web.Request) -> web.Response:
+    """``/check`` in reverse-proxy mode: 404, never forwarded.
+
+    The check's 200 answer carries the key hash and the signed assertion, meant
+    for the upstream only; a client reaching the proxy's listener must never
+    obtain them.
+    """
+    return web.json_response(
+        {"error": {"type": "not_found", "code": 404, "message": "not found"}}, status=404
+    )
+
+
+async def handle_jwks(request: web.Request) -> web.Response:
+    """``GET /.well-known/jwks.json``: the assertion keys' public halves (404 when off)."""
+    signer = request.app[SERVICE].signer
+    if signer is None:
+        return await handle_no_check(request)
+    return web.Response(
+        body=signer.jwks_body,
+        headers={"Content-Type": "application/json", "Cache-Control": "max-age=60"},
+    )
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -122,11 +138,11 @@ async def handle_metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
     """Build the resolver application (reverse-proxy routes when ``settings.upstream``).
 
-    In reverse-proxy mode ``/check`` is not served (404) and never forwarded.
-    Serve it with ``server.ResolverRunner`` (``server.run`` does), which bounds
-    every connection and answers the check before the router; the check routes
-    are registered here as well, so any other runner serves the same contract,
-    only slower and with aiohttp's own limits alone.
+    In reverse-proxy mode ``/check`` answers 404 (``handle_no_check``) and is never
+    forwarded. Serve it with ``server.ResolverRunner`` (``server.run`` does), which
+    bounds every connection and answers the check before the router; the check
+    routes are registered here as well, so any other runner serves the same
+    contract, only slower and with aiohttp's own limits alone.
     """
     app = web.Application(handler_args=Limits.of(settings).handler_args())
     metrics = Metrics()
@@ -143,9 +159,10 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
 
-    on_check = handle_not_found if settings.upstream else handle_check
-    app.router.add_route("*", CHECK_PATH, on_check)
-    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", on_check)
+    check_route = handle_no_check if settings.upstream else handle_check
+    app.router.add_route("*", CHECK_PATH, check_route)
+    app.router.add_route("*", CHECK_PATH + "/{tail:.*}", check_route)
+    app.router.add_get(JWKS_PATH, handle_jwks)
     app.router.add_get("/healthz", handle_healthz, allow_head=True)
     app.router.add_get("/readyz", handle_readyz, allow_head=True)
     app.router.add_get("/metrics", handle_metrics)

@@ -42,6 +42,7 @@ class ResolverRunner(web.AppRunner):
         service = self.app[SERVICE]
         limits = Limits.of(service.settings)
         handle_check = check_handler(service)
+        # Reverse-proxy mode serves no check on its listener (handlers.handle_no_check).
         fast_check = not service.settings.upstream
         too_large = refuse(
             431, "header_too_large", "JWT Key Mapping: a request header field is too large."

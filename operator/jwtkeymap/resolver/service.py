@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from jwtkeymap.core.assertion import AssertionSigner, SigningKey, read_signing_keys
 from jwtkeymap.core.cache import CacheStats
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.db.store import Store
@@ -41,6 +42,9 @@ log = logging.getLogger("jwtkeymap.resolver")
 READY_TIMEOUT_SECONDS = 2.0
 # How long a whole answer is reused for an identical Authorization header.
 MEMO_TTL_SECONDS = 1.0
+# How often the assertion key file is checked for a rotation (a mounted Secret changes
+# in place).
+KEY_FILE_CHECK_SECONDS = 5.0
 
 
 class Service:
@@ -62,6 +66,7 @@ class Service:
         userinfo: UserinfoClient | None,
         engine: PolicyEngine,
         bus: InvalidationBus,
+        signer: AssertionSigner | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -72,6 +77,7 @@ class Service:
         self.userinfo = userinfo
         self.engine = engine
         self.bus = bus
+        self.signer = signer
         self.shutting_down = False
         self.memo = AnswerMemo(settings.token_cache_max_entries, clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +91,7 @@ class Service:
         cls, settings: Settings, *, metrics: Metrics, clock: Clock = SYSTEM_CLOCK
     ) -> Service:
         """Open the database pool, load the JWKS, connect the invalidation bus."""
+        signer = _signer(settings, clock)  # first: a bad key file stops the start at once
         session = aiohttp.ClientSession()
         store = await _open_store(settings, metrics) if settings.database_url else None
         engine = PolicyEngine(settings, store=store, clock=clock)
@@ -102,6 +109,7 @@ class Service:
             ),
             engine=engine,
             bus=InvalidationBus(settings, engine),
+            signer=signer,
         )
         await service._start()
         return service
@@ -110,6 +118,10 @@ class Service:
         await self.bus.start()
         await self.verifier.start()
         self._tasks.append(asyncio.create_task(self._keep_jwks(), name="jwks-keeper"))
+        if self.signer is not None and self.settings.assertion.signing_key_file is not None:
+            self._tasks.append(
+                asyncio.create_task(self._keep_signing_keys(), name="assertion-key-keeper")
+            )
         self.metrics.attach(self)
         # Serve from the start with a coherent cache when the channel comes up quickly;
         # otherwise readiness reports it and requests needing the database get 503.
@@ -139,6 +151,29 @@ class Service:
                 if keyset.retry_due():
                     await keyset.refresh()
 
+    async def _keep_signing_keys(self) -> None:
+        """Follow a rotated key file; a broken file keeps the keys in use."""
+        while True:
+            await asyncio.sleep(KEY_FILE_CHECK_SECONDS)
+            try:
+                await asyncio.to_thread(self.reload_signing_keys)
+            except JwtKeyMapError as exc:
+                log.warning("assertion key file unusable, keeping the current keys: %s", exc)
+
+    def reload_signing_keys(self) -> bool:
+        """Re-read ``assertion.signing_key_file``; tell whether the keys changed."""
+        path = self.settings.assertion.signing_key_file
+        if self.signer is None or path is None:
+            return False
+        keys = read_signing_keys(path)
+        if [k.kid for k in keys] == [k.kid for k in self.signer.keys]:
+            return False
+        self.signer.replace_keys(keys)
+        # Remembered answers carry assertions of the old first key; it may be gone.
+        self.memo.clear()
+        log.info("assertion signing keys reloaded", extra={"kids": [k.kid for k in keys]})
+        return True
+
     # -- the check -------------------------------------------------------------------
 
     async def authorize(self, authorization: str | None, digest: bytes | None = None) -> Answer:
@@ -160,7 +195,7 @@ class Service:
             )
         generation = engine.cache.generation
         decision = await engine.resolve(verified.claims, verified.issuer)
-        result = check.answer(decision, strip_authorization=self._strip)
+        result = check.answer(decision, strip_authorization=self._strip, signer=self.signer)
         if digest is not None and not engine.suspended and _memoizable(decision):
             self.memo.remember(digest, result, generation, self._memo_ttl(verified, decision))
         return result
@@ -277,6 +312,23 @@ def header_digest(authorization: str | None) -> bytes | None:
     if not authorization:
         return None
     return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+
+
+def _signer(settings: Settings, clock: Clock) -> AssertionSigner | None:
+    """The assertion signer the settings ask for (an ephemeral key without a file)."""
+    options = settings.assertion
+    if not options.enabled:
+        return None
+    path = options.signing_key_file
+    keys = read_signing_keys(path) if path is not None else [SigningKey.generate()]
+    return AssertionSigner(
+        keys,
+        issuer=options.issuer,
+        audience=options.audience,
+        ttl_seconds=options.ttl_seconds,
+        clock=clock,
+        max_entries=settings.cache_max_entries,
+    )
 
 
 def _memoizable(decision: Decision) -> bool:

@@ -208,6 +208,8 @@ def test_release_objects_and_rbac(installed: Installed) -> None:
         return plane.kubectl("auth", "can-i", *args, account).stdout.strip()
 
     assert can("watch", "secrets", "--all-namespaces") == "yes"
+    assert can("watch", "jwtkeymappingpolicies.jwtkeymap.io") == "yes"
+    assert can("patch", "jwtkeymappingpolicies.jwtkeymap.io") == "no"
     assert (
         can("patch", "jwtkeymappings.jwtkeymap.io", "--subresource=status", "-n", "team-a") == "yes"
     )
@@ -357,7 +359,7 @@ def mapping(name: str, claim: str, value: str, key: dict[str, Any]) -> dict[str,
         "apiVersion": "jwtkeymap.io/v1alpha1",
         "kind": "JWTKeyMapping",
         "metadata": {"name": name},
-        "spec": {"claim": {"name": claim, "value": value}, "key": key},
+        "spec": {"issuer": "*", "claim": {"name": claim, "value": value}, "key": key},
     }
 
 
@@ -380,6 +382,18 @@ def test_mapping_is_reconciled_by_the_operator_as_its_service_account(
     installed: Installed, namespace: str
 ) -> None:
     plane = installed.plane
+    # Secure by default: the platform team's first policy lets this namespace map e-mails.
+    policy = {
+        "apiVersion": "jwtkeymap.io/v1alpha1",
+        "kind": "JWTKeyMappingPolicy",
+        "metadata": {"name": f"chart-{namespace}"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "issuers": ["*"],
+            "claims": [{"name": "email", "values": ["*@example.com"]}],
+        },
+    }
+    plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
     plane.kubectl(
         "create", "secret", "generic", "alice-key", "-n", namespace, f"--from-literal=apiKey={KEY}",
         check=True,

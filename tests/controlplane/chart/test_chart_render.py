@@ -115,9 +115,12 @@ def test_invalid_values_are_refused(run_helm: Helm, sets: dict[str, str], messag
 # tests/unit/packaging/test_chart_crds.py.
 
 
-def test_rendered_crd_is_the_repository_crd_plus_labels(render: Render) -> None:
-    source = yaml.safe_load((REPO_ROOT / "crds" / "jwtkeymappings.jwtkeymap.io.yaml").read_text())
-    rendered = find(render(), "CustomResourceDefinition")
+@pytest.mark.parametrize(
+    "crd", ["jwtkeymappings.jwtkeymap.io", "jwtkeymappingpolicies.jwtkeymap.io"]
+)
+def test_rendered_crd_is_the_repository_crd_plus_labels(render: Render, crd: str) -> None:
+    source = yaml.safe_load((REPO_ROOT / "crds" / f"{crd}.yaml").read_text())
+    rendered = find(render(), "CustomResourceDefinition", crd)
     assert rendered["spec"] == source["spec"]
     assert rendered["metadata"]["name"] == source["metadata"]["name"]
     assert source["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
@@ -126,7 +129,11 @@ def test_rendered_crd_is_the_repository_crd_plus_labels(render: Render) -> None:
 
 
 def test_crd_flags(render: Render) -> None:
-    unkept = find(render(sets={"crds.keep": "false"}), "CustomResourceDefinition")
+    unkept = find(
+        render(sets={"crds.keep": "false"}),
+        "CustomResourceDefinition",
+        "jwtkeymappings.jwtkeymap.io",
+    )
     assert "helm.sh/resource-policy" not in unkept["metadata"].get("annotations", {})
     assert "CustomResourceDefinition" not in kinds(render(sets={"crds.enabled": "false"}))
 
@@ -277,6 +284,10 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert ("", "secrets", "create") not in granted
     assert ("jwtkeymap.io", "jwtkeymappings/status", "patch") in granted
     assert ("kopf.dev", "clusterkopfpeerings", "patch") in granted
+    # Policies and namespaces are read for tenancy, never written.
+    assert ("jwtkeymap.io", "jwtkeymappingpolicies", "watch") in granted
+    assert ("", "namespaces", "watch") in granted
+    assert not {("jwtkeymap.io", "jwtkeymappingpolicies", v) for v in ("create", "patch")} & granted
 
 
 def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Render) -> None:

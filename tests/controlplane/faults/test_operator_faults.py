@@ -54,7 +54,7 @@ def mapping(namespace: str, name: str, value: str, key: dict[str, Any]) -> dict[
     return {
         "apiVersion": "jwtkeymap.io/v1alpha1", "kind": "JWTKeyMapping",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"claim": {"name": "sub", "value": value}, "key": key},
+        "spec": {"issuer": "*", "claim": {"name": "sub", "value": value}, "key": key},
     }  # fmt: skip
 
 

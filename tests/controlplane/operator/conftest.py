@@ -3,44 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
-from harness import ControlPlane
+from harness import ControlPlane, issue_tls
 
 # operator_kit.py sits next to this file (importlib mode puts nothing on sys.path).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from operator_kit import Cluster, RunningOperator, StartOperator, WebhookSetup
+from operator_kit import OPEN_POLICY, Cluster, RunningOperator, StartOperator, WebhookSetup
 
 from jwtkeymap.core.settings import load_settings
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.operator.handlers.runtime import runtime_of
 from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.kube import Connection, Kube
 
 REPO = Path(__file__).resolve().parents[3]
 CRD = REPO / "crds" / "jwtkeymappings.jwtkeymap.io.yaml"
+POLICY_CRD = REPO / "crds" / "jwtkeymappingpolicies.jwtkeymap.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def jkm_crd(controlplane: ControlPlane) -> str:
-    """The JWTKeyMapping CRD, installed and discoverable."""
+    """The JWTKeyMapping CRD and the policy CRD, installed and discoverable, and an open policy."""
     name = "jwtkeymappings.jwtkeymap.io"
-    controlplane.kubectl("apply", "-f", str(CRD), check=True)
-    controlplane.kubectl(
-        "wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s", check=True
-    )
+    controlplane.kubectl("apply", "-f", str(CRD), "-f", str(POLICY_CRD), check=True)
+    for crd in (name, "jwtkeymappingpolicies.jwtkeymap.io"):
+        controlplane.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s", check=True
+        )
     from harness import poll
 
-    poll(
-        lambda: controlplane.kubectl("get", "jwtkeymappings", "-A").returncode == 0,
-        message="jwtkeymappings to be discoverable",
-    )
+    for plural in ("jwtkeymappings", "jwtkeymappingpolicies"):
+        poll(
+            lambda plural=plural: controlplane.kubectl("get", plural, "-A").returncode == 0,  # type: ignore[misc]
+            message=f"{plural} to be discoverable",
+        )
+    controlplane.kubectl("apply", "-f", "-", input=json.dumps(OPEN_POLICY), check=True)
     return name
 
 
@@ -135,3 +141,18 @@ async def start_operator(controlplane: ControlPlane, jkm_crd: str) -> AsyncItera
     yield start
     for running in started:
         await running.stop()
+
+
+@pytest.fixture
+def webhook(controlplane: ControlPlane, tmp_path: Path) -> Iterator[WebhookSetup]:
+    setup = WebhookSetup(
+        tls=issue_tls(tmp_path, "jkm-webhook"),
+        port=free_port(),
+        config_name=f"jkm-{uuid.uuid4().hex[:8]}.jwtkeymap.io",
+    )
+    yield setup
+    # kopf leaves its managed configuration behind; with failurePolicy Fail it would
+    # block every later JWTKeyMapping in this session.
+    controlplane.kubectl(
+        "delete", "validatingwebhookconfiguration", setup.config_name, "--ignore-not-found"
+    )

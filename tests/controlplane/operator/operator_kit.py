@@ -15,6 +15,23 @@ from harness import ControlPlane, TLSFiles, apoll
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import Settings
 
+# Namespaces with this label are left to the policies their test makes; every other test
+# namespace may map what the tests use (tenancy is secure by default: no policy, no mapping).
+TENANCY_LABEL = "jwtkeymap.io/tenancy-test"
+OPEN_POLICY: dict[str, Any] = {
+    "apiVersion": "jwtkeymap.io/v1alpha1",
+    "kind": "JWTKeyMappingPolicy",
+    "metadata": {"name": "tests-open"},
+    "spec": {
+        "namespaceSelector": {
+            "matchExpressions": [{"key": TENANCY_LABEL, "operator": "DoesNotExist"}]
+        },
+        "issuers": ["*", "https://idp.example.com", "https://idp"],
+        "claims": [{"name": n, "values": ["*"]} for n in ("email", "sub", "azp")],
+        "adopt": {"unowned": True, "autoRegistered": True},
+    },
+}
+
 
 class Cluster:
     """kubectl helpers for JWTKeyMappings and Secrets, without blocking the event loop."""

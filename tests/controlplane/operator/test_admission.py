@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ControlPlane, apoll, issue_tls
+from harness import ControlPlane, apoll
 from operator_kit import Cluster, StartOperator, WebhookSetup, add_key
 
-from jwtkeymap.demo.ports import free_port
-
 pytestmark = pytest.mark.controlplane
-
-
-@pytest.fixture
-def webhook(controlplane: ControlPlane, tmp_path: Path) -> Iterator[WebhookSetup]:
-    setup = WebhookSetup(
-        tls=issue_tls(tmp_path, "jkm-webhook"),
-        port=free_port(),
-        config_name=f"jkm-{uuid.uuid4().hex[:8]}.jwtkeymap.io",
-    )
-    yield setup
-    # kopf leaves its managed configuration behind; with failurePolicy Fail it would
-    # block every later JWTKeyMapping in this session.
-    controlplane.kubectl(
-        "delete", "validatingwebhookconfiguration", setup.config_name, "--ignore-not-found"
-    )
 
 
 def mapping(namespace: str, name: str, claim: str, value: str, token: str) -> str:
@@ -38,7 +19,11 @@ def mapping(namespace: str, name: str, claim: str, value: str, token: str) -> st
             "apiVersion": "jwtkeymap.io/v1alpha1",
             "kind": "JWTKeyMapping",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"claim": {"name": claim, "value": value}, "key": {"hash": token}},
+            "spec": {
+                "issuer": "*",
+                "claim": {"name": claim, "value": value},
+                "key": {"hash": token},
+            },
         }
     )
 
@@ -85,7 +70,8 @@ async def test_webhook_rejects_taken_identities_and_forbidden_claims(
         return done.stderr if done.returncode != 0 else None
 
     refused = await apoll(duplicate_refused, message="the duplicate to be refused")
-    assert f"email=alice@x.example is already mapped by JWTKeyMapping {first_ns}/alice" in refused
+    assert "email=alice@x.example is already mapped by another JWTKeyMapping" in refused
+    assert first_ns not in refused  # another tenant's resource is never named
     assert await cluster.get(second_ns, "alice") is None
 
     # The owner itself may still be updated.

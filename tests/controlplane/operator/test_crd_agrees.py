@@ -19,7 +19,11 @@ from jwtkeymap.operator.resource import API_VERSION, KIND, SpecError, parse_spec
 pytestmark = pytest.mark.controlplane
 
 HASH = "a" * 64
-BASE: dict[str, Any] = {"claim": {"name": "email", "value": "a@x"}, "key": {"hash": HASH}}
+BASE: dict[str, Any] = {
+    "issuer": "*",
+    "claim": {"name": "email", "value": "a@x"},
+    "key": {"hash": HASH},
+}
 SECRET = {"secretRef": {"name": "s", "key": "k"}}
 
 
@@ -42,7 +46,12 @@ SPECS: dict[str, dict[str, Any]] = {
     "active as text": spec(active="false"),
     "active as number": spec(active=1),
     "issuer as number": spec(issuer=5),
-    "issuer too long": spec(issuer="x" * 513),
+    "issuer too long": spec(issuer="https://" + "x" * 505),
+    "no issuer": {k: v for k, v in BASE.items() if k != "issuer"},
+    "empty issuer": spec(issuer=""),
+    "issuer not a URL": spec(issuer="idp.example.com"),
+    "issuer with a space": spec(issuer="https://idp example"),
+    "issuer over plain http": spec(issuer="http://127.0.0.1:8080"),
     "unknown field": spec(extra=1),
     "unknown deletion policy": spec(deletionPolicy="Forget"),
     "no key source": spec(key={}),

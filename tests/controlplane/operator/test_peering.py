@@ -69,7 +69,11 @@ async def test_standby_replica_takes_over(
         )
         assert json.loads(health)["database"] == "ok"
 
-        spec = {"claim": {"name": "email", "value": "peer@example.com"}, "key": {"hash": token}}
+        spec = {
+            "issuer": "*",
+            "claim": {"name": "email", "value": "peer@example.com"},
+            "key": {"hash": token},
+        }
         await cluster.apply_mapping(namespace, "peer", spec)
         await cluster.wait_reason(namespace, "peer", "Synced")
         assert active.runtime.reconciler.reconciles >= 1

@@ -54,8 +54,10 @@ async def test_no_key_or_hash_in_logs_cli_output_or_metrics(
     assert len(plaintexts) == 1, made
     plaintext = plaintexts[0]
     exposed = [made.replace(plaintext, "<shown once>")]
-    exposed.append(await cli(cfg, "map", "add", "alice", "--key", plaintext))
-    exposed.append(await cli(cfg, "map", "add", "alice", "--key", plaintext))  # a conflict
+    exposed.append(await cli(cfg, "map", "add", "alice", "--key", plaintext, "--any-issuer"))
+    exposed.append(
+        await cli(cfg, "map", "add", "alice", "--key", plaintext, "--any-issuer")
+    )  # a conflict
     exposed.append(await cli(cfg, "map", "list"))
     exposed.append(await cli(cfg, "map", "list", "-o", "json"))
     manifest = f"""\
@@ -68,6 +70,7 @@ apiVersion: jwtkeymap.io/v1alpha1
 kind: JWTKeyMapping
 metadata: {{name: bob, namespace: ns}}
 spec:
+  issuer: "*"
   claim: {{name: sub, value: bob}}
   key: {{secretRef: {{name: bob-key, key: apiKey}}}}
 """

@@ -12,7 +12,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from jwtkeymap.cli.main import cli
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.keys import hash_key
+from jwtkeymap.core.owners import AUTO_REGISTERED
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "mappings"
@@ -139,7 +143,7 @@ async def test_conflict_across_namespaces_exits_nonzero(
     rival.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: alice, namespace: team-gamma}\n"
-        "spec:\n  claim: {name: email, value: alice@alpha.example.com}\n"
+        "spec:\n  issuer: '*'\n  claim: {name: email, value: alice@alpha.example.com}\n"
         f"  key: {{hash: {hash_key(DEMO_KEYS[1])}}}\n"
     )
     result = await run(database_url, "apply", "-f", str(rival))
@@ -169,7 +173,7 @@ async def test_secret_from_env(
     manifest.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
         "metadata: {name: dave, namespace: ops}\n"
-        "spec:\n  claim: {name: sub, value: '1234'}\n"
+        "spec:\n  issuer: '*'\n  claim: {name: sub, value: '1234'}\n"
         "  key: {secretRef: {name: ops-keys, key: dave.key}}\n"
     )
     without = await run(database_url, "apply", "-f", str(manifest))
@@ -191,25 +195,31 @@ async def test_secret_from_env(
     [
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a@b}, key: {hash: NOTHEX}}\n",
+            "spec: {issuer: '*', claim: {name: email, value: a@b}, key: {hash: NOTHEX}}\n",
             "bad.yaml: document 2 (default/x): spec.key.hash: must be the sha256",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email}, key: {hash: '" + "0" * 64 + "'}}\n",
+            "spec: {issuer: '*', claim: {name: email}, key: {hash: '" + "0" * 64 + "'}}\n",
             "bad.yaml: document 2 (default/x): spec.claim.value: Field required",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a}, key: {}}\n",
+            "spec: {issuer: '*', claim: {name: email, value: a}, key: {}}\n",
             "bad.yaml: document 2 (default/x): spec.key: exactly one of key.secretRef or key.hash",
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
-            "spec: {claim: {name: email, value: a}, key: {hash: '"
+            "spec: {issuer: '*', claim: {name: email, value: a}, key: {hash: '"
             + "0" * 64
             + "'}, colour: red}\n",
             "bad.yaml: document 2 (default/x): spec.colour: Extra inputs are not permitted",
+        ),
+        (
+            "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1alpha1\nmetadata: {name: x}\n"
+            "spec: {claim: {name: sub, value: a}, key: {hash: '" + "0" * 64 + "'}}\n",
+            "bad.yaml: document 2 (default/x): spec.issuer: required: set an issuer URL "
+            '(e.g. https://idp.example.com), or "*" for any trusted issuer',
         ),
         (
             "kind: JWTKeyMapping\napiVersion: jwtkeymap.io/v1\nmetadata: {name: x}\nspec: {}\n",
@@ -234,7 +244,7 @@ async def test_malformed_manifest_names_file_document_and_field(
     monkeypatch.chdir(tmp_path)
     valid = (
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: ok}\n"
-        f"spec: {{claim: {{name: email, value: ok@x}}, key: {{hash: {hash_key(DEMO_KEYS[0])}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: ok@x}}, key: {{hash: {hash_key(DEMO_KEYS[0])}}}}}\n"
     )
     Path("bad.yaml").write_text(valid + "---\n" + document)
     result = await run(database_url, "apply", "--prune", "-f", "bad.yaml")
@@ -251,9 +261,44 @@ async def test_stdin_and_unrelated_kinds(
     manifest = (
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\n---\n"
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: eve}\n"
-        f"spec: {{claim: {{name: email, value: eve@x}}, key: {{hash: {hash_key(DEMO_KEYS[3])}}}}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: eve@x}}, key: {{hash: {hash_key(DEMO_KEYS[3])}}}}}\n"
     )
     result = await run(database_url, "apply", "-f", "-", input=manifest)
     assert result.exit_code == 0, result.output
     assert "<stdin>: document 1: skipped ConfigMap" in result.stderr
     assert "default/eve" in result.stdout
+
+
+async def test_policies_beside_the_mappings_are_enforced(
+    database_url: str, db: asyncpg.Connection, demo_keys: None, examples: Path
+) -> None:
+    # The resolver auto-registered someone on team Alpha's domain.
+    store = await Store.open(database_url)
+    try:
+        await store.register(
+            MappingIdentity("", "email", "zoe@alpha.example.com"), NewKey(team_id="sandbox")
+        )
+    finally:
+        await store.close()
+    alice_key = hash_key(DEMO_KEYS[1])
+    (examples / "rivals.yaml").write_text(
+        "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
+        "metadata: {name: grab, namespace: team-mallory}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: eve@alpha.example.com}}, "
+        f"key: {{hash: {alice_key}}}}}\n---\n"
+        "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
+        "metadata: {name: zoe, namespace: team-alpha, annotations: {jwtkeymap.io/adopt: 'true'}}\n"
+        f"spec: {{issuer: '*', claim: {{name: email, value: zoe@alpha.example.com}}, "
+        f"key: {{hash: {alice_key}}}}}\n"
+    )
+    result = await run(database_url, "apply", "-f", str(examples))
+    assert result.exit_code == 1, result.output
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "policy-denied" in lines["team-mallory/grab"]
+    assert "no JWTKeyMappingPolicy selects namespace team-mallory" in lines["team-mallory/grab"]
+    assert "policy-denied" in lines["team-alpha/zoe"]
+    assert "adopt auto-registered mappings" in lines["team-alpha/zoe"]
+    assert "created" in lines["team-alpha/alice"] and "adopted" in lines["team-beta/ci-robot"]
+    owners = {(name, value): owner for _, name, value, _, owner in await mapping_rows(db)}
+    assert ("email", "eve@alpha.example.com") not in owners  # no row written
+    assert owners["email", "zoe@alpha.example.com"] == AUTO_REGISTERED

@@ -14,7 +14,8 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome
+from jwtkeymap.core.owners import AUTO_REGISTERED
+from jwtkeymap.core.reconcile.desired import Adoptable, DesiredMapping, ReconcileOutcome
 from jwtkeymap.core.reconcile.writer import Reconciler
 from jwtkeymap.demo.postgres import ThrowawayPostgres
 
@@ -168,14 +169,15 @@ async def test_issuer_scoped_and_global_are_distinct(store: Store, reconciler: R
     assert scoped.outcome is ReconcileOutcome.CREATED
 
 
-async def test_another_owner_is_a_conflict_naming_it(
+async def test_another_owner_is_a_conflict_without_naming_it(
     store: Store, reconciler: Reconciler, db: asyncpg.Connection
 ) -> None:
     token = await new_key(store)
     await reconciler.apply(desired(ALICE, token))
     rival = await reconciler.apply(desired(ALICE, token, owner="k8s:uid-2", ref="team-b/alice"))
     assert rival.outcome is ReconcileOutcome.CONFLICT
-    assert "JWTKeyMapping team-a/alice" in rival.message
+    assert "already mapped by another JWTKeyMapping" in rival.message
+    assert "team-a" not in rival.message
     assert await db.fetchval('SELECT count(*) FROM "LiteLLM_JWTKeyMapping"') == 1
     offline = await reconciler.apply(desired(ALICE, token, owner="offline:x/y", ref="x/y"))
     assert offline.outcome is ReconcileOutcome.CONFLICT
@@ -192,7 +194,12 @@ async def test_unowned_row_needs_adopt(
     assert "jwtkeymap.io/adopt" in refused.message
     assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token
 
-    adopted = await reconciler.apply(desired(ALICE, other, adopt=True))
+    # Asking is not enough: a policy must allow adopting unowned rows.
+    denied = await reconciler.apply(desired(ALICE, other, adopt=True))
+    assert denied.outcome is ReconcileOutcome.POLICY_DENIED
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token
+    may = frozenset({Adoptable.UNOWNED})
+    adopted = await reconciler.apply(desired(ALICE, other, adopt=True, may_adopt=may))
     assert adopted.outcome is ReconcileOutcome.ADOPTED
     assert adopted.mapping_id == manual.id
     assert adopted.changes == ("key",)
@@ -201,7 +208,7 @@ async def test_unowned_row_needs_adopt(
     )
     assert owner == "k8s:uid-1"
     assert (
-        await reconciler.apply(desired(ALICE, other, adopt=True))
+        await reconciler.apply(desired(ALICE, other, adopt=True, may_adopt=may))
     ).outcome is ReconcileOutcome.UNCHANGED
 
 
@@ -372,3 +379,25 @@ async def test_unchanged_takes_no_lock(
                 assert (await reconciler.apply(want)).outcome is ReconcileOutcome.UNCHANGED
     finally:
         await blocker.close()
+
+
+async def test_an_auto_registered_row_is_owned_and_adopted_only_where_allowed(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    _, created = await store.register(ALICE, NewKey(team_id="sandbox"))
+    assert created
+    owner = await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner")
+    assert owner == AUTO_REGISTERED
+    token = await new_key(store)
+    # Asking to adopt is denied while only unowned rows may be adopted: nothing written.
+    only_unowned = frozenset({Adoptable.UNOWNED})
+    denied = await reconciler.apply(desired(ALICE, token, adopt=True, may_adopt=only_unowned))
+    assert denied.outcome is ReconcileOutcome.POLICY_DENIED
+    assert "an auto-registered mapping" in denied.message
+    assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == AUTO_REGISTERED
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') != token
+    allowed = frozenset({Adoptable.AUTO_REGISTERED})
+    adopted = await reconciler.apply(desired(ALICE, token, adopt=True, may_adopt=allowed))
+    assert adopted.outcome is ReconcileOutcome.ADOPTED
+    assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token

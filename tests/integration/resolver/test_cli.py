@@ -66,7 +66,9 @@ async def test_resolver_process_serves_logs_json_and_drains_on_sigterm(
                 return False
 
         await wait_until(ready, timeout=20, what="resolver process ready")
-        # Reverse-proxy mode: the identity goes upstream only (/check is 404 here, F2).
+        # Proxy mode: /check is not served to clients (F2); the identity goes upstream only.
+        async with http.get(f"{base}/check", headers=auth) as resp:
+            assert resp.status == 404
         async with http.get(f"{base}/v1/models", headers=auth) as resp:
             assert resp.status == 200
             assert "x-jwtkeymap-key-hash" not in resp.headers

@@ -7,6 +7,7 @@ with the resolver in check mode and an upstream that echoes what it received.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -133,3 +134,43 @@ async def test_sse_passes_through_unbuffered(gateway, http, map_claim, signing_k
             assert line == f"data: {event}\n\n".encode()
             assert echo.sent[-1] == event and len(echo.sent) == ["one", "two"].index(event) + 1
         await echo.sse_gate.put(None)
+
+
+@pytest.mark.parametrize("kind", [Nginx, Envoy], ids=["nginx", "envoy"])
+async def test_assertion_reaches_upstream_and_a_forged_one_never(
+    kind, make_settings, database_url, start_resolver, upstream, http, map_claim, signing_key
+):
+    from jwtkeymap.core.assertion import verify, verifying_keys
+
+    echo, upstream_port = upstream
+    rows = await map_claim("alice")
+    r = await start_resolver(make_settings(database_url=database_url, assertion={"enabled": True}))
+    proxy = kind(resolver_port=r.port, upstream_port=upstream_port)
+    await proxy.start()
+    try:
+        token = signing_key.sign(sub="alice")
+        forged = {"X-JWTKeyMap-Assertion": "forged.assertion.value"}
+        async with http.get(
+            f"{proxy.url}/v1/models", headers={"Authorization": f"Bearer {token}", **forged}
+        ) as resp:
+            assert resp.status == 200
+            assert "x-jwtkeymap-assertion" not in resp.headers  # never to the client
+        (sent,) = echo.identity_of()["x-jwtkeymap-assertion"]
+        async with http.get(f"{r.url}/.well-known/jwks.json") as resp:
+            keys = verifying_keys(await resp.read())
+        said = verify(sent, keys, audience="litellm", issuer="jwtkeymap", now=time.time())
+        assert said.key_hash == rows.key.token_hash
+        # Without assertions the forged one is dropped, not forwarded.
+        r2 = await start_resolver(make_settings(database_url=database_url))
+        proxy2 = kind(resolver_port=r2.port, upstream_port=upstream_port)
+        await proxy2.start()
+        try:
+            async with http.get(
+                f"{proxy2.url}/v1/models", headers={"Authorization": f"Bearer {token}", **forged}
+            ) as resp:
+                assert resp.status == 200
+            assert "x-jwtkeymap-assertion" not in echo.identity_of()
+        finally:
+            await asyncio.to_thread(proxy2.stop)
+    finally:
+        await asyncio.to_thread(proxy.stop)

@@ -17,7 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("diff",): ("-f", "manifests/"),
     ("inject",): ("-f", "-"),
     ("key", "create"): ("--team-id", "t"),
-    ("map", "add"): ("alice", "--key-hash", "0" * 64),
+    ("map", "add"): ("alice", "--key-hash", "0" * 64, "--any-issuer"),
     ("map", "disable"): ("m-1",),
     ("map", "enable"): ("m-1",),
     ("map", "list"): ("-o", "json"),

@@ -24,7 +24,7 @@ def test_apply_requires_files_and_a_database(tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: a}\n"
-        "spec: {claim: {name: sub, value: x}, key: {hash: '" + "1" * 64 + "'}}\n"
+        "spec: {issuer: '*', claim: {name: sub, value: x}, key: {hash: '" + "1" * 64 + "'}}\n"
     )
     result = CliRunner().invoke(
         cli, ["diff", "-f", str(manifest)], env={"JWTKEYMAP_DATABASE_URL": ""}

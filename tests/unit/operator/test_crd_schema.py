@@ -34,6 +34,7 @@ from jwtkeymap.operator.resource import (
     parse_spec,
 )
 from jwtkeymap.operator.status import READY, Condition, Reason, set_condition
+from jwtkeymap.operator.tenancy import POLICY_KIND, POLICY_PLURAL, PolicySpec
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / f"{PLURAL}.{GROUP}.yaml"
 
@@ -161,6 +162,35 @@ def test_the_spec_model_says_what_the_crd_says() -> None:
     )
 
 
+POLICY_CRD = CRD.with_name(f"{POLICY_PLURAL}.{GROUP}.yaml")
+
+
+def policy_crd_spec() -> Schema:
+    """The policy CRD's schema of ``spec``, for the served version."""
+    crd = yaml.safe_load(POLICY_CRD.read_text())
+    assert (crd["spec"]["names"]["kind"], crd["spec"]["scope"]) == (POLICY_KIND, "Cluster")
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == VERSION]
+    root: Schema = version["schema"]["openAPIV3Schema"]
+    assert "spec" in root["required"]
+    spec: Schema = root["properties"]["spec"]
+    return spec
+
+
+def test_the_policy_model_says_what_its_crd_says() -> None:
+    model = PolicySpec.model_json_schema(by_alias=True, mode="validation")
+    first = next(spec_differences(policy_crd_spec(), model), None)
+    assert first is None, (
+        f"{POLICY_CRD.name} (the source) and jwtkeymap.operator.tenancy.PolicySpec differ: {first}"
+    )
+
+
+def test_the_policy_comparison_sees_a_difference() -> None:
+    crd = copy.deepcopy(policy_crd_spec())
+    crd["properties"]["issuers"]["items"]["pattern"] = "^.*$"
+    model = PolicySpec.model_json_schema(by_alias=True, mode="validation")
+    assert any("spec.issuers[]: pattern" in d for d in spec_differences(crd, model))
+
+
 def _at(spec: Schema, dotted: str) -> Schema:
     node = spec
     for name in dotted.split("."):
@@ -200,8 +230,9 @@ def test_a_difference_is_named(change: Callable[[Schema], object], named: str) -
 # --- types: the API server coerces nothing, so neither may the model ---------------------------
 
 HASH = "a" * 64
-BY_HASH: Schema = {"claim": {"name": "email", "value": "a@x"}, "key": {"hash": HASH}}
+BY_HASH: Schema = {"issuer": "*", "claim": {"name": "email", "value": "a@x"}, "key": {"hash": HASH}}
 BY_SECRET: Schema = {
+    "issuer": "https://idp.example.com",
     "claim": {"name": "email", "value": "a@x"},
     "key": {"secretRef": {"name": "s", "key": "k"}},
 }
@@ -273,6 +304,7 @@ def test_a_null_is_an_absent_field(path: tuple[str, ...], kind: str) -> None:
 # --- CEL rules: one Python reading each -------------------------------------------------------
 
 CEL: dict[tuple[str, str], Callable[[Any], bool]] = {
+    ("", "has(self.issuer)"): lambda spec: "issuer" in spec,
     (
         "claim.name",
         "!self.startsWith('.') && !self.endsWith('.') && !self.contains('..')",
@@ -297,6 +329,12 @@ def cel_rules(node: Schema, path: tuple[str, ...] = ()) -> Iterator[tuple[str, s
 
 def test_every_cel_rule_has_a_python_reading() -> None:
     assert set(cel_rules(crd_spec())) == set(CEL), "mirror the new CEL rule in resource.py and here"
+
+
+@pytest.mark.parametrize("issuer", [None, "*", "https://idp.example.com"])
+def test_issuer_required_rule(issuer: str | None) -> None:
+    spec = _without(("issuer",)) if issuer is None else with_value(("issuer",), issuer)
+    assert accepts(spec) == CEL["", "has(self.issuer)"](spec), spec
 
 
 def _agrees(field: str, value: Any) -> None:

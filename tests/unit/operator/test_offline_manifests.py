@@ -23,6 +23,7 @@ def test_examples_load_cleanly() -> None:
         ("team-alpha", "alpha-llm-keys"),
         ("team-beta", "beta-ci-key"),
     }
+    assert [p.name for p in manifests.policies] == ["team-alpha", "team-beta"]
     carol = manifests.mappings[2]
     assert carol.spec.issuer == "https://idp.example.com"
     assert carol.source.endswith("team-beta.yaml: document 2")
@@ -42,11 +43,17 @@ def test_errors_are_collected_with_locations(tmp_path: Path) -> None:
     path.write_text(
         "- not an object\n---\n"
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: a}\n"
-        "spec: {claim: {name: email, value: x}, key: {hash: zz}}\n---\n"
+        "spec: {issuer: '*', claim: {name: email, value: x}, key: {hash: zz}}\n---\n"
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: b}\n"
-        "spec: {claim: {name: email, value: y}, key: {hash: '" + "0" * 64 + "'}}\n---\n"
+        "spec: {issuer: '*', claim: {name: email, value: y}, key: {hash: '"
+        + "0"
+        * 64
+        + "'}}\n---\n"
         "apiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\nmetadata: {name: b}\n"
-        "spec: {claim: {name: email, value: z}, key: {hash: '" + "0" * 64 + "'}}\n---\n"
+        "spec: {issuer: '*', claim: {name: email, value: z}, key: {hash: '"
+        + "0"
+        * 64
+        + "'}}\n---\n"
         "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {k: '%%%'}\n"
     )
     manifests = load([str(path)])
@@ -64,7 +71,7 @@ def test_lists_stdin_missing_files_and_default_namespace(tmp_path: Path) -> None
     stdin = io.StringIO(
         "apiVersion: v1\nkind: List\nitems:\n"
         "- apiVersion: jwtkeymap.io/v1alpha1\n  kind: JWTKeyMapping\n  metadata: {name: a}\n"
-        "  spec: {claim: {name: sub, value: '7'}, key: {hash: '" + "1" * 64 + "'}}\n"
+        "  spec: {issuer: '*', claim: {name: sub, value: '7'}, key: {hash: '" + "1" * 64 + "'}}\n"
     )
     manifests = load(["-", str(tmp_path / "missing.yaml")], default_namespace="ops", stdin=stdin)
     assert [m.ref for m in manifests.mappings] == ["ops/a"]

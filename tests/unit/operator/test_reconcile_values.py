@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.rows import MappingRow
 from jwtkeymap.core.litellm import EVICTIONS, LiteLLMCache, cache_key
 from jwtkeymap.core.reconcile.desired import (
     DesiredMapping,
@@ -14,7 +15,7 @@ from jwtkeymap.core.reconcile.desired import (
     ReconcileResult,
     spec_digest,
 )
-from jwtkeymap.core.reconcile.plan import describe_owner
+from jwtkeymap.core.reconcile.plan import describe_holder
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers.runtime import backoff
 
@@ -48,10 +49,18 @@ def test_touched_identities_only_for_writes() -> None:
     assert ReconcileOutcome.KEY_NOT_FOUND.failed and not ReconcileOutcome.ADOPTED.failed
 
 
-def test_describe_owner() -> None:
-    assert describe_owner("k8s:u", "ns/a", None) == "JWTKeyMapping ns/a"
-    assert describe_owner("offline:ns/a", "ns/a", None) == "offline manifest ns/a"
-    assert describe_owner(None, None, "ui") == "a mapping created outside jwtkeymap (created by ui)"
+def test_describe_holder_never_names_the_holder() -> None:
+    def held(owner: str | None, ref: str | None, created_by: str | None) -> str:
+        identity = MappingIdentity("", "sub", "x")
+        row = MappingRow("m", identity, "0" * 64, owner=owner, ref=ref, created_by=created_by)
+        return describe_holder(row)
+
+    assert held("k8s:u", "ns/a", None) == "another JWTKeyMapping"
+    assert held("offline:ns/a", "ns/a", None) == "an offline manifest"
+    assert held(None, None, "ui") == "a mapping created outside jwtkeymap (created by ui)"
+    assert held("auto-register:resolver", "auto-register:resolver", None) == (
+        "an auto-registered mapping"
+    )
 
 
 def test_backoff_is_exponential_and_capped() -> None:
@@ -79,8 +88,11 @@ class FakeRedis:
         self.calls.append(("close", ()))
 
 
-def test_litellm_cache_key_has_no_issuer() -> None:
-    assert cache_key(B) == "jwt_key_mapping:email:b@x"
+def test_litellm_cache_key_is_scoped_like_litellms() -> None:
+    # Issue 12: LiteLLM caches an issuer-scoped row under its issuer; a global row keeps
+    # the issuer-less key (tests/integration/litellm compares with LiteLLM's own function).
+    assert cache_key(A) == "jwt_key_mapping:email:a@x"
+    assert cache_key(B) == "jwt_key_mapping:https://idp:email:b@x"
 
 
 async def test_evict_deletes_then_publishes_each_key_once() -> None:
@@ -88,7 +100,7 @@ async def test_evict_deletes_then_publishes_each_key_once() -> None:
     cache = LiteLLMCache("redis://unused", client=fake, namespace="prod")
     await cache.evict([A, B, A])
     assert fake.calls == [
-        ("delete", ("jwt_key_mapping:email:a@x", "jwt_key_mapping:email:b@x")),
+        ("delete", ("jwt_key_mapping:email:a@x", "jwt_key_mapping:https://idp:email:b@x")),
         (
             "publish",
             (
@@ -100,7 +112,7 @@ async def test_evict_deletes_then_publishes_each_key_once() -> None:
             "publish",
             (
                 "prod:litellm_proxy.auth_cache_invalidation",
-                '{"cache_key": "jwt_key_mapping:email:b@x"}',
+                '{"cache_key": "jwt_key_mapping:https://idp:email:b@x"}',
             ),
         ),
     ]

@@ -22,6 +22,7 @@ HASH = "a" * 64
 
 def spec(**over: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
+        "issuer": "*",
         "claim": {"name": "email", "value": "a@example.com"},
         "key": {"hash": HASH},
     }
@@ -31,7 +32,7 @@ def spec(**over: Any) -> dict[str, Any]:
 
 def test_defaults() -> None:
     parsed = parse_spec(spec())
-    assert (parsed.issuer, parsed.active, parsed.retain, parsed.description) == (
+    assert (parsed.scope, parsed.active, parsed.retain, parsed.description) == (
         "",
         True,
         False,
@@ -59,7 +60,11 @@ def test_defaults() -> None:
         (spec(claim={"name": "a..b", "value": "x"}), "spec.claim.name", "empty segment"),
         (spec(deletionPolicy="Forget"), "spec.deletionPolicy", "'Delete' or 'Retain'"),
         (spec(extra=1), "spec.extra", "Extra inputs"),
-        (spec(issuer="x" * 513), "spec.issuer", "at most 512"),
+        (spec(issuer="https://" + "x" * 505), "spec.issuer", "at most 512"),
+        # The scope is explicit: no issuer is refused with both spellings of the fix.
+        (spec(issuer=None), "spec.issuer", 'an issuer URL (e.g. https://idp.example.com), or "*"'),
+        (spec(issuer=""), "spec.issuer", "at least 1"),
+        (spec(issuer="idp.example.com"), "spec.issuer", "pattern"),
         # As the CRD: no coercion, and an escaped trailing dot is still a trailing dot.
         (spec(active="false"), "spec.active", "valid boolean"),
         (spec(claim={"name": "email\\.", "value": "x"}), "spec.claim.name", "escaped dots"),

@@ -13,17 +13,38 @@ import pytest
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.keys import fingerprint, hash_key
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.desired import (
+    Adoptable,
+    DesiredMapping,
+    ReconcileOutcome,
+    ReconcileResult,
+)
 from jwtkeymap.core.settings import load_settings
+from jwtkeymap.operator.handlers.indexes import Tenancy
 from jwtkeymap.operator.handlers.runtime import Runtime
 from jwtkeymap.operator.handlers.verdicts import Verdict, attempt, record
 from jwtkeymap.operator.kube import KubeUnavailable
 from jwtkeymap.operator.status import Condition
+from jwtkeymap.operator.tenancy import parse_policy
 
 TOKEN = hash_key("sk-unit")
 ALICE = MappingIdentity("", "email", "alice@example.com")
 META = {"uid": "uid-1", "name": "alice", "generation": 2, "annotations": {}}
 NOW = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def tenancy(**adopt: bool) -> Tenancy:
+    """Namespace "ns" may map any e-mail, and adopt what ``adopt`` says."""
+    spec = {
+        "namespaceSelector": {"matchLabels": {"team": "a"}},
+        "issuers": ["*"],
+        "claims": [{"name": "email", "values": ["*@example.com"]}],
+        "adopt": adopt,
+    }
+    return Tenancy({"all": [parse_policy("team-a", spec)]}, {"ns": [{"team": "a"}]})
+
+
+OPEN = tenancy()
 
 
 class FakeReconciler:
@@ -76,6 +97,7 @@ def runtime(
 
 def by_hash(**extra: Any) -> dict[str, Any]:
     return {
+        "issuer": "*",
         "claim": {"name": "email", "value": "alice@example.com"},
         "key": {"hash": TOKEN},
         **extra,
@@ -84,12 +106,12 @@ def by_hash(**extra: Any) -> dict[str, Any]:
 
 def by_secret() -> dict[str, Any]:
     ref = {"secretRef": {"name": "keys", "key": "alice"}}
-    return {"claim": {"name": "email", "value": "alice@example.com"}, "key": ref}
+    return {"issuer": "*", "claim": {"name": "email", "value": "alice@example.com"}, "key": ref}
 
 
 async def test_synced() -> None:
     rt = runtime(ReconcileOutcome.CREATED)
-    verdict = await attempt(rt, by_hash(), META, "ns")
+    verdict = await attempt(rt, by_hash(), META, "ns", tenancy=OPEN)
     assert (verdict.condition.status, verdict.condition.reason) == (True, "Synced")
     assert (
         verdict.condition.message
@@ -103,7 +125,7 @@ async def test_synced() -> None:
 async def test_secret_is_read_and_hashed() -> None:
     data = {"alice": base64.b64encode(b"sk-unit").decode()}
     rt = runtime(ReconcileOutcome.UNCHANGED, FakeKube(data))
-    verdict = await attempt(rt, by_secret(), META, "ns")
+    verdict = await attempt(rt, by_secret(), META, "ns", tenancy=OPEN)
     assert verdict.condition.reason == "Synced"
     assert rt.reconciler.wanted[0].token_hash == TOKEN  # type: ignore[union-attr]
 
@@ -122,6 +144,7 @@ async def test_secret_is_read_and_hashed() -> None:
         (by_hash(), DatabaseUnavailable("down"), None, "DatabaseUnavailable", None, True, False),
         (by_hash(), ReconcileOutcome.KEY_NOT_FOUND, None, "KeyNotFound", False, True, False),
         (by_hash(), ReconcileOutcome.CONFLICT, None, "Conflict", False, False, False),
+        (by_hash(), ReconcileOutcome.POLICY_DENIED, None, "PolicyDenied", False, False, False),
     ],
 )  # fmt: skip
 async def test_failures(
@@ -133,10 +156,34 @@ async def test_failures(
     retry: bool,
     permanent: bool,
 ) -> None:
-    verdict = await attempt(runtime(outcome, kube), spec, META, "ns")
+    verdict = await attempt(runtime(outcome, kube), spec, META, "ns", tenancy=OPEN)
     assert (verdict.condition.reason, verdict.condition.status) == (reason, status)
     assert (verdict.retry, verdict.permanent) == (retry, permanent)
     assert TOKEN not in verdict.condition.message
+
+
+async def test_a_mapping_no_policy_allows_is_denied_before_its_secret_is_read() -> None:
+    kube = FakeKube(KubeUnavailable("must not be called"))
+    rt = runtime(ReconcileOutcome.CREATED, kube)
+    spec = {**by_secret(), "claim": {"name": "email", "value": "victim@other.example"}}
+    verdict = await attempt(rt, spec, META, "ns", tenancy=OPEN)
+    assert (verdict.condition.reason, verdict.condition.status) == ("PolicyDenied", False)
+    assert verdict.permanent and not verdict.retry
+    assert "no JWTKeyMappingPolicy allows issuer *, email=victim@other.example" in (
+        verdict.condition.message
+    )
+    assert rt.reconciler.wanted == []  # type: ignore[union-attr]
+    nothing = await attempt(rt, by_hash(), META, "ns", tenancy=Tenancy({}, {}))
+    assert nothing.condition.reason == "PolicyDenied"
+    assert "no JWTKeyMappingPolicy exists" in nothing.condition.message
+
+
+async def test_the_policy_says_what_the_mapping_may_adopt() -> None:
+    rt = runtime(ReconcileOutcome.ADOPTED)
+    await attempt(rt, by_hash(), META, "ns", tenancy=tenancy(autoRegistered=True))
+    await attempt(rt, by_hash(), META, "ns", tenancy=OPEN)
+    first, second = rt.reconciler.wanted  # type: ignore[union-attr]
+    assert (first.may_adopt, second.may_adopt) == ({Adoptable.AUTO_REGISTERED}, frozenset())
 
 
 @pytest.fixture
@@ -221,6 +268,8 @@ async def test_reconciles_queue_behind_the_pool_size() -> None:
             return await super().apply(want)
 
     rt = runtime(ReconcileOutcome.UNCHANGED, reconciler=Slow(ReconcileOutcome.UNCHANGED), limit=3)
-    verdicts = await asyncio.gather(*(attempt(rt, by_hash(), META, "ns") for _ in range(20)))
+    verdicts = await asyncio.gather(
+        *(attempt(rt, by_hash(), META, "ns", tenancy=OPEN) for _ in range(20))
+    )
     assert {v.condition.reason for v in verdicts} == {"Synced"}
     assert peak == 3

@@ -8,23 +8,44 @@ import kopf
 import pytest
 
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.webhooks import check
+from jwtkeymap.operator.handlers.indexes import Tenancy
+from jwtkeymap.operator.tenancy import parse_policy
+from jwtkeymap.operator.webhooks import check, spec_unchanged
 
 HASH = "b" * 64
 
 
-def spec(value: str = "a@example.com", name: str = "email", issuer: str = "") -> dict[str, Any]:
+def spec(value: str = "a@example.com", name: str = "email", issuer: str = "*") -> dict[str, Any]:
     return {"issuer": issuer, "claim": {"name": name, "value": value}, "key": {"hash": HASH}}
 
 
-def run(spec_: dict[str, Any], taken: dict[Any, Any] | None = None, **settings: Any) -> None:
+# Lets namespace "ns" map anything, so that the other rules can be seen alone.
+OPEN = parse_policy(
+    "open",
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns"}},
+        "issuers": ["*", "https://idp"],
+        "claims": [{"name": n, "values": ["*"]} for n in ("email", "sub")],
+    },
+)
+
+
+def run(
+    spec_: dict[str, Any],
+    taken: dict[Any, Any] | None = None,
+    *,
+    policies: list[Any] | None = None,
+    namespace: str = "ns",
+    **settings: Any,
+) -> None:
     check(
         spec_,
-        namespace="ns",
+        namespace=namespace,
         name="me",
         uid="uid-me",
         settings=load_settings(None, **settings),
         taken=taken or {},
+        tenancy=Tenancy({"all": [OPEN] if policies is None else policies}, {}),
     )
 
 
@@ -34,11 +55,10 @@ def test_accepts_a_free_identity() -> None:
 
 def test_rejects_an_identity_held_by_another_resource() -> None:
     taken = {("", "email", "a@example.com"): [("team-b/alice", "uid-b")]}
-    with pytest.raises(
-        kopf.AdmissionError, match="already mapped by JWTKeyMapping team-b/alice"
-    ) as e:
+    with pytest.raises(kopf.AdmissionError, match="already mapped by another JWTKeyMapping") as e:
         run(spec(), taken)
     assert e.value.code == 409
+    assert "team-b" not in str(e.value)  # another tenant's resource is never named
 
 
 def test_the_same_resource_may_update_itself() -> None:
@@ -66,5 +86,26 @@ def test_claim_allow_list() -> None:
 
 def test_invalid_spec_is_refused_with_the_field() -> None:
     with pytest.raises(kopf.AdmissionError, match=r"spec\.key\.hash") as e:
-        run({"claim": {"name": "email", "value": "x"}, "key": {"hash": "nope"}})
+        run({"issuer": "*", "claim": {"name": "email", "value": "x"}, "key": {"hash": "nope"}})
     assert e.value.code == 422
+
+
+def test_no_policy_refuses_with_what_to_create() -> None:
+    with pytest.raises(kopf.AdmissionError, match="no JWTKeyMappingPolicy exists") as e:
+        run(spec(), policies=[])
+    assert e.value.code == 403
+
+
+def test_the_policy_is_checked_before_the_identity_is_looked_up() -> None:
+    # Another namespace learns nothing about who maps what outside its policy.
+    taken = {("", "email", "a@example.com"): [("ns/victim", "uid-v")]}
+    with pytest.raises(kopf.AdmissionError, match="selects namespace mallory-ns") as e:
+        run(spec(), taken, namespace="mallory-ns")
+    assert e.value.code == 403 and "already mapped" not in str(e.value)
+
+
+def test_an_update_that_keeps_the_spec_is_never_judged_again() -> None:
+    # A finalizer removed from a resource no policy allows any more must still go through.
+    assert spec_unchanged({"spec": spec()}, spec())
+    assert not spec_unchanged({"spec": spec()}, spec(value="b@example.com"))
+    assert not spec_unchanged(None, spec())

@@ -31,7 +31,7 @@ def test_every_handler_keeps_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
     register(registry, load_settings(None))
     assert handler_ids(registry) == {
         "configure", "close", "database",
-        "by_secret", "by_identity",
+        "by_secret", "by_identity", "policies", "namespace_labels",
         "resume", "create", "update", "drift", "release",
         "secret-changed",
     }  # fmt: skip

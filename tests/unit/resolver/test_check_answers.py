@@ -23,7 +23,10 @@ def test_mapped_answer_sets_known_ids_and_removes_the_rest():
     assert result.headers["x-jwtkeymap-team-id"] == "t"
     assert result.headers["x-jwtkeymap-org-id"] == "o"
     assert "x-jwtkeymap-user-id" not in result.headers
-    assert result.headers["x-envoy-auth-headers-to-remove"] == "x-jwtkeymap-user-id"
+    # The unset user id goes, and so does the assertion this unsigned answer does not set.
+    assert result.headers["x-envoy-auth-headers-to-remove"] == (
+        "x-jwtkeymap-user-id, x-jwtkeymap-assertion"
+    )
 
 
 @pytest.mark.parametrize("decision", [FALLBACK, ADMIN])

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.sidecar.defaults import InjectionDefaults
 from jwtkeymap.operator.sidecar.plan import (
+    ASSERTION_ANNOTATION,
     BEHAVIOR_ANNOTATION,
     CLAIM_FIELD_ANNOTATION,
     CONFIG_ANNOTATION,
@@ -154,6 +155,26 @@ def test_rendered_variables_load_into_the_resolver_settings(
     assert loaded.claim_field == "email"
 
 
+def test_assertion_annotation_turns_on_signing_with_an_ephemeral_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = DEFAULTS.model_copy(
+        update={"database": None, "settings": {"assertion": {"audience": "gateway"}}}
+    )
+    assert "JWTKEYMAP_ASSERTION__ENABLED" not in env_of(sidecar(injected(pod(), defaults)))
+    off = pod(annotations={ASSERTION_ANNOTATION: "false"})
+    assert "JWTKEYMAP_ASSERTION__ENABLED" not in env_of(sidecar(injected(off, defaults)))
+    on = env_of(sidecar(injected(pod(annotations={ASSERTION_ANNOTATION: "true"}), defaults)))
+    assert on["JWTKEYMAP_ASSERTION__ENABLED"] == "true"
+    for name, value in on.items():
+        monkeypatch.setenv(name, value)
+    loaded = Settings()
+    # On, merged with the chart's other assertion settings; no key file: an ephemeral key.
+    assert loaded.assertion.enabled is True
+    assert loaded.assertion.audience == "gateway"
+    assert loaded.assertion.signing_key_file is None
+
+
 def test_classic_sidecar_is_appended_after_the_app() -> None:
     out = injected(pod(), DEFAULTS.model_copy(update={"native_sidecar": False}))
     assert [c["name"] for c in out["spec"]["containers"]] == ["app", CONTAINER_NAME]
@@ -249,6 +270,7 @@ def test_existing_resolver_container_is_not_duplicated() -> None:
         ({BEHAVIOR_ANNOTATION: "allow"}, (8080,), BEHAVIOR_ANNOTATION, "fallback_team_mapping"),
         ({CLAIM_FIELD_ANNOTATION: "a..b"}, (8080,), CLAIM_FIELD_ANNOTATION, "empty segment"),
         ({CONFIG_ANNOTATION: "Not_A_Name"}, (8080,), CONFIG_ANNOTATION, "ConfigMap"),
+        ({ASSERTION_ANNOTATION: "yes"}, (8080,), ASSERTION_ANNOTATION, '"true" or "false"'),
     ],
 )
 def test_invalid_annotations_are_errors_naming_them(

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Final
 
 import asyncpg
 
@@ -25,10 +24,10 @@ from jwtkeymap.core.db.lookup import LookupLane
 from jwtkeymap.core.db.rows import MappingRow
 from jwtkeymap.core.errors import DatabaseUnavailable, MappingNotFound
 from jwtkeymap.core.keys import KeyIdentity, generate_key
+from jwtkeymap.core.owners import AUTO_REGISTER_ACTOR, AUTO_REGISTERED
+from jwtkeymap.core.reconcile.desired import spec_digest
 
 log = logging.getLogger(__name__)
-
-AUTO_REGISTER_ACTOR: Final = "jwtkeymap:auto_register"
 
 # Called with (operation, seconds) after each hot-path query: ``lookup``, ``register``.
 QueryObserver = Callable[[str, float], None]
@@ -169,6 +168,11 @@ class Store:
                     )
                     if mapping_id is None:
                         raise _LostRace
+                    # Owned, so that a JWTKeyMapping takes it over only where a policy says so.
+                    digest = spec_digest(identity, key.token_hash, description, True)
+                    await mappings.set_owner(
+                        conn, mapping_id, AUTO_REGISTERED, AUTO_REGISTERED, digest
+                    )
                     return Mapped(mapping_id=mapping_id, scope=identity.issuer, key=key), True
             except _LostRace:
                 pass

@@ -19,6 +19,7 @@ class ReconcileOutcome(enum.StrEnum):
     ADOPTED = "adopted"
     UNCHANGED = "unchanged"
     CONFLICT = "conflict"
+    POLICY_DENIED = "policy-denied"
     KEY_NOT_FOUND = "key-not-found"
     DELETED = "deleted"
     ABSENT = "absent"
@@ -37,7 +38,21 @@ class ReconcileOutcome(enum.StrEnum):
     @property
     def failed(self) -> bool:
         """Whether the desired state could not be reached."""
-        return self in {ReconcileOutcome.CONFLICT, ReconcileOutcome.KEY_NOT_FOUND}
+        return self in {
+            ReconcileOutcome.CONFLICT,
+            ReconcileOutcome.POLICY_DENIED,
+            ReconcileOutcome.KEY_NOT_FOUND,
+        }
+
+
+class Adoptable(enum.StrEnum):
+    """Rows a declaration may take over, when a policy allows it and the declaration asks."""
+
+    UNOWNED = "unowned"  # made outside jwtkeymap: LiteLLM's API, psql, a retained row
+    AUTO_REGISTERED = "auto-registered"  # made by the resolver for an unregistered client
+
+
+ADOPT_ANYTHING: frozenset[Adoptable] = frozenset(Adoptable)
 
 
 def spec_digest(
@@ -63,8 +78,9 @@ class DesiredMapping:
     """One mapping as a declarative source wants it, and who declares it.
 
     ``owner`` is a stable id of the declaring object (``k8s:<uid>``,
-    ``offline:<namespace>/<name>``); ``ref`` is its human name, used in
-    conflict messages shown to other owners.
+    ``offline:<namespace>/<name>``); ``ref`` is its human name, for its own
+    messages and logs. ``adopt`` is the declaration's request to take over a row it
+    does not own; ``may_adopt`` is what a policy lets it take over (nothing by default).
     """
 
     identity: MappingIdentity
@@ -74,6 +90,7 @@ class DesiredMapping:
     description: str | None = None
     active: bool = True
     adopt: bool = False
+    may_adopt: frozenset[Adoptable] = frozenset()
 
     @property
     def key_fingerprint(self) -> str:

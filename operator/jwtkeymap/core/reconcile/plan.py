@@ -7,11 +7,14 @@ database (tests/unit/test_reconcile_plan.py); ``writer`` reads and applies.
 
 The rules:
 
-* A row owned by someone else, or by no one without ``adopt``, is a conflict:
-  nothing is written.
+* A row owned by another declaration is a conflict: nothing is written, and the
+  message does not name the holder (it may be another tenant's resource).
+* An unowned or auto-registered row is a conflict without ``adopt``; with it, the
+  row is taken over only when ``may_adopt`` (the policy) allows that kind of row,
+  and is otherwise denied by policy. Nothing is written either way.
 * A missing key is an error: nothing is written, the previous row stays.
 * Our own row at the identity is updated when its content differs.
-* An unowned row at the identity is taken over when ``adopt`` is set.
+* An adoptable row at the identity is taken over when both allow it.
 * When the identity moved, our old row is moved in place (one UPDATE, so there
   is never a moment without a mapping, and the trigger announces both
   identities).
@@ -26,8 +29,9 @@ from collections.abc import Sequence
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.rows import MappingRow
-from jwtkeymap.core.owners import OwnerKind, parse_owner
+from jwtkeymap.core.owners import AUTO_REGISTER_ACTOR, OwnerKind, parse_owner
 from jwtkeymap.core.reconcile.desired import (
+    Adoptable,
     DesiredMapping,
     ReconcileOutcome,
     ReconcileResult,
@@ -62,17 +66,30 @@ class Plan:
         return len(self.drop) + (self.write is not Write.NONE)
 
 
-def describe_owner(owner: str | None, ref: str | None, created_by: str | None) -> str:
-    """Name whoever holds a row, for a conflict message."""
-    if owner is None:
-        who = f" (created by {created_by})" if created_by else ""
+def adoptable(row: MappingRow) -> Adoptable | None:
+    """Which kind of adoptable row this is; None when another declaration owns it."""
+    parsed = parse_owner(row.owner) if row.owner is not None else None
+    if row.owner is None:
+        # Rows auto-registered before they were given an owner are still told apart.
+        legacy = row.created_by == AUTO_REGISTER_ACTOR
+        return Adoptable.AUTO_REGISTERED if legacy else Adoptable.UNOWNED
+    if parsed is not None and parsed.kind is OwnerKind.AUTO_REGISTER:
+        return Adoptable.AUTO_REGISTERED
+    return None
+
+
+def describe_holder(row: MappingRow) -> str:
+    """Say who holds a row, for a message shown to another declaration: never its name."""
+    kind = adoptable(row)
+    if kind is Adoptable.AUTO_REGISTERED:
+        return "an auto-registered mapping"
+    if kind is Adoptable.UNOWNED:
+        who = f" (created by {row.created_by})" if row.created_by else ""
         return f"a mapping created outside jwtkeymap{who}"
-    parsed = parse_owner(owner)
-    if parsed is not None and parsed.kind is OwnerKind.K8S:
-        return f"JWTKeyMapping {ref or owner}"
+    parsed = parse_owner(row.owner or "")
     if parsed is not None and parsed.kind is OwnerKind.OFFLINE:
-        return f"offline manifest {ref or parsed.key}"
-    return f"{ref or owner}"
+        return "an offline manifest"
+    return "another JWTKeyMapping"
 
 
 def row_digest(row: MappingRow) -> str:
@@ -126,13 +143,10 @@ def plan(
 ) -> Plan:
     """Decide what to write so that the database holds ``want``."""
     target = at_identity
-    taken = target is not None and target.owner != want.owner
-    if target is not None and taken and (target.owner is not None or not want.adopt):
-        holder = describe_owner(target.owner, target.ref, target.created_by)
-        hint = "" if target.owner is not None else ADOPT_HINT
-        message = f"{want.identity.label()} is already mapped by {holder}{hint}"
-        conflict = result(want, ReconcileOutcome.CONFLICT, conflict_owner=holder, message=message)
-        return Plan(conflict)
+    if target is not None and target.owner != want.owner:
+        refused = _refusal(target, want)
+        if refused is not None:
+            return Plan(refused)
     if not key_exists:
         message = f"virtual key {want.key_fingerprint} does not exist in LiteLLM_VerificationToken"
         return Plan(result(want, ReconcileOutcome.KEY_NOT_FOUND, message=message))
@@ -150,14 +164,14 @@ def plan(
                 changes=differences(target, want),
             )
             return Plan(updated, Write.UPDATE, target.id, take_ownership=True, drop=stale)
-        # Unowned, adoption requested: take it over, drop what we owned before.
+        # Adoptable, asked for and allowed: take it over, drop what we owned before.
         diff = differences(target, want)
         adopted = result(
             want,
             ReconcileOutcome.ADOPTED,
             mapping_id=target.id,
             changes=diff,
-            message=f"adopted {describe_owner(None, None, target.created_by)}",
+            message=f"adopted {describe_holder(target)}",
         )
         write = Write.UPDATE if diff else Write.NONE
         return Plan(adopted, write, target.id, take_ownership=True, drop=stale)
@@ -177,6 +191,22 @@ def plan(
         return Plan(moved, Write.UPDATE, mine.id, take_ownership=True, drop=stale)
 
     return Plan(result(want, ReconcileOutcome.CREATED), Write.INSERT, take_ownership=True)
+
+
+def _refusal(target: MappingRow, want: DesiredMapping) -> ReconcileResult | None:
+    """Why ``want`` may not take ``target`` (a row it does not own), or None if it may."""
+    holder = describe_holder(target)
+    taken = f"{want.identity.label()} is already mapped by {holder}"
+    kind = adoptable(target)
+    if kind is None:
+        return result(want, ReconcileOutcome.CONFLICT, conflict_owner=holder, message=taken)
+    if not want.adopt:
+        message = taken + ADOPT_HINT
+        return result(want, ReconcileOutcome.CONFLICT, conflict_owner=holder, message=message)
+    if kind not in want.may_adopt:
+        message = f"{taken}, and no policy lets this declaration adopt {kind.value} mappings"
+        return result(want, ReconcileOutcome.POLICY_DENIED, conflict_owner=holder, message=message)
+    return None
 
 
 def _stale(owned: Sequence[MappingRow], *, keep: str) -> tuple[str, ...]:

@@ -1,15 +1,21 @@
-"""kopf's in-memory indexes of JWTKeyMappings: by the Secret they read, by their identity.
+"""kopf's in-memory indexes: JWTKeyMappings by Secret and by identity, policies, namespaces.
 
 kopf passes each index to every handler as a keyword argument named by its id,
-so the ids below are the names handlers (and the validating webhook) read.
+so the ids below are the names handlers (and the validating webhook) read. The
+policies and the namespaces' labels are indexed so that the tenancy decision
+(:class:`Tenancy`) costs no API call, in a handler or in the webhook.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeAlias
 
 import kopf
 
+from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.resource import (
     SECRET_VERSION_ANNOTATION,
@@ -18,9 +24,15 @@ from jwtkeymap.operator.resource import (
     parse_spec,
     ref_of,
 )
+from jwtkeymap.operator.tenancy import Admission, Policy, PolicyError, admit, parse_policy
 
 BY_SECRET: Final = "by_secret"
 BY_IDENTITY: Final = "by_identity"
+POLICIES: Final = "policies"
+NAMESPACE_LABELS: Final = "namespace_labels"
+_ALL: Final = "all"  # the one key of the policies index
+
+log = logging.getLogger(__name__)
 
 # (namespace, Secret name) -> (mapping name, Secret version it last saw)
 SecretKey: TypeAlias = tuple[str, str]
@@ -30,6 +42,9 @@ IdentityKey: TypeAlias = tuple[str, str, str]
 IdentityHolder: TypeAlias = tuple[str, str]
 BySecret: TypeAlias = kopf.Index[SecretKey, SecretUser]
 ByIdentity: TypeAlias = kopf.Index[IdentityKey, IdentityHolder]
+# What the tenancy decision reads: kopf's indexes, or plain mappings in tests.
+PolicyIndex: TypeAlias = Mapping[str, Iterable[Policy]]
+LabelIndex: TypeAlias = Mapping[str, Iterable[Mapping[str, str]]]
 
 
 def by_secret(
@@ -59,3 +74,35 @@ def by_identity(
         return None
     key = (identity.issuer, identity.claim_name, identity.claim_value)
     return {key: (ref_of(namespace, name), uid)}
+
+
+def policies(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Policy] | None:
+    """Every JWTKeyMappingPolicy, parsed (the CRD validated it; a stray is left out, loudly)."""
+    try:
+        return {_ALL: parse_policy(name, spec)}
+    except PolicyError as exc:
+        log.warning("JWTKeyMappingPolicy %s is ignored: %s", name, exc)
+        return None
+
+
+def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """Each namespace's labels, for the policies' namespace selectors."""
+    return {name: dict(labels)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tenancy:
+    """The policies and namespace labels a handler was given, and the decision over them."""
+
+    policies: PolicyIndex
+    namespaces: LabelIndex
+
+    def admit(self, namespace: str, identity: MappingIdentity) -> Admission:
+        """Whether ``namespace`` may declare ``identity``, and what it may adopt."""
+        labels = next(iter(self.namespaces.get(namespace, ())), None)
+        return admit(self.policies.get(_ALL, ()), namespace, labels, identity)
+
+
+def tenancy_of(kwargs: Mapping[str, Any]) -> Tenancy:
+    """The tenancy indexes from a handler's keyword arguments."""
+    return Tenancy(kwargs[POLICIES], kwargs[NAMESPACE_LABELS])

@@ -17,7 +17,7 @@ import kopf
 from jwtkeymap.core.errors import DatabaseUnavailable, JwtKeyMapError, StoreError
 from jwtkeymap.core.owners import k8s_owner
 from jwtkeymap.core.reconcile.desired import ReconcileOutcome
-from jwtkeymap.operator.handlers.indexes import BY_IDENTITY, ByIdentity
+from jwtkeymap.operator.handlers.indexes import BY_IDENTITY, ByIdentity, tenancy_of
 from jwtkeymap.operator.handlers.runtime import backoff, runtime_of
 from jwtkeymap.operator.handlers.verdicts import Verdict, attempt, ready, record
 from jwtkeymap.operator.resource import RELEASED_ANNOTATION, ref_of
@@ -43,11 +43,11 @@ async def reconcile(
     namespace: str | None,
     retry: int,
     memo: kopf.Memo,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Create, update, resume: reconcile the resource and record its Ready condition."""
     runtime = runtime_of(memo)
-    verdict = await attempt(runtime, spec, meta, namespace or "")
+    verdict = await attempt(runtime, spec, meta, namespace or "", tenancy=tenancy_of(kwargs))
     record(verdict, body=body, status=status, meta=meta, patch=patch)
     if verdict.retry:
         raise kopf.TemporaryError(verdict.condition.message, delay=backoff(runtime.settings, retry))
@@ -64,12 +64,13 @@ async def drift(
     patch: kopf.Patch,
     namespace: str | None,
     memo: kopf.Memo,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     """Timer: reconcile again, restoring a row changed outside the operator."""
     if meta.get("deletionTimestamp"):
         return
-    verdict = await attempt(runtime_of(memo), spec, meta, namespace or "")
+    tenancy = tenancy_of(kwargs)
+    verdict = await attempt(runtime_of(memo), spec, meta, namespace or "", tenancy=tenancy)
     record(verdict, body=body, status=status, meta=meta, patch=patch, drift=True)
 
 

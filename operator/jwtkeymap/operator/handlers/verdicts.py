@@ -17,13 +17,20 @@ import kopf
 
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError, StoreError
 from jwtkeymap.core.owners import k8s_owner
-from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
+from jwtkeymap.core.reconcile.desired import (
+    Adoptable,
+    DesiredMapping,
+    ReconcileOutcome,
+    ReconcileResult,
+)
+from jwtkeymap.operator.handlers.indexes import Tenancy
 from jwtkeymap.operator.handlers.runtime import Runtime
 from jwtkeymap.operator.kube import KubeUnavailable
 from jwtkeymap.operator.resource import (
     MappingSpec,
     SpecError,
     desired_mapping,
+    identity_of,
     parse_spec,
     ref_of,
 )
@@ -55,7 +62,12 @@ def ready(reason: Reason, message: str, ok: bool | None = False) -> Condition:
 
 
 async def desired_for(
-    runtime: Runtime, spec: MappingSpec, meta: Mapping[str, Any], namespace: str
+    runtime: Runtime,
+    spec: MappingSpec,
+    meta: Mapping[str, Any],
+    namespace: str,
+    *,
+    may_adopt: frozenset[Adoptable] = frozenset(),
 ) -> DesiredMapping:
     """Resolve the key hash (reading the Secret when referenced) and build the desired mapping."""
     if spec.key.secret_ref is not None:
@@ -73,16 +85,27 @@ async def desired_for(
         owner=k8s_owner(str(meta["uid"])),
         ref=ref_of(namespace, meta.get("name")),
         annotations=meta.get("annotations"),
+        may_adopt=may_adopt,
     )
 
 
 async def attempt(
-    runtime: Runtime, spec_body: Mapping[str, Any], meta: Mapping[str, Any], namespace: str
+    runtime: Runtime,
+    spec_body: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str,
+    *,
+    tenancy: Tenancy,
 ) -> Verdict:
     """Reconcile one resource and classify the result; never raises for expected failures."""
     try:
         spec = parse_spec(spec_body)
-        want = await desired_for(runtime, spec, meta, namespace)
+        # Before the Secret is read: a namespace learns nothing through a denied mapping.
+        admission = tenancy.admit(namespace, identity_of(spec, runtime.settings))
+        if not admission.allowed:
+            # Permanent: retried on a change and by the drift timer (a new policy is seen then).
+            return Verdict(ready(Reason.POLICY_DENIED, admission.reason), permanent=True)
+        want = await desired_for(runtime, spec, meta, namespace, may_adopt=admission.may_adopt)
         async with runtime.limit:
             result = await runtime.reconciler.apply(want)
     except SpecError as exc:
@@ -101,6 +124,8 @@ async def attempt(
         # No retry loop: the holder's deletion wakes this resource (RELEASED_ANNOTATION),
         # and the drift timer tries again anyway.
         return Verdict(ready(Reason.CONFLICT, result.message), result=result)
+    if result.outcome is ReconcileOutcome.POLICY_DENIED:
+        return Verdict(ready(Reason.POLICY_DENIED, result.message), result=result)
     if result.outcome is ReconcileOutcome.KEY_NOT_FOUND:
         return Verdict(ready(Reason.KEY_NOT_FOUND, result.message), result=result, retry=True)
     identity = result.identity or want.identity

@@ -14,7 +14,16 @@ import functools
 import kopf
 
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.operator.handlers.indexes import BY_IDENTITY, BY_SECRET, by_identity, by_secret
+from jwtkeymap.operator.handlers.indexes import (
+    BY_IDENTITY,
+    BY_SECRET,
+    NAMESPACE_LABELS,
+    POLICIES,
+    by_identity,
+    by_secret,
+    namespace_labels,
+    policies,
+)
 from jwtkeymap.operator.handlers.mapping import (
     CREATE_ID,
     DRIFT_ID,
@@ -39,6 +48,7 @@ from jwtkeymap.operator.kube import Kube
 from jwtkeymap.operator.metrics import register_metrics
 from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION
 from jwtkeymap.operator.sidecar.webhook import register_injector
+from jwtkeymap.operator.tenancy import POLICY_PLURAL
 from jwtkeymap.operator.webhooks import register_validation
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -69,6 +79,9 @@ def register(
     kopf.index(*RESOURCE, registry=registry, id=BY_IDENTITY)(
         functools.partial(by_identity, config=settings)
     )
+    # Cluster-scoped: kopf watches them cluster-wide even when it serves some namespaces.
+    kopf.index(GROUP, VERSION, POLICY_PLURAL, registry=registry, id=POLICIES)(policies)
+    kopf.index("", "v1", "namespaces", registry=registry, id=NAMESPACE_LABELS)(namespace_labels)
 
     on.resume(*RESOURCE, registry=registry, id=RESUME_ID)(reconcile)
     on.create(*RESOURCE, registry=registry, id=CREATE_ID)(reconcile)

@@ -39,6 +39,9 @@ LISTEN_PORT_ANNOTATION: Final = f"{PREFIX}/listen-port"
 BEHAVIOR_ANNOTATION: Final = f"{PREFIX}/behavior"
 CLAIM_FIELD_ANNOTATION: Final = f"{PREFIX}/claim-field"
 CONFIG_ANNOTATION: Final = f"{PREFIX}/config"
+# "true": the sidecar signs an identity assertion for the workload it fronts (LiteLLM with
+# the jwtkeymap hook), with an ephemeral key that never leaves the pod.
+ASSERTION_ANNOTATION: Final = f"{PREFIX}/assertion"
 INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
@@ -80,6 +83,7 @@ class PodOptions:
     behavior: Behavior | None
     claim_field: str | None
     config_map: str | None
+    assertion: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +201,12 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
             CONFIG_ANNOTATION, f"must name a ConfigMap (a DNS subdomain), got {config_map!r}"
         )
 
+    raw_assertion = annotations.get(ASSERTION_ANNOTATION)
+    if raw_assertion is not None and str(raw_assertion) not in ("true", "false"):
+        raise InjectionError(
+            ASSERTION_ANNOTATION, f'must be "true" or "false", got {raw_assertion!r}'
+        )
+
     return PodOptions(
         mode=mode,
         listen_port=listen_port,
@@ -204,6 +214,7 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
         behavior=behavior,
         claim_field=str(claim_field) if claim_field is not None else None,
         config_map=config_map,
+        assertion=raw_assertion == "true",
     )
 
 
@@ -243,6 +254,9 @@ def _env(options: PodOptions, defaults: InjectionDefaults) -> list[dict[str, Any
         {"name": f"JWTKEYMAP_{key.upper()}", "value": _setting_value(value)}
         for key, value in sorted(settings.items())
     ]
+    if options.assertion:
+        # Merged into the rest of the assertion settings (file or chart defaults).
+        env.append({"name": "JWTKEYMAP_ASSERTION__ENABLED", "value": "true"})
     env += [dict(e) for e in defaults.extra_env]
     return env
 

@@ -1,0 +1,208 @@
+"""The last hop's cost: client → resolver → LiteLLM against client → LiteLLM, in one run.
+
+Run: `.venv/bin/python -P bench/litellm.py [--seconds N] [--rounds N]` (after `make
+litellm`). Needs wrk (Debian).
+
+One real LiteLLM proxy (the pinned `litellm[proxy]` that the tests run, mock model, one
+worker, jwtkeymap's hook configured) on a throwaway PostgreSQL, and one resolver process in
+reverse-proxy mode in front of it with assertions on. wrk posts the same chat completion
+at the same concurrency:
+
+* direct:   to LiteLLM with the virtual key as `Authorization: Bearer sk-…`
+* resolver: to the resolver with a JWT mapped to that key; the resolver verifies the JWT,
+            maps it, signs an assertion and forwards; LiteLLM's hook verifies the
+            assertion and serves the request as that key (the same key checks, the same
+            spend writes).
+
+The rounds interleave the two; the throughput ratio is the median of per-round ratios,
+and the added latency the median of per-round differences of p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from jwtkeymap.core.assertion import jwks, load_signing_keys
+from jwtkeymap.core.claims import MappingIdentity
+from jwtkeymap.core.db.keys import NewKey
+from jwtkeymap.core.db.store import Store
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.demo.postgres import throwaway_postgres
+from jwtkeymap.demo.signing import SigningKey
+
+REPO = Path(__file__).resolve().parents[1]
+ISS = "https://idp.litellm.bench"
+CHANNEL = "jwtkeymap_invalidate"
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _load(path: Path, name: str) -> Any:
+    # By path: this folder is never put on sys.path (a script could shadow a stdlib module).
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load(REPO / "bench" / "check.py", "bench_check")
+# The LiteLLM tier's harness, which imports the test helpers (tests/support).
+sys.path.insert(0, str(REPO / "tests"))
+LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
+harness = _load(LITELLM_TIER / "litellm_harness.py", "litellm_harness")
+
+
+def post_script(path: Path, authorization: str) -> Path:
+    """A wrk script posting one chat completion with ``authorization``."""
+    body = json.dumps(BODY).replace('"', '\\"')
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = "{body}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "{authorization}"\n'
+    )
+    return path
+
+
+def signing_files(work: Path) -> tuple[Path, Path]:
+    """An Ed25519 assertion key (PEM) and its JWKS, as the resolver and the hook read them."""
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_file, jwks_file = work / "assertion.pem", work / "jwks.json"
+    key_file.write_bytes(pem)
+    jwks_file.write_text(json.dumps(jwks(load_signing_keys(pem))))
+    return key_file, jwks_file
+
+
+async def seed(url: str) -> str:
+    """LiteLLM's schema and ours; one virtual key mapped from ``sub=bench``; its plaintext."""
+    conn = await asyncpg.connect(url)
+    try:
+        await harness.prepare_database(conn, CHANNEL)
+    finally:
+        await conn.close()
+    store = await Store.open(url, min_size=1, max_size=2)
+    try:
+        plaintext, key = await store.create_key(NewKey(team_id=None), actor="bench")
+        await store.add_mapping(MappingIdentity("", "sub", "bench"), key.token_hash, actor="bench")
+    finally:
+        await store.close()
+    return plaintext
+
+
+def run(seconds: float, rounds: int, connections: int) -> dict[str, Any]:
+    """Both paths under wrk, interleaved; the per-round figures of each."""
+    install = harness.find_install()
+    idp = SigningKey(ISS)
+    work = Path(tempfile.mkdtemp(prefix="jwtkeymap-bench-litellm-"))
+    with throwaway_postgres() as pg, contextlib.ExitStack() as stack:
+        pg.psql("CREATE DATABASE litellm")
+        url = pg.url_for("litellm")
+        plaintext = asyncio.run(seed(url))
+        key_file, jwks_file = signing_files(work)
+        proxy = harness.LiteLLMProxy(
+            install,
+            url,
+            config=harness.proxy_config(hook=True),
+            env={"JWTKEYMAP_HOOK_JWKS": str(jwks_file)},
+        )
+        proxy.start()
+        stack.callback(proxy.stop)
+        litellm_pid = proxy.proc.pid
+        port = free_port()
+        config = work / "resolver.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "database_url": url,
+                    "unregistered_client_behavior": "reject",
+                    "issuers": [{"issuer": ISS, "public_keys": [idp.public_pem]}],
+                    "assertion": {"signing_key_file": str(key_file)},
+                    "log_level": "warning",
+                }
+            )
+        )
+        jwtkeymap = str(Path(sys.executable).parent / "jwtkeymap")
+        argv = [jwtkeymap, "--config", str(config), "resolver",
+                "--listen", f"127.0.0.1:{port}", "--upstream", proxy.url]  # fmt: skip
+        stack.enter_context(check.server(argv, port))
+        token = idp.sign(sub="bench", ttl=7200)
+        paths = {
+            "direct": (f"{proxy.url}/chat/completions", f"Bearer {plaintext}"),
+            "resolver": (f"http://127.0.0.1:{port}/chat/completions", f"Bearer {token}"),
+        }
+        scripts = {
+            name: post_script(work / f"{name}.lua", auth) for name, (_, auth) in paths.items()
+        }
+        figures: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+        for name, (target, _) in paths.items():  # warm both
+            check.wrk(target, seconds=2, connections=connections, script=scripts[name],
+                      pid=litellm_pid)  # fmt: skip
+        for r in range(rounds):
+            for name, (target, _) in paths.items():
+                got = check.wrk(target, seconds=seconds, connections=connections,
+                                script=scripts[name], pid=litellm_pid)  # fmt: skip
+                figures[name].append(got)
+                print(f"  round {r + 1}: {name}: {got['rps']:,.0f} req/s, "
+                      f"p50 {got['p50'] / 1000:.2f} ms", file=sys.stderr)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def summary(figures: dict[str, Any], connections: int) -> str:
+    """A Markdown table and the two ratios the targets are about."""
+    direct, resolver = figures["direct"], figures["resolver"]
+    ratio = statistics.median(r["rps"] / d["rps"] for r, d in zip(resolver, direct, strict=True))
+    added = {
+        q: statistics.median(r[q] - d[q] for r, d in zip(resolver, direct, strict=True)) / 1000
+        for q in ("p50", "p99")
+    }
+    rows = [
+        f"| path (c={connections}) | req/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, runs in figures.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
+        rows.append(
+            f"| {name} | {med['rps']:,.0f} | {med['p50'] / 1000:.2f} | {med['p99'] / 1000:.2f} |"
+        )
+    return "\n".join(rows) + (
+        f"\n\nresolver path: {ratio:.2f}x the direct throughput (target >= 0.95); "
+        f"added p50 {added['p50']:+.2f} ms (target <= 0.5), added p99 {added['p99']:+.2f} ms"
+    )
+
+
+def main() -> None:
+    """Parse arguments and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk not found: run `make deps` (Debian package wrk)")
+    os.environ.pop("JWTKEYMAP_DATABASE_URL", None)
+    figures = run(args.seconds, args.rounds, args.connections)
+    print(summary(figures, args.connections))
+
+
+if __name__ == "__main__":
+    main()
