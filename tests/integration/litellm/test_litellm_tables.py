@@ -170,8 +170,9 @@ async def test_rows_jwtkeymap_writes_are_found_by_litellms_lookup(
     # map add: one global row, one issuer-scoped row.
     for issuer in ("", ISSUER):
         ident = identity("cli", issuer)
+        scope = ("--issuer", issuer) if issuer else ("--any-issuer",)
         added = await _map_add(
-            litellm_database_url, ident.claim_value, "--claim", "email", "--issuer", issuer,
+            litellm_database_url, ident.claim_value, "--claim", "email", *scope,
             "--key-hash", hashes["cli"],
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
@@ -189,7 +190,7 @@ async def test_rows_jwtkeymap_writes_are_found_by_litellms_lookup(
         "".join(
             "---\napiVersion: jwtkeymap.io/v1alpha1\nkind: JWTKeyMapping\n"
             f"metadata: {{name: offline-{n}-{run}, namespace: team}}\n"
-            f"spec:\n  issuer: '{issuer}'\n"
+            f"spec:\n  issuer: '{issuer or '*'}'\n"
             f"  claim: {{name: email, value: '{identity('offline', issuer).claim_value}'}}\n"
             f"  key: {{hash: '{hashes['offline']}'}}\n"
             for n, issuer in enumerate(("", ISSUER))
