@@ -96,6 +96,7 @@ apiVersion: jwtkeymap.io/v1alpha1
 kind: JWTKeyMapping
 metadata: {{name: carol, namespace: team-a}}
 spec:
+  issuer: "*"
   claim: {{name: email, value: carol@example.com}}
   key: {{hash: "{token}"}}
 """
