@@ -257,6 +257,7 @@ def _small_rsa_jwk(kid: str, bits: int) -> tuple[Any, dict[str, Any]]:
     return private, data
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_short_rsa_keys_are_never_trusted() -> None:
     # 1024 bits: the shortest cryptography still generates (512 was accepted as well).
     private, jwk = _small_rsa_jwk("short", 1024)
