@@ -131,8 +131,8 @@ def wrk(url: str, *, seconds: float, connections: int, script: Path, pid: int) -
     out = subprocess.run(pinned(argv, 1), capture_output=True, text=True, check=True).stdout
     rps, p50, p99 = (
         re.search(r"Requests/sec:\s+([\d.]+)", out),
-        re.search(r"^\s+50%\s+(\S+)$", out, re.M),
-        re.search(r"^\s+99%\s+(\S+)$", out, re.M),
+        re.search(r"^\s+50%\s+(\S+)\s*$", out, re.M),
+        re.search(r"^\s+99%\s+(\S+)\s*$", out, re.M),
     )
     if rps is None or p50 is None or p99 is None:
         raise RuntimeError(f"cannot read wrk's output for {url}:\n{out}")
