@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import random
 import ssl
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 # benchmark that needs more than the demo's pieces (jwtkeymap.demo).
 sys.path.insert(0, str(REPO / "tests"))
 
+from support.modules import load_by_path  # noqa: E402
 from support.servers import (  # noqa: E402
     OperatorProcess,
     resolver_metric,
@@ -56,17 +56,6 @@ from support.servers import (  # noqa: E402
 
 ISS = "https://idp.fleet.bench"
 CHANNEL = "jwtkeymap_invalidate"
-
-
-def _load(path: Path, name: str) -> Any:
-    # Loaded by path: this folder is never put on sys.path (bench/operator.py would
-    # shadow the standard library's `operator`).
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def pct(values: list[float], q: float) -> float:
@@ -136,7 +125,7 @@ async def run_all(coros: list[Awaitable[Any]], limit: int) -> list[Any]:
 
 def ceiling(args: argparse.Namespace) -> str:
     """bench/check.py's run, shortened: cache hit vs the trivial handler, cache-miss p50."""
-    check = _load(REPO / "bench" / "check.py", "bench_check")
+    check = load_by_path(REPO / "bench" / "check.py", "bench_check")
     results = check.run(args.seconds, 2, args.rounds)
     by = {name: (loaded, unloaded) for name, loaded, unloaded in results}
     hit, miss = by["cache hit"], by["cache miss (PostgreSQL)"]
@@ -366,7 +355,7 @@ async def controlplane(args: argparse.Namespace) -> str:
                       "crd/jwtkeymappings.jwtkeymap.io", check=True)  # fmt: skip
         namespace = f"bench-{uuid.uuid4().hex[:6]}"
         plane.kubectl("create", "namespace", namespace, check=True)
-        resume = _load(REPO / "bench" / "operator_resume.py", "bench_operator_resume")
+        resume = load_by_path(REPO / "bench" / "operator_resume.py", "bench_operator_resume")
         resume.install_tenancy(plane, namespace, "sub")
         store = await Store.open(url, min_size=1, max_size=1)
         _, k = await store.create_key(NewKey(team_id="bench"), actor="bench")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -35,10 +34,9 @@ from typing import Any
 
 import asyncpg
 import yaml
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from jwtkeymap.core.assertion import jwks, load_signing_keys
+from jwtkeymap.core.assertion import jwks
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
@@ -52,21 +50,14 @@ CHANNEL = "jwtkeymap_invalidate"
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}]}
 
 
-def _load(path: Path, name: str) -> Any:
-    # By path: this folder is never put on sys.path (a script could shadow a stdlib module).
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load(REPO / "bench" / "check.py", "bench_check")
-# The LiteLLM tier's harness, which imports the test helpers (tests/support).
+# The test helpers (tests/support) and the LiteLLM tier's harness, which uses them.
 sys.path.insert(0, str(REPO / "tests"))
+from support.assertion_keys import write_signing_keys  # noqa: E402
+from support.modules import load_by_path  # noqa: E402
+
+check = load_by_path(REPO / "bench" / "check.py", "bench_check")
 LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
-harness = _load(LITELLM_TIER / "litellm_harness.py", "litellm_harness")
+harness = load_by_path(LITELLM_TIER / "litellm_harness.py", "litellm_harness")
 
 
 def post_script(path: Path, authorization: str) -> Path:
@@ -83,12 +74,9 @@ def post_script(path: Path, authorization: str) -> Path:
 
 def signing_files(work: Path) -> tuple[Path, Path]:
     """An Ed25519 assertion key (PEM) and its JWKS, as the resolver and the hook read them."""
-    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     key_file, jwks_file = work / "assertion.pem", work / "jwks.json"
-    key_file.write_bytes(pem)
-    jwks_file.write_text(json.dumps(jwks(load_signing_keys(pem))))
+    keys = write_signing_keys(key_file, ed25519.Ed25519PrivateKey.generate())
+    jwks_file.write_text(json.dumps(jwks(keys)))
     return key_file, jwks_file
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 # litellm_harness.py sits next to this file; with --import-mode=importlib it is not on sys.path by itself.
@@ -36,7 +35,8 @@ from litellm_harness import (
     proxy_config,
 )
 
-from jwtkeymap.core.assertion import jwks, load_signing_keys
+from jwtkeymap.core.assertion import jwks
+from support.assertion_keys import write_signing_keys
 
 SKIP_ENV = "JWTKEYMAP_SKIP_LITELLM"
 CHANNEL = "jwtkeymap_invalidate"
@@ -86,16 +86,7 @@ class AssertionKeys:
 
     def write(self, *privates: ed25519.Ed25519PrivateKey) -> list[str]:
         """Put ``privates`` in the key file (first signs) and publish all; return their kids."""
-        pem = b"".join(
-            p.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-            for p in privates
-        )
-        keys = load_signing_keys(pem)
-        self.key_file.write_bytes(pem)
+        keys = write_signing_keys(self.key_file, *privates)
         self.jwks_file.write_text(json.dumps(jwks(keys)))
         return [k.kid for k in keys]
 

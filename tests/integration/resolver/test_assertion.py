@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from jwtkeymap.core.assertion import SigningKey, load_signing_keys, verify, verifying_keys
+from jwtkeymap.core.assertion import verify, verifying_keys
+from support.assertion_keys import write_signing_keys
 
 HEADER = "x-jwtkeymap-assertion"
-
-
-def write_keys(path: Path, *privates: ed25519.Ed25519PrivateKey) -> list[SigningKey]:
-    """Write a PEM file of PKCS#8 keys; return them as signing keys (first signs)."""
-    pem = b"".join(
-        p.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        for p in privates
-    )
-    path.write_bytes(pem)
-    return load_signing_keys(pem)
 
 
 async def jwks_of(http, url: str) -> dict:
@@ -37,7 +22,7 @@ async def test_check_answer_carries_a_verifiable_assertion(
     make_settings, database_url, start_resolver, http, map_claim, signing_key, tmp_path
 ):
     rows = await map_claim("alice")
-    keys = write_keys(tmp_path / "keys.pem", ed25519.Ed25519PrivateKey.generate())
+    keys = write_signing_keys(tmp_path / "keys.pem", ed25519.Ed25519PrivateKey.generate())
     r = await start_resolver(
         make_settings(
             database_url=database_url, assertion={"signing_key_file": tmp_path / "keys.pem"}
@@ -114,12 +99,12 @@ async def test_rotated_key_file_is_followed_without_a_gap(
     await map_claim("alice")
     old, new = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
     path = tmp_path / "keys.pem"
-    first = write_keys(path, old)
+    first = write_signing_keys(path, old)
     r = await start_resolver(
         make_settings(database_url=database_url, assertion={"signing_key_file": path})
     )
     # Step 1: publish the new key second; the old one still signs.
-    both = write_keys(path, old, new)
+    both = write_signing_keys(path, old, new)
     assert r.service.reload_signing_keys()
     assert [k["kid"] for k in (await jwks_of(http, r.url))["keys"]] == [k.kid for k in both]
     token = signing_key.sign(sub="alice")
@@ -127,7 +112,7 @@ async def test_rotated_key_file_is_followed_without_a_gap(
         kid_before = _kid(resp.headers[HEADER])
     assert kid_before == first[0].kid
     # Step 2: move it first; it signs from now on, the old one is still published.
-    write_keys(path, new, old)
+    write_signing_keys(path, new, old)
     assert r.service.reload_signing_keys()
     assert not r.service.reload_signing_keys()  # unchanged file: nothing to do
     async with http.get(f"{r.url}/check", headers={"Authorization": f"Bearer {token}"}) as resp:
