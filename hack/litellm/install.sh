@@ -27,6 +27,9 @@ for arg in "$@"; do
 done
 
 log() { echo "[litellm] $*" >&2; }
+# Importing litellm fetches a model cost map from the internet unless told to use its own
+# copy: every step here (and every process the tests start) stays on this machine.
+export LITELLM_LOCAL_MODEL_COST_MAP=True
 
 digest=$(cat "$HERE/requirements.txt" "$HERE/engine/package.json" | sha256sum | cut -c1-12)
 DIR=${JWTKEYMAP_LITELLM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/litellm/$digest}
@@ -79,7 +82,6 @@ proxy_dir=$("$DIR/venv/bin/python" -c 'import litellm.proxy, os; print(os.path.d
   export PRISMA_ENGINES_CHECKSUM_IGNORE_MISSING=1
   export PRISMA_HIDE_UPDATE_MESSAGE=1
   export DATABASE_URL=${DATABASE_URL:-postgresql://unused@127.0.0.1:1/unused}
-  export LITELLM_LOCAL_MODEL_COST_MAP=True
   PATH=$DIR/venv/bin:$PATH prisma generate >&2
 )
 touch "$STAMP"
