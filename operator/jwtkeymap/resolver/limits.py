@@ -87,7 +87,11 @@ class Limits:
 
 
 def oversized_field(raw_headers: Iterable[tuple[bytes, bytes]], limits: Limits) -> bool:
-    """Tell whether a header other than ``Authorization`` is longer than its limit."""
+    """Tell whether a header other than ``Authorization`` is longer than its limit.
+
+    Only worth asking when the request's head is longer than the limit
+    (``GuardedRequestHandler.large_head``).
+    """
     for name, value in raw_headers:
         if len(name) + len(value) > limits.max_field_bytes and name.lower() != b"authorization":
             return True
@@ -97,7 +101,15 @@ def oversized_field(raw_headers: Iterable[tuple[bytes, bytes]], limits: Limits) 
 class GuardedRequestHandler(RequestHandler):
     """One connection, bounded in head size, head time and (with its server) in number."""
 
-    __slots__ = ("_body", "_broken", "_head_bytes", "_head_timer", "_limits", "_refused")
+    __slots__ = (
+        "_body",
+        "_broken",
+        "_head_bytes",
+        "_head_timer",
+        "_limits",
+        "_refused",
+        "large_head",
+    )
 
     def __init__(self, manager: web.Server, limits: Limits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -108,6 +120,8 @@ class GuardedRequestHandler(RequestHandler):
         self._body: Any = None
         self._refused = False
         self._broken = False
+        # Whether the last head was longer than one field may be (see oversized_field).
+        self.large_head = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection, or answer 503 and close it when the listener is full."""
@@ -128,27 +142,30 @@ class GuardedRequestHandler(RequestHandler):
             super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Count the bytes of an unfinished head; cut the connection past the cap."""
+        """Count the bytes of an unfinished head; cut the connection past the cap.
+
+        The head timer is armed only for a head that a read did not complete: the
+        common request, whose head arrives in one read, costs no timer.
+        """
         if self._refused or self._broken:
-            # A refused connection, or one whose head the parser rejected: its 400 is
-            # on the way and the connection closes after it; nothing more is parsed.
             return
         in_head = self._body is None or self._body.is_eof()
         if in_head:
-            if self._head_timer is None:
-                self._arm()
             self._head_bytes += len(data)
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed and self._messages:
-            # A head was completed (the rest of this read may be its body).
             message, self._body = self._messages[-1]
             self._broken = not isinstance(message, RawRequestMessage)
+            # No field can be longer than the whole head: most requests skip the field check.
+            self.large_head = self._head_bytes > self._limits.max_field_bytes
             self._head_bytes = 0
             self._disarm()
         elif in_head and self._head_bytes > self._limits.max_head_bytes:
             # The parser holds at most the cap plus one read; it is freed with the connection.
             self._cut(_TOO_LARGE)
+        elif in_head and self._head_timer is None:
+            self._arm()
 
     def _arm(self) -> None:
         self._disarm()

@@ -12,7 +12,12 @@ from aiohttp import web
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver.check import refuse
 from jwtkeymap.resolver.handlers import SERVICE, check_handler, create_app, is_check_path
-from jwtkeymap.resolver.limits import GuardedServer, Limits, oversized_field
+from jwtkeymap.resolver.limits import (
+    GuardedRequestHandler,
+    GuardedServer,
+    Limits,
+    oversized_field,
+)
 
 log = logging.getLogger("jwtkeymap.resolver")
 
@@ -49,7 +54,9 @@ class ResolverRunner(web.AppRunner):
         )
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
-            if oversized_field(request.raw_headers, limits):
+            protocol = request.protocol
+            large = not isinstance(protocol, GuardedRequestHandler) or protocol.large_head
+            if large and oversized_field(request.raw_headers, limits):
                 return web.Response(
                     status=too_large.status, body=too_large.body, headers=too_large.headers
                 )
