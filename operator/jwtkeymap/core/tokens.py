@@ -120,7 +120,8 @@ class KeySet:
                 extra={"issuer": self._issuer.issuer, "error": type(exc).__name__},
             )
             return
-        removed = self._keys.keys() - keys.keys()
+        # A kid whose key changed counts as removed too: IdPs may rotate under the same kid.
+        removed = [kid for kid, key in self._keys.items() if keys.get(kid) != key]
         self._keys = keys
         if removed and self.on_keys_removed is not None:
             self.on_keys_removed()

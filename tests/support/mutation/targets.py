@@ -35,6 +35,7 @@ TARGETS: tuple[Target, ...] = (
         "jwtkeymap.core.claims",
         unit=(
             "tests/unit/test_claims.py",
+            "tests/unit/test_claims_guards.py",
             "tests/unit/test_identity_properties.py",
             "tests/unit/test_policy_without_database.py",
         ),
@@ -48,6 +49,7 @@ TARGETS: tuple[Target, ...] = (
         "jwtkeymap.core.keys",
         unit=(
             "tests/unit/test_keys.py",
+            "tests/unit/test_keys_guards.py",
             "tests/unit/test_policy_without_database.py",
         ),
         integration=("tests/integration/test_policy.py",),
