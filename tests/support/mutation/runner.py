@@ -266,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         jobs = [(t, m) for t in targets for m in mutants(sources[t])]
         outcomes: list[Outcome] = []
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(args.jobs)
+        try:
             for o in pool.map(lambda job: one(*job), jobs):
                 outcomes.append(o)
                 if not o.killed:
@@ -274,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  survived: {o.target.short} line {o.mutant.line}, {o.mutant.label}",
                         flush=True,
                     )
+        finally:
+            # On ^C, drop the mutants not started yet instead of running them all first.
+            pool.shutdown(wait=True, cancel_futures=True)
         print(f"{len(jobs)} mutants in {time.monotonic() - started:.0f} s")
     text, ok = report(outcomes, targets, integration)
     print(text)

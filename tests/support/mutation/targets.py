@@ -59,6 +59,7 @@ TARGETS: tuple[Target, ...] = (
         "jwtkeymap.core.policy",
         unit=(
             "tests/unit/test_policy_without_database.py",
+            "tests/unit/test_policy_guards.py",
             "tests/unit/resolver/test_check_answers.py",
         ),
         integration=("tests/integration/test_policy.py",),
@@ -68,6 +69,7 @@ TARGETS: tuple[Target, ...] = (
         "jwtkeymap.core.cache",
         unit=(
             "tests/unit/test_cache.py",
+            "tests/unit/test_cache_guards.py",
             "tests/unit/test_identity_properties.py",
             "tests/unit/test_invalidation.py",
         ),
