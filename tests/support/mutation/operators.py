@@ -6,7 +6,7 @@ Each mutation site gets an index in a fixed traversal order, so a mutant is name
 * comparisons: each operator negated (``<`` → ``>=``, ``in`` → ``not in``, ``is`` →
   ``is not``) and, for orderings, moved across its boundary (``<`` → ``<=``);
 * conditions of ``if``, ``while``, conditional expressions and comprehension filters,
-  negated;
+  negated (unless the condition is one comparison: negating its operator is the same);
 * ``and`` ↔ ``or``;
 * ``raise`` removed (replaced by ``pass``);
 * ``return X`` → ``return None``, and ``return True`` ↔ ``return False``;
@@ -65,6 +65,10 @@ def _negate(test: ast.expr) -> ast.expr:
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         return test.operand
     return ast.UnaryOp(op=ast.Not(), operand=test)
+
+
+def _negatable_comparison(test: ast.expr) -> bool:
+    return isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _NEGATED
 
 
 def _is_logging_call(node: ast.Call) -> bool:
@@ -173,6 +177,8 @@ class _Mutator(ast.NodeTransformer):
 
     def _condition(self, node: ast.If | ast.While | ast.IfExp) -> ast.AST:
         self.generic_visit(node)
+        if _negatable_comparison(node.test):
+            return node  # negating its operator is the same mutant
         original = copy.deepcopy(node.test)
 
         def build() -> ast.AST:
@@ -189,6 +195,9 @@ class _Mutator(ast.NodeTransformer):
         self.generic_visit(node)
         ifs: list[ast.AST] = []
         for test in node.ifs:
+            if _negatable_comparison(test):
+                ifs.append(test)
+                continue
             original = copy.deepcopy(test)
 
             def build(original: ast.expr = original) -> ast.AST:
