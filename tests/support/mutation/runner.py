@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -100,7 +101,7 @@ class Workspace:
 def run_tests(
     workspace: Workspace, files: Sequence[str], env: dict[str, str], timeout: float
 ) -> str:
-    """Run ``files`` against the workspace; return ``passed``, ``failed`` or ``timeout``."""
+    """Run ``files`` against the workspace: ``passed``, ``failed``, ``timeout`` or ``broken``."""
     command = [
         sys.executable,
         "-m",
@@ -131,12 +132,29 @@ def run_tests(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return "timeout"
+    text = out.decode(errors="replace")
     if proc.returncode == 0:
         return "passed"
-    if proc.returncode in (1, 2, 3):  # failures, a collection error, an internal error
-        return "failed"
-    text = out.decode(errors="replace")[-3000:]
-    raise RuntimeError(f"pytest exit {proc.returncode} for {files}:\n{text}")
+    if _MISSING.search(text) or proc.returncode not in (1, 2, 3):
+        # Not the mutant: a dependency vanished (a venv being reinstalled) or pytest misused.
+        return "broken"
+    return "failed"  # failures, a collection error, an internal error
+
+
+_MISSING = re.compile(r"No module named '(?!jwtkeymap)")
+_RETRIES = 3
+
+
+def run_stage(
+    workspace: Workspace, files: Sequence[str], env: dict[str, str], timeout: float
+) -> str:
+    """``run_tests``, retried a few times when the environment rather than the code broke."""
+    for attempt in range(_RETRIES):
+        result = run_tests(workspace, files, env, timeout)
+        if result != "broken":
+            return result
+        time.sleep(10 * (attempt + 1))
+    raise RuntimeError(f"the tests cannot run at all (missing module or pytest usage): {files}")
 
 
 def check_files(t: Target) -> None:
@@ -151,7 +169,7 @@ def baseline(t: Target, ws: Workspace, env: dict[str, str], integration: bool) -
     started = time.monotonic()
     stages = [t.unit, t.integration] if integration else [t.unit]
     for files in stages:
-        if files and run_tests(ws, files, env, timeout=900) != "passed":
+        if files and run_stage(ws, files, env, timeout=900) != "passed":
             raise SystemExit(f"{t.module}: tests fail without any mutant: {files}")
     spent = time.monotonic() - started
     return 3 * spent + 20
@@ -174,7 +192,7 @@ def judge(
         for name, files in stages:
             if not files:
                 continue
-            result = run_tests(ws, files, env, timeout)
+            result = run_stage(ws, files, env, timeout)
             if result != "passed":
                 verdict = "timeout" if result == "timeout" else name
                 break
