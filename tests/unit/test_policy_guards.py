@@ -263,3 +263,14 @@ async def test_the_claim_is_casefolded_when_configured() -> None:
 async def test_without_an_admin_rule_nobody_is_admin() -> None:
     policy = engine(MemoryStore())
     assert not policy.is_admin({"role": "admin", "scope": "litellm_proxy_admin"})
+
+
+async def test_a_grace_of_one_second_is_a_grace_period() -> None:
+    clock = ManualClock()
+    store = MemoryStore({ALICE: mapped()})
+    policy = engine(store, clock, stale_while_disconnected_seconds=1)
+    await policy.resolve({"sub": "alice"}, ISS)
+    policy.suspend()
+    assert len(policy.cache) == 1
+    clock.advance(0.5)
+    assert (await policy.resolve({"sub": "alice"}, ISS)).outcome is Verdict.MAPPED
