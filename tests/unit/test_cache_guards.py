@@ -184,3 +184,25 @@ def test_lru_a_read_refreshes_recency(clock: ManualClock) -> None:
     assert lru.get("a") == 1
     lru.put("c", 3, 10)
     assert lru.keys() == ["a", "c"]
+
+
+def test_lru_counts_one_miss_per_absent_key_and_keeps_sub_second_ttls(
+    clock: ManualClock,
+) -> None:
+    lru: LRUCache[str, int] = LRUCache(10, clock)
+    assert lru.get("absent") is None and lru.stats.misses == 1
+    lru.put("brief", 1, 0.5)
+    assert lru.get("brief") == 1
+    clock.advance(0.5)
+    assert lru.get("brief") is None and lru.stats.misses == 2
+
+
+def test_an_identity_remapped_to_another_key_leaves_the_old_key_behind(
+    cache: MappingCache,
+) -> None:
+    cache.put(A, mapped(KEY))
+    cache.invalidate(A.issuer, "sub", "u")
+    cache.put(A, mapped(OTHER_KEY))
+    # Blocking the old key must not evict the entry that no longer maps to it.
+    assert cache.invalidate_key(KEY.fingerprint) == 0
+    assert cache.get(A) == mapped(OTHER_KEY)

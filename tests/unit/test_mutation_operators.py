@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from support.mutation.operators import mutants, mutate
@@ -74,3 +76,15 @@ def test_every_target_names_its_module_and_tests() -> None:
     assert target("claims") is target("jwtkeymap.core.claims")
     for t in TARGETS:
         assert t.unit and t.integration, t.module
+
+
+def test_every_guards_test_file_faces_the_mutants() -> None:
+    # A guard test the mutants never meet cannot kill them (and a renamed one must not slip).
+    root = Path(__file__).resolve().parents[2]
+    guards = {
+        str(p.relative_to(root)) for p in (root / "tests" / "unit").glob("test_*_guards.py")
+    } | {"tests/unit/test_jwks_rotation.py"}
+    assert len(guards) >= 6
+    named = {f for t in TARGETS for f in (*t.unit, *t.integration)}
+    assert guards <= named, guards - named
+    assert all((root / f).is_file() for f in named)

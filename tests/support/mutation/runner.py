@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
@@ -98,6 +100,20 @@ class Workspace:
             pyc.unlink()
 
 
+# The pytest runs in flight, each in a session of its own: stopped with the runner.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_STOPPING = threading.Event()
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT: end the runs in flight; KeyboardInterrupt then cleans up the rest."""
+    _STOPPING.set()
+    for proc in list(_RUNNING):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    raise KeyboardInterrupt
+
+
 def run_tests(
     workspace: Workspace, files: Sequence[str], env: dict[str, str], timeout: float
 ) -> str:
@@ -126,12 +142,15 @@ def run_tests(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    _RUNNING.add(proc)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return "timeout"
+    finally:
+        _RUNNING.discard(proc)
     text = out.decode(errors="replace")
     if proc.returncode == 0:
         return "passed"
@@ -150,6 +169,8 @@ def run_stage(
 ) -> str:
     """``run_tests``, retried a few times when the environment rather than the code broke."""
     for attempt in range(_RETRIES):
+        if _STOPPING.is_set():
+            raise RuntimeError("stopped")
         result = run_tests(workspace, files, env, timeout)
         if result != "broken":
             return result
@@ -259,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for t in targets:
         check_files(t)
     integration = not args.unit_only
+    # Explicitly: a runner started in the background of a script would ignore SIGINT.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     with (
         tempfile.TemporaryDirectory(prefix="jwtkeymap-mutation-") as tmp,
         _postgres(integration) as env,

@@ -78,7 +78,11 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "jwtkeymap.core.tokens",
-        unit=("tests/unit/test_tokens.py",),
+        unit=(
+            "tests/unit/test_tokens.py",
+            "tests/unit/test_tokens_guards.py",
+            "tests/unit/test_jwks_rotation.py",
+        ),
         integration=(
             "tests/integration/resolver/test_tokens.py",
             "tests/integration/hostile/test_check_hostile.py",
