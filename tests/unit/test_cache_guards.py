@@ -206,3 +206,15 @@ def test_an_identity_remapped_to_another_key_leaves_the_old_key_behind(
     # Blocking the old key must not evict the entry that no longer maps to it.
     assert cache.invalidate_key(KEY.fingerprint) == 0
     assert cache.get(A) == mapped(OTHER_KEY)
+
+
+def test_the_indexes_stay_as_small_as_the_cache(clock: ManualClock) -> None:
+    # Nothing public shows the indexes, but an index that kept the names of evicted
+    # entries would grow without bound on a resolver seeing many distinct clients.
+    small = MappingCache(max_entries=2, positive_ttl=300, negative_ttl=30, clock=clock)
+    for n in range(50):
+        key = KeyIdentity(token_hash=f"{n:064x}")
+        small.put(MappingIdentity(f"https://{n % 3}", "sub", str(n)), Mapped("m", "", key))
+    assert len(small) == 2
+    assert sum(len(issuers) for issuers in small._by_claim.values()) == 2
+    assert sum(len(ids) for ids in small._by_key.values()) == 2
