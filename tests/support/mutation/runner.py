@@ -323,7 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(jobs)} mutants in {time.monotonic() - started:.0f} s")
     text, ok = report(outcomes, targets, integration)
     print(text)
-    if args.write:
+    if args.write and (args.modules or args.unit_only):
+        print(f"a partial run: {args.write} left as it was")
+    elif args.write:
         _write(args.write, text)
     return 0 if ok else 1
 
