@@ -8,6 +8,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import IdentityProviderUnavailable, InvalidToken
@@ -127,9 +128,16 @@ def test_bad_pem_is_a_config_error() -> None:
         TokenVerifier(settings)
 
 
-def test_private_key_material_is_not_needed(key: SigningKey) -> None:
-    # The verifier holds only public keys: the PEM we configure is a public key.
-    serialization.load_pem_public_key(key.public_pem.encode())
+async def test_private_key_material_is_not_needed(key: SigningKey) -> None:
+    # Configured with the public PEM alone, the verifier holds public keys and verifies.
+    v = verifier(key)
+    held = await v.keysets[ISS].candidates(key.kid)
+    assert held and all(isinstance(k.key, rsa.RSAPublicKey) for k in held)
+    assert (
+        held[0].key.public_numbers()
+        == serialization.load_pem_public_key(key.public_pem.encode()).public_numbers()
+    )
+    assert (await v.verify(key.sign({"sub": "a"}))).claims["sub"] == "a"
 
 
 # -- issue 14: what an attack pass found ---------------------------------------------------
