@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import IdentityProviderUnavailable, InvalidToken
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.core.tokens import TokenVerifier, parse_unverified
+from jwtkeymap.core.tokens import MAX_RETRY_SECONDS, TokenVerifier, parse_unverified
 from jwtkeymap.demo.signing import SigningKey
 from support.tokens import b64url, hostile_tokens
 
@@ -237,6 +237,19 @@ async def test_a_bad_refresh_keeps_the_previous_keys_and_backs_off(key: SigningK
     source.document = {"keys": [key.jwk()]}
     await keyset.refresh()
     assert not keyset.retry_due()
+
+
+async def test_retries_of_a_failing_key_set_back_off_to_five_minutes_at_most(
+    key: SigningKey,
+) -> None:
+    source = FakeJwks({"keys": []})
+    v = jwks_verifier({ISS: source})
+    await v.start()
+    keyset = v.keysets[ISS]
+    for _ in range(12):
+        await keyset.refresh()
+    # Doubling from the refresh interval, capped at exactly MAX_RETRY_SECONDS (300 s).
+    assert keyset.retry_delay() == MAX_RETRY_SECONDS == 300.0
 
 
 async def test_a_key_replaced_behind_its_kid_drops_tokens_it_verified(key: SigningKey) -> None:
