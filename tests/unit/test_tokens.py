@@ -252,6 +252,27 @@ async def test_retries_of_a_failing_key_set_back_off_to_five_minutes_at_most(
     assert keyset.retry_delay() == MAX_RETRY_SECONDS == 300.0
 
 
+@pytest.mark.parametrize(("min_refresh", "expected"), [(30, [10, 20, 40, 80]), (0.5, [1, 2, 4, 8])])
+async def test_retry_delays_double_from_the_refresh_interval(
+    min_refresh: float, expected: list[float]
+) -> None:
+    # The first delay is the refresh interval, kept within 1..10 s; each failure doubles it.
+    settings = load_settings(
+        None,
+        issuers=[{"issuer": ISS, "jwks_url": f"{ISS}/jwks.json", "audience": "litellm"}],
+        jwks_min_refresh_seconds=min_refresh,
+    )
+    source = FakeJwks({"keys": []})
+    v = TokenVerifier(settings, session=source, clock=ManualClock())  # type: ignore[arg-type]
+    await v.start()  # the first failure
+    keyset = v.keysets[ISS]
+    delays = [keyset.retry_delay()]
+    for _ in range(3):
+        await keyset.refresh()
+        delays.append(keyset.retry_delay())
+    assert delays == expected
+
+
 async def test_a_key_replaced_behind_its_kid_drops_tokens_it_verified(key: SigningKey) -> None:
     clock = ManualClock()
     source = FakeJwks({"keys": [key.jwk()]})
