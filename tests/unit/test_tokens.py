@@ -237,6 +237,9 @@ async def test_a_bad_refresh_keeps_the_previous_keys_and_backs_off(key: SigningK
     source.document = {"keys": [key.jwk()]}
     await keyset.refresh()
     assert not keyset.retry_due()
+    # A healthy key set is never due for a retry, however long it has been.
+    clock.advance(3600)
+    assert not keyset.retry_due()
 
 
 async def test_retries_of_a_failing_key_set_back_off_to_five_minutes_at_most(
