@@ -12,6 +12,7 @@ from jwtkeymap.core.cache import UNMAPPED, Inactive, LRUCache, Mapped, MappingCa
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.keys import KeyIdentity, fingerprint
+from support.loads import GatedLoad
 
 KEY_A = KeyIdentity(token_hash="a" * 64, team_id="ta")
 KEY_B = KeyIdentity(token_hash="b" * 64, team_id="tb")
@@ -162,22 +163,9 @@ async def test_failed_flight_reaches_every_waiter_and_is_not_cached(cache: Mappi
     assert cache.get(ident) is None
 
 
-class GatedLoad:
-    """A load that counts its calls and waits for the gate before answering."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self) -> Mapped:
-        self.calls += 1
-        await self.gate.wait()
-        return mapped()
-
-
 async def test_cancelled_waiter_does_not_cancel_the_shared_load(cache: MappingCache) -> None:
     ident = MappingIdentity("i", "sub", "x")
-    load = GatedLoad()
+    load = GatedLoad(mapped())
     first = asyncio.create_task(cache.get_or_load(ident, load))
     second = asyncio.create_task(cache.get_or_load(ident, load))
     await asyncio.sleep(0)
@@ -193,7 +181,7 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_load(cache: MappingCa
 
 async def test_cancelled_leader_hands_the_load_to_a_waiter(cache: MappingCache) -> None:
     ident = MappingIdentity("i", "sub", "x")
-    load = GatedLoad()
+    load = GatedLoad(mapped())
     first = asyncio.create_task(cache.get_or_load(ident, load))
     waiters = [asyncio.create_task(cache.get_or_load(ident, load)) for _ in range(5)]
     await asyncio.sleep(0)

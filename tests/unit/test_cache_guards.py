@@ -11,6 +11,7 @@ from jwtkeymap.core.cache import UNMAPPED, Inactive, LRUCache, Mapped, MappingCa
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.keys import KeyIdentity
+from support.loads import GatedLoad
 
 KEY = KeyIdentity(token_hash="a" * 64)
 OTHER_KEY = KeyIdentity(token_hash="b" * 64)
@@ -104,21 +105,8 @@ def test_each_kind_gets_its_own_ttl(cache: MappingCache, clock: ManualClock) -> 
     assert cache.get(B) is None and cache.get(A) == mapped()
 
 
-class Gate:
-    """A load that waits for its gate, counting its runs."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.calls = 0
-
-    async def __call__(self) -> Mapped:
-        self.calls += 1
-        await self.gate.wait()
-        return mapped()
-
-
 async def test_a_waiter_cancelled_with_its_leader_stays_cancelled(cache: MappingCache) -> None:
-    load = Gate()
+    load = GatedLoad(mapped())
     leader = asyncio.create_task(cache.get_or_load(A, load))
     await asyncio.sleep(0)
     waiter = asyncio.create_task(cache.get_or_load(A, load))
@@ -139,7 +127,7 @@ async def test_a_load_that_fails_is_raised_to_its_leader(cache: MappingCache) ->
     with pytest.raises(RuntimeError, match="database down"):
         await cache.get_or_load(A, broken)
     assert cache.stats.loads == 1 and cache.get(A) is None
-    ready = Gate()
+    ready = GatedLoad(mapped())
     ready.gate.set()
     assert (await cache.get_or_load(A, ready)) == mapped()
 

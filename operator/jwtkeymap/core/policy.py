@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from jwtkeymap.core import claims as claimlib
+import jwtkeymap.core.claims as claimlib
 from jwtkeymap.core.cache import Entry, Inactive, Mapped, MappingCache, Unmapped
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
