@@ -329,6 +329,15 @@ async def test_auto_registered_key_limits_are_enforced_by_litellm(
         published["keys"] += [dict(k.jwk) for k in signer.keys]
         jwks_file.write_text(json.dumps(published))
         try:
+            # The hook re-reads its key file at a bounded rate: wait until it knows the
+            # new key, with a client of its own (so the one under test starts fresh).
+            probe = signing_key.sign(sub=f"probe-{uuid.uuid4().hex[:8]}")
+
+            async def key_known() -> bool:
+                _, body = await chat(http, url, probe)
+                return "unknown_kid" not in json.dumps(body)
+
+            await wait_until(key_known, timeout=30, what="the hook to load the new key")
             token = signing_key.sign(sub=f"new-{uuid.uuid4().hex[:8]}")
             first = await chat(http, url, token)
             assert first[0] == 200, first
