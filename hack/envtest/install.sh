@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Provide the binaries of the test control plane: kube-apiserver, etcd, kubectl, helm.
 #
-# Usage: hack/envtest/install.sh [--check] [--print-dir | --print-env]
+# Usage: hack/envtest/install.sh [--node] [--check] [--print-dir | --print-env]
 #   (default)     resolve every binary, building or fetching what is missing; progress goes to stderr,
 #                 and KEY=path lines (sourceable) go to stdout.
+#   --node        also the binaries of a real node (tests/node): kubelet, kube-controller-manager,
+#                 kube-scheduler, kube-proxy (this module), containerd 2 with its runc shim and ctr
+#                 (hack/node/containerd) and CoreDNS (hack/node/coredns).
 #   --check       resolve only; never build or download. Exit 3 and name what is missing.
 #   --print-dir   print only the directory holding kube-apiserver/etcd/kubectl
 #                 (usable as KUBEBUILDER_ASSETS).
@@ -29,8 +32,10 @@ NPM_INTEGRITY=sha512-avoGOjiOUt1hVN8vOP/B8JMRJL4nrxTajFtNr6FrqThft6aP2OHZcXYDhvl
 
 mode="env"
 check_only=0
+node=0
 for arg in "$@"; do
   case $arg in
+    --node) node=1 ;;
     --check) check_only=1 ;;
     --print-dir) mode="dir" ;;
     --print-env) mode="env" ;;
@@ -49,6 +54,17 @@ ETCD_VERSION=$(module_version go.etcd.io/etcd/server/v3)
 K8S_MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
 
 CACHE_DIR=${JWTKEYMAP_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/bin/$K8S_VERSION}
+
+# The node's other parts are their own modules (their dependency graphs differ from Kubernetes').
+NODE_MODULES=$(cd "$HERE/../node" && pwd)
+node_module_version() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$NODE_MODULES/$1/go.mod"; }
+CONTAINERD_VERSION=$(node_module_version containerd github.com/containerd/containerd/v2)
+COREDNS_VERSION=$(node_module_version coredns github.com/coredns/coredns)
+NODE_CACHE_DIR=$(dirname "$CACHE_DIR")
+CONTAINERD_DIR=$NODE_CACHE_DIR/containerd-$CONTAINERD_VERSION
+COREDNS_DIR=$NODE_CACHE_DIR/coredns-$COREDNS_VERSION
+KUBE_NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+CONTAINERD_TOOLS=(containerd containerd-shim-runc-v2 ctr)
 
 is_exe() { [[ -f $1 && -x $1 ]]; }
 
@@ -70,8 +86,20 @@ WORK_DIRS=()
 trap 'rm -rf "${WORK_DIRS[@]}"' EXIT
 
 APISERVER="" ETCD="" KUBECTL="" HELM=""
+declare -A NODE_BIN=()
 resolve() {
   APISERVER="" ETCD="" KUBECTL="" HELM=""
+  NODE_BIN=()
+  if ((node)); then
+    local tool
+    for tool in "${KUBE_NODE_TOOLS[@]}"; do
+      is_exe "$CACHE_DIR/$tool" && NODE_BIN[$tool]=$CACHE_DIR/$tool
+    done
+    for tool in "${CONTAINERD_TOOLS[@]}"; do
+      is_exe "$CONTAINERD_DIR/$tool" && NODE_BIN[$tool]=$CONTAINERD_DIR/$tool
+    done
+    is_exe "$COREDNS_DIR/coredns" && NODE_BIN[coredns]=$COREDNS_DIR/coredns
+  fi
   local assets=${KUBEBUILDER_ASSETS:-}
   if [[ -n $assets ]]; then
     is_exe "$assets/kube-apiserver" && APISERVER=$assets/kube-apiserver
@@ -95,6 +123,12 @@ missing() {
   [[ -n $ETCD ]] || m+=(etcd)
   [[ -n $KUBECTL ]] || m+=(kubectl)
   [[ -n $HELM ]] || m+=(helm)
+  if ((node)); then
+    local tool
+    for tool in "${KUBE_NODE_TOOLS[@]}" "${CONTAINERD_TOOLS[@]}" coredns; do
+      [[ -n ${NODE_BIN[$tool]:-} ]] || m+=("$tool")
+    done
+  fi
   echo "${m[*]:-}"
 }
 
@@ -105,48 +139,86 @@ find_go() {
   exit 1
 }
 
-# Build one Go tool of the helper module into the cache, atomically (no half-written binary is ever visible).
+# Build Go tools of a helper module into a folder, atomically (no half-written binary is ever
+# visible): go_build MODULE_DIR OUT_DIR "LDFLAGS" "TAGS" [NAME=]PACKAGE... One `go build` for
+# several packages shares their common compilation. A binary is named as `go build` names it
+# (the last path element, before a /vN suffix) unless NAME= says otherwise.
 go_build() {
-  local name=$1 pkg=$2 ldflags=$3 started
-  local go_bin
+  local module=$1 out=$2 ldflags=$3 tags=$4 started go_bin tmp arg pkg built
+  shift 4
+  local pkgs=() names=()
+  for arg in "$@"; do
+    pkg=${arg#*=}
+    built=$(echo "$pkg" | sed -E 's#/v[0-9]+$##; s#.*/##')
+    pkgs+=("$pkg")
+    names+=("$built:${arg%%=*}")
+    [[ $arg == *=* ]] || names[-1]="$built:$built"
+  done
   go_bin=$(find_go)
-  log "building $name from $pkg ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
+  log "building ${names[*]%%:*} ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
   started=$(date +%s)
+  mkdir -p "$out"
+  tmp=$(mktemp -d "$out/.build.XXXXXX")
+  WORK_DIRS+=("$tmp")
   # GOWORK/GOTOOLCHAIN/GOFLAGS: build exactly this module with this toolchain; CGO off as upstream does.
-  (cd "$HERE" && GOWORK=off GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
-    exec "$go_bin" build -trimpath -tags selinux,notest,grpcnotrace -ldflags "$ldflags" \
-    -o "$CACHE_DIR/.$name.tmp" "$pkg") &
+  (cd "$module" && GOWORK=off GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
+    exec "$go_bin" build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}") &
   local pid=$! waited=0
   # go build is silent for minutes; a heartbeat shows CI logs (and people) that it is alive.
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     waited=$((waited + 1))
-    if ((waited % 30 == 0)); then log "still building $name ($waited s)"; fi
+    if ((waited % 30 == 0)); then log "still building ($waited s)"; fi
   done
   if ! wait "$pid"; then
-    echo "install.sh: building $name failed (see the go output above)" >&2
+    echo "install.sh: building ${pkgs[*]} failed (see the go output above)" >&2
     exit 1
   fi
-  mv -f "$CACHE_DIR/.$name.tmp" "$CACHE_DIR/$name"
-  log "built $name in $(( $(date +%s) - started )) s"
+  for arg in "${names[@]}"; do
+    mv -f "$tmp/${arg%%:*}" "$out/${arg#*:}"
+  done
+  log "built in $(( $(date +%s) - started )) s"
 }
 
-build_apiserver() {
-  # Proxy zips lack git metadata, so stamp the version as upstream's hack/lib/version.sh does;
-  # Helm's .Capabilities.KubeVersion and kubectl read it.
+K8S_TAGS="selinux,notest,grpcnotrace"
+
+# Proxy zips lack git metadata, so stamp the version as upstream's hack/lib/version.sh does;
+# Helm's .Capabilities.KubeVersion, kubectl and the kubelet's node status read it.
+kube_ldflags() {
   local x="-s -w" p build_date
   build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     x+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR"
     x+=" -X $p.gitTreeState=clean -X $p.buildDate=$build_date"
   done
-  go_build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$x"
+  echo "$x"
+}
+
+build_apiserver() {
+  go_build "$HERE" "$CACHE_DIR" "$(kube_ldflags)" "$K8S_TAGS" k8s.io/kubernetes/cmd/kube-apiserver
   "$CACHE_DIR/kube-apiserver" --version >&2
 }
 
 build_etcd() {
-  go_build etcd go.etcd.io/etcd/server/v3 "-s -w"
+  go_build "$HERE" "$CACHE_DIR" "-s -w" "$K8S_TAGS" etcd=go.etcd.io/etcd/server/v3
   "$CACHE_DIR/etcd" --version | head -1 >&2
+}
+
+build_node() {
+  local tool kube=() ctrd=()
+  for tool in "${KUBE_NODE_TOOLS[@]}"; do
+    [[ -n ${NODE_BIN[$tool]:-} ]] || kube+=("k8s.io/kubernetes/cmd/$tool")
+  done
+  ((${#kube[@]} == 0)) || go_build "$HERE" "$CACHE_DIR" "$(kube_ldflags)" "$K8S_TAGS" "${kube[@]}"
+  for tool in "${CONTAINERD_TOOLS[@]}"; do
+    [[ -n ${NODE_BIN[$tool]:-} ]] || ctrd+=("github.com/containerd/containerd/v2/cmd/$tool")
+  done
+  # Static, without the snapshotters that need cgo (btrfs, devmapper, zfs): overlayfs is used.
+  ((${#ctrd[@]} == 0)) || go_build "$NODE_MODULES/containerd" "$CONTAINERD_DIR" \
+    "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "no_btrfs,no_devmapper,no_zfs,netgo,osusergo" "${ctrd[@]}"
+  [[ -n ${NODE_BIN[coredns]:-} ]] || go_build "$NODE_MODULES/coredns" "$COREDNS_DIR" \
+    "-s -w" "" jwtkeymap.local/hack/node/coredns
 }
 
 fetch_kubectl_helm() {
@@ -190,6 +262,14 @@ emit() {
     echo "JWTKEYMAP_ETCD=$ETCD"
     echo "JWTKEYMAP_KUBECTL=$KUBECTL"
     echo "JWTKEYMAP_HELM=$HELM"
+    if ((node)); then
+      local tool
+      for tool in "${!NODE_BIN[@]}"; do
+        echo "JWTKEYMAP_$(echo "$tool" | tr 'a-z-' 'A-Z_')=${NODE_BIN[$tool]}"
+      done | sort
+      echo "JWTKEYMAP_CONTAINERD_VERSION=$CONTAINERD_VERSION"
+      echo "JWTKEYMAP_COREDNS_VERSION=$COREDNS_VERSION"
+    fi
   fi
 }
 
@@ -217,6 +297,7 @@ log "kubernetes $K8S_VERSION, etcd $ETCD_VERSION; cache: $CACHE_DIR"
 [[ -n $APISERVER ]] || build_apiserver
 [[ -n $ETCD ]] || build_etcd
 [[ -n $KUBECTL && -n $HELM ]] || fetch_kubectl_helm
+((node == 0)) || build_node
 resolve
 todo=$(missing)
 [[ -z $todo ]] || { echo "install.sh: still missing after install: $todo" >&2; exit 1; }

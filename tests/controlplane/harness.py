@@ -52,6 +52,18 @@ ADMIN_USER = "jwtkeymap-test-admin"
 WORKDIR_PREFIX = "jwtkeymap-controlplane-"
 OWNER_FILE = "owner.pid"
 LOOPBACK = "127.0.0.1"
+# Service addresses come from RFC 2544's benchmarking range (pods use 198.18.0.0/16, tests/node):
+# nothing of ours lives in 10/8, 172.16/12 or 192.168/16.
+SERVICE_CIDR = "198.19.0.0/16"
+KUBERNETES_SERVICE_IP = "198.19.0.1"
+# The identities of a node's components; each has its bootstrap RBAC role already.
+NODE_COMPONENTS = ("system:kube-controller-manager", "system:kube-scheduler", "system:kube-proxy")
+KUBERNETES_SERVICE_NAMES = (
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+)
 TESTDATA = Path(__file__).parent / "testdata"
 POLL_INTERVAL = 0.2
 
@@ -129,6 +141,7 @@ class TLSFiles:
     ca_file: Path
     cert_file: Path
     key_file: Path
+    ca_key_file: Path | None = None
 
     @property
     def ca_bundle_b64(self) -> str:
@@ -207,12 +220,43 @@ def issue_tls(
         ca_file=directory / f"{name}-ca.crt",
         cert_file=directory / f"{name}.crt",
         key_file=directory / f"{name}.key",
+        ca_key_file=directory / f"{name}-ca.key",
     )
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key_file.write_bytes(_pem_key(key))
-    files.key_file.chmod(0o600)
+    for path, private in ((files.key_file, key), (files.ca_key_file, ca_key)):
+        path.write_bytes(_pem_key(private))
+        path.chmod(0o600)
     return files
+
+
+def issue_client_cert(tls: TLSFiles, name: str, *, groups: Sequence[str] = ()) -> tuple[Path, Path]:
+    """A client certificate (CN ``name``, O ``groups``) signed by the CA of ``tls``; (cert, key)."""
+    assert tls.ca_key_file is not None
+    ca_key = serialization.load_pem_private_key(tls.ca_key_file.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file = tls.ca_file.parent / f"{name}.client.crt"
+    key_file = tls.ca_file.parent / f"{name}.client.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(_pem_key(key))
+    key_file.chmod(0o600)
+    return cert_file, key_file
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -294,8 +338,17 @@ class ControlPlane:
         attached: bool = True,
         ready_timeout: float = 60.0,
         extra_apiserver_args: Sequence[str] = (),
+        address: str = LOOPBACK,
+        node_name: str | None = None,
     ) -> None:
         self.binaries = binaries or find_binaries()
+        # With a node (tests/node), the apiserver serves on an address pods reach, keeps the
+        # `kubernetes` Service's endpoints, admits ServiceAccounts, authorizes nodes and can
+        # reach the kubelet; each component gets its own identity (``component_tokens``).
+        self.address = address
+        self.node_name = node_name
+        self.component_tokens: dict[str, str] = {}
+        self.tls: TLSFiles | None = None
         self._requested_workdir = workdir
         self._attached = attached
         self._ready_timeout = ready_timeout
@@ -337,11 +390,26 @@ class ControlPlane:
 
     def _start(self, started: float) -> None:
         pki = self.workdir / "pki"
-        tls = issue_tls(pki, "kube-apiserver")
+        hosts = [LOOPBACK, "localhost"]
+        if self.node_name:
+            hosts += [self.address, KUBERNETES_SERVICE_IP, *KUBERNETES_SERVICE_NAMES]
+        tls = self.tls = issue_tls(pki, "kube-apiserver", hosts=hosts)
         self.ca_file = tls.ca_file
         self.token = secrets.token_urlsafe(24)
+        users = [(self.token, ADMIN_USER, "system:masters")]
+        if self.node_name:
+            self.component_tokens = {
+                user: secrets.token_urlsafe(24)
+                for user in (*NODE_COMPONENTS, f"system:node:{self.node_name}")
+            }
+            users += [
+                (token, user, "system:nodes" if user.startswith("system:node:") else "")
+                for user, token in self.component_tokens.items()
+            ]
         tokens = pki / "tokens.csv"
-        tokens.write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        tokens.write_text(
+            "".join(f"{t},{u},{u}" + (f',"{g}"' if g else "") + "\n" for t, u, g in users)
+        )
         tokens.chmod(0o600)
         sa_key = pki / "service-account.key"
         sa_key.write_bytes(_pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
@@ -350,7 +418,7 @@ class ControlPlane:
         etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
         self.etcd_url = f"http://{LOOPBACK}:{etcd_port}"
         peer_url = f"http://{LOOPBACK}:{etcd_peer_port}"
-        self.server = f"https://{LOOPBACK}:{api_port}"
+        self.server = f"https://{self.address}:{api_port}"
 
         self._etcd = self._spawn(
             "etcd",
@@ -375,23 +443,17 @@ class ControlPlane:
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_url}",
-                f"--bind-address={LOOPBACK}",
+                f"--bind-address={self.address}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={tls.cert_file}",
                 f"--tls-private-key-file={tls.key_file}",
                 f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
-                # Without a kube-controller-manager nobody creates `default` ServiceAccounts,
-                # and this admission plugin would reject every Pod that needs one.
-                "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
-                # Nothing serves the `kubernetes` Service endpoints here, and a loopback advertise
-                # address is rejected by the reconcilers: switch them off.
-                "--endpoint-reconciler-type=none",
+                *(self._node_args(pki, tls) if self.node_name else self._envtest_args()),
                 "--profiling=false",
                 "--v=1",
                 *self._extra_args,
@@ -405,6 +467,39 @@ class ControlPlane:
             headers={"Authorization": f"Bearer {self.token}"},
         )
         self.startup_seconds = time.monotonic() - started
+
+    @staticmethod
+    def _envtest_args() -> list[str]:
+        return [
+            "--authorization-mode=RBAC",
+            # Without a kube-controller-manager nobody creates `default` ServiceAccounts,
+            # and this admission plugin would reject every Pod that needs one.
+            "--disable-admission-plugins=ServiceAccount",
+            # Nothing serves the `kubernetes` Service endpoints here, and a loopback advertise
+            # address is rejected by the reconcilers: switch them off.
+            "--endpoint-reconciler-type=none",
+        ]
+
+    def _node_args(self, pki: Path, tls: TLSFiles) -> list[str]:
+        # The apiserver reaches kubelets (logs, exec) with a client certificate of its CA.
+        cert, key = issue_client_cert(
+            tls, "kube-apiserver-kubelet-client", groups=["system:masters"]
+        )
+        return [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--advertise-address={self.address}",
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
+    def component_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig for a component's identity (``system:kube-proxy`` …), next to the admin one."""
+        path = self.workdir / f"kubeconfig-{user.replace(':', '-')}"
+        path.write_text(json.dumps(self._kubeconfig(user, self.component_tokens[user]), indent=2))
+        path.chmod(0o600)
+        return path
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
@@ -455,8 +550,13 @@ class ControlPlane:
             time.sleep(0.05)  # poll interval, not a wait for a condition
 
     def _write_kubeconfig(self) -> None:
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig.write_text(json.dumps(self._kubeconfig(ADMIN_USER, self.token), indent=2))
+        self.kubeconfig.chmod(0o600)
+
+    def _kubeconfig(self, user: str, token: str) -> dict[str, object]:
         # JSON is valid YAML, and keeps this module free of a YAML dependency.
-        config = {
+        return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
@@ -470,22 +570,19 @@ class ControlPlane:
                     },
                 }
             ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.token}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "jwtkeymap-test",
                     "context": {
                         "cluster": "jwtkeymap-test",
-                        "user": ADMIN_USER,
+                        "user": user,
                         "namespace": "default",
                     },
                 }
             ],
             "current-context": "jwtkeymap-test",
         }
-        self.kubeconfig = self.workdir / "kubeconfig"
-        self.kubeconfig.write_text(json.dumps(config, indent=2))
-        self.kubeconfig.chmod(0o600)
 
     def stop(self) -> None:
         """Stop both processes (apiserver first) and delete every file the control plane wrote."""
