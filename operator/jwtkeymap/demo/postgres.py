@@ -63,9 +63,12 @@ def _run_as_user() -> str | None:
 class ThrowawayPostgres:
     """A private PostgreSQL server for one test session or one demo run."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, listen: tuple[str, ...] = ("127.0.0.1",)
+    ) -> None:
         self.bindir = find_bindir()
         self.port = port or free_port()
+        self.listen = listen
         self.user = _run_as_user()
         self.root = Path(tempfile.mkdtemp(prefix="jwtkeymap-pg-"))
         self.data = self.root / "data"
@@ -103,8 +106,8 @@ class ThrowawayPostgres:
     def start(self) -> None:
         """Start (or restart) the server on the same port and data."""
         opts = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.listen)} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         subprocess.run(
             self._cmd(
@@ -115,6 +118,16 @@ class ThrowawayPostgres:
             capture_output=True,
         )  # fmt: skip
         self.running = True
+
+    def allow(self, network: str, role: str, password: str) -> str:
+        """Let ``role`` (created, with ``password``) log in from ``network`` with SCRAM; its URL
+        at the first non-loopback listen address. The server must listen there (``listen``)."""
+        self.psql(f"CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD '{password}'")
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all {role} {network} scram-sha-256\n")
+        self.psql("SELECT pg_reload_conf()")
+        host = next((a for a in self.listen if a != "127.0.0.1"), "127.0.0.1")
+        return f"postgresql://{role}:{password}@{host}:{self.port}"
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server, keeping its data (for outage tests)."""
