@@ -76,6 +76,9 @@ K8S_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI
 # they are configured with; stop() empties the ones that did not exist before start().
 HOST_DIRS = (
     Path("/run/containerd/s"),  # shim sockets
+    Path("/run/containerd/fifo"),  # task I/O
+    Path("/run/containerd/runc/k8s.io"),  # the sandboxes' runc state
+    Path("/run/containerd/runc"),
     Path("/run/containerd"),
     Path("/var/lib/cni/results"),  # libcni's result cache
     Path("/var/lib/cni"),
