@@ -24,9 +24,8 @@
 #   pause:<tag>             Kubernetes' pause.c from the k8s.io/kubernetes Go module pinned in
 #                           hack/envtest/go.mod (<tag> is TAG in its build/pause/Makefile),
 #                           `gcc -Os -static`, on scratch, entrypoint /pause, user 65535.
-#   coredns:v1.14.7         a static coredns binary from $JWTKEYMAP_COREDNS (for now
-#                           /tmp/nodebuild/coredns when that variable is unset), on scratch,
-#                           entrypoint /coredns.
+#   coredns:<version>       the static coredns binary `hack/envtest/install.sh --node` builds
+#                           (or $JWTKEYMAP_COREDNS), on scratch, entrypoint /coredns.
 #
 # Everything goes under ${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/images/ (override the whole
 # path with JWTKEYMAP_IMAGES_DIR): the tarballs (<name>_<tag>.tar, written to a temporary name
@@ -71,9 +70,10 @@ PODMAN_DIR=$CACHE_DIR/podman
 SUITE=bookworm
 BASE_PACKAGES=(python3 python3-venv python-is-python3 ca-certificates)
 BASE_REF=localhost/jwtkeymap/debian-python:$SUITE
-COREDNS_VERSION=v1.14.7
+# CoreDNS is built by hack/envtest/install.sh --node (make tools), whose module pins its version.
+COREDNS_VERSION=$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" { print $3 }' \
+  "$HERE/coredns/go.mod")
 COREDNS_REF=localhost/jwtkeymap/coredns:$COREDNS_VERSION
-COREDNS_DEFAULT=/tmp/nodebuild/coredns # the lead's build, until it has a home of its own
 
 WORK_DIRS=()
 cleanup() {
@@ -378,8 +378,11 @@ verify_pause() {
 
 build_coredns() {
   local bin=${JWTKEYMAP_COREDNS:-} ctx out
-  if [[ -z $bin && -x $COREDNS_DEFAULT ]]; then bin=$COREDNS_DEFAULT; fi
-  [[ -n $bin ]] || die "no coredns binary: set JWTKEYMAP_COREDNS to a static coredns $COREDNS_VERSION binary"
+  if [[ -z $bin ]]; then
+    bin=$("$ROOT/hack/envtest/install.sh" --node --check --print-env 2>/dev/null |
+      sed -n 's/^JWTKEYMAP_COREDNS=//p') || true
+  fi
+  [[ -n $bin ]] || die "no coredns binary: run \`make tools\` (hack/envtest/install.sh --node) or set JWTKEYMAP_COREDNS"
   [[ -f $bin && -x $bin ]] || die "JWTKEYMAP_COREDNS=$bin is not an executable file"
   out=$("$bin" -version 2>&1) || true
   out=${out%%$'\n'*}
