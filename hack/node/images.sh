@@ -37,8 +37,9 @@
 # blob-info cache, digests only, in /var/lib/containers/cache/). No container ever joins
 # podman's bridge network (10.88.0.0/16): builds use the host network, checks use none.
 # Podman's storage keeps the layers the current images stand on (the Dockerfile's build stage,
-# tagged localhost/jwtkeymap/jwtkeymap-build:cache, among them) as build cache; older project
-# images, their tarballs and layers are removed once a new one is built.
+# tagged localhost/jwtkeymap/jwtkeymap-build:cache, among them) as build cache. Project
+# tarballs (and images) of the 4 most recently built or used tags are kept, so work trees
+# sharing this cache do not drop each other's; older ones go, layers included.
 #
 # Each archive is verified before it is kept: loaded into a throwaway storage and run there
 # (the project image prints its version as uid 10001 on a read-only root, pause starts and
@@ -326,16 +327,21 @@ verify_project() {
   log "jwtkeymap: --version prints '$out', runs as uid:gid $id"
 }
 
-# Only the current project image and tarball are kept, and of the layer cache only what the
-# tagged images (the current build stage among them) stand on: older builds' layers go.
+# Project tarballs are kept for the KEEP_PROJECTS most recently built or used tags (several
+# work trees share this cache, each with its own tag); older ones go with their images, and of
+# the layer cache only what the tagged images (the current build stage among them) stand on
+# stays.
+KEEP_PROJECTS=4
 drop_old_projects() {
-  local tar ref
+  local tar ref keep=()
+  mapfile -t keep < <(find "$CACHE_DIR" -maxdepth 1 -name 'jwtkeymap_*.tar' -printf '%T@ %p\n' |
+    sort -rn | head -n "$KEEP_PROJECTS" | cut -d' ' -f2-)
   for tar in "$CACHE_DIR"/jwtkeymap_*.tar; do
-    if [[ -f $tar && $tar != "$PROJECT_TAR" ]]; then rm -f "$tar"; fi
+    if [[ -f $tar && " ${keep[*]} " != *" $tar "* ]]; then rm -f "$tar"; fi
   done
   podman images --format '{{.Repository}}:{{.Tag}}' localhost/jwtkeymap/jwtkeymap |
     while read -r ref; do
-      if [[ $ref != "$PROJECT_REF" ]]; then podman rmi "$ref" >/dev/null || true; fi
+      if [[ ! -f $CACHE_DIR/jwtkeymap_${ref##*:}.tar ]]; then podman rmi "$ref" >/dev/null || true; fi
     done
   podman image prune --force >/dev/null
 }
@@ -449,6 +455,7 @@ emit() {
 
 todo=$(missing)
 if [[ -z $todo ]]; then
+  touch -c "$PROJECT_TAR" # in use: the last to be dropped (drop_old_projects)
   emit
   exit 0
 fi
