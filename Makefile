@@ -47,7 +47,7 @@ test-fast: venv ## Unit tests only.
 mutate: deps venv ## Mutation testing of core (claims, cache, keys, tokens, policy); scores into docs/mutation.md.
 	PYTHONPATH=operator:tests$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m support.mutation.runner --write docs/mutation.md $(MUTATE_ARGS)
 
-images: deps ## Build the single-node cluster's images (Debian base, jwtkeymap, pause, CoreDNS) as docker archives.
+images: deps tools ## Build the single-node cluster's images (Debian base, jwtkeymap, pause, CoreDNS) as docker archives.
 	@hack/node/images.sh >/dev/null
 
 e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.

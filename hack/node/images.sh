@@ -24,9 +24,10 @@
 #   pause:<tag>             Kubernetes' pause.c from the k8s.io/kubernetes Go module pinned in
 #                           hack/envtest/go.mod (<tag> is TAG in its build/pause/Makefile),
 #                           `gcc -Os -static`, on scratch, entrypoint /pause, user 65535.
-#   coredns:v1.14.7         a static coredns binary from $JWTKEYMAP_COREDNS (for now
-#                           /tmp/nodebuild/coredns when that variable is unset), on scratch,
-#                           entrypoint /coredns.
+#   coredns:<version>       a static coredns binary on scratch, entrypoint /coredns: the one
+#                           $JWTKEYMAP_COREDNS names, else the one `make tools` built
+#                           (hack/envtest/install.sh --node); <version> is the pin of
+#                           hack/node/coredns/go.mod, and the binary must report it.
 #
 # Everything goes under ${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/images/ (override the whole
 # path with JWTKEYMAP_IMAGES_DIR): the tarballs (<name>_<tag>.tar, written to a temporary name
@@ -46,8 +47,9 @@
 # stops on SIGTERM, coredns prints its version and has the kubernetes plugin).
 #
 # Needs root (debootstrap, chroot, rootful podman) and podman, debootstrap, gcc with
-# libc6-dev, go and git (`make deps` installs the Debian ones). Cold, about 6 minutes on
-# 2 cores (debootstrap and its upgrade about 3.5 minutes of it); warm, well under a second.
+# libc6-dev, go and git (`make deps` installs the Debian ones), and for CoreDNS the binary
+# `make tools` builds. Cold, about 4 minutes on 2 cores (debootstrap and its upgrade 2 to 3.5
+# minutes of it); warm, well under a second. hack/node/README.md has the details.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -72,9 +74,11 @@ PODMAN_DIR=$CACHE_DIR/podman
 SUITE=bookworm
 BASE_PACKAGES=(python3 python3-venv python-is-python3 ca-certificates)
 BASE_REF=localhost/jwtkeymap/debian-python:$SUITE
-COREDNS_VERSION=v1.14.7
+# The CoreDNS pin lives in the module that builds it (hack/envtest/install.sh --node).
+COREDNS_VERSION=$(awk '($1 == "require" && $2 == "github.com/coredns/coredns") { print $3; exit }
+  $1 == "github.com/coredns/coredns" { print $2; exit }' "$ROOT/hack/node/coredns/go.mod")
+[[ $COREDNS_VERSION == v* ]] || die "cannot read the CoreDNS version from $ROOT/hack/node/coredns/go.mod"
 COREDNS_REF=localhost/jwtkeymap/coredns:$COREDNS_VERSION
-COREDNS_DEFAULT=/tmp/nodebuild/coredns # the lead's build, until it has a home of its own
 
 WORK_DIRS=()
 cleanup() {
@@ -384,8 +388,11 @@ verify_pause() {
 
 build_coredns() {
   local bin=${JWTKEYMAP_COREDNS:-} ctx out
-  if [[ -z $bin && -x $COREDNS_DEFAULT ]]; then bin=$COREDNS_DEFAULT; fi
-  [[ -n $bin ]] || die "no coredns binary: set JWTKEYMAP_COREDNS to a static coredns $COREDNS_VERSION binary"
+  if [[ -z $bin ]]; then
+    bin=$("$ROOT/hack/envtest/install.sh" --node --check --print-env 2>/dev/null |
+      sed -n 's/^JWTKEYMAP_COREDNS=//p') || true
+  fi
+  [[ -n $bin ]] || die "no coredns binary: set JWTKEYMAP_COREDNS to a static coredns $COREDNS_VERSION binary, or build it with make tools (hack/envtest/install.sh --node)"
   [[ -f $bin && -x $bin ]] || die "JWTKEYMAP_COREDNS=$bin is not an executable file"
   out=$("$bin" -version 2>&1) || true
   out=${out%%$'\n'*}
