@@ -24,8 +24,10 @@
 #   pause:<tag>             Kubernetes' pause.c from the k8s.io/kubernetes Go module pinned in
 #                           hack/envtest/go.mod (<tag> is TAG in its build/pause/Makefile),
 #                           `gcc -Os -static`, on scratch, entrypoint /pause, user 65535.
-#   coredns:<version>       the static coredns binary `hack/envtest/install.sh --node` builds
-#                           (or $JWTKEYMAP_COREDNS), on scratch, entrypoint /coredns.
+#   coredns:<version>       a static coredns binary on scratch, entrypoint /coredns: the one
+#                           $JWTKEYMAP_COREDNS names, else the one `make tools` built
+#                           (hack/envtest/install.sh --node); <version> is the pin of
+#                           hack/node/coredns/go.mod, and the binary must report it.
 #
 # Everything goes under ${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/images/ (override the whole
 # path with JWTKEYMAP_IMAGES_DIR): the tarballs (<name>_<tag>.tar, written to a temporary name
@@ -36,16 +38,18 @@
 # blob-info cache, digests only, in /var/lib/containers/cache/). No container ever joins
 # podman's bridge network (10.88.0.0/16): builds use the host network, checks use none.
 # Podman's storage keeps the layers the current images stand on (the Dockerfile's build stage,
-# tagged localhost/jwtkeymap/jwtkeymap-build:cache, among them) as build cache; older project
-# images, their tarballs and layers are removed once a new one is built.
+# tagged localhost/jwtkeymap/jwtkeymap-build:cache, among them) as build cache. Project
+# tarballs (and images) of the 4 most recently built or used tags are kept, so work trees
+# sharing this cache do not drop each other's; older ones go, layers included.
 #
 # Each archive is verified before it is kept: loaded into a throwaway storage and run there
 # (the project image prints its version as uid 10001 on a read-only root, pause starts and
 # stops on SIGTERM, coredns prints its version and has the kubernetes plugin).
 #
 # Needs root (debootstrap, chroot, rootful podman) and podman, debootstrap, gcc with
-# libc6-dev, go and git (`make deps` installs the Debian ones). Cold, about 6 minutes on
-# 2 cores (debootstrap and its upgrade about 3.5 minutes of it); warm, well under a second.
+# libc6-dev, go and git (`make deps` installs the Debian ones), and for CoreDNS the binary
+# `make tools` builds. Cold, about 4 minutes on 2 cores (debootstrap and its upgrade 2 to 3.5
+# minutes of it); warm, well under a second. hack/node/README.md has the details.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -70,9 +74,10 @@ PODMAN_DIR=$CACHE_DIR/podman
 SUITE=bookworm
 BASE_PACKAGES=(python3 python3-venv python-is-python3 ca-certificates)
 BASE_REF=localhost/jwtkeymap/debian-python:$SUITE
-# CoreDNS is built by hack/envtest/install.sh --node (make tools), whose module pins its version.
-COREDNS_VERSION=$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" { print $3 }' \
-  "$HERE/coredns/go.mod")
+# The CoreDNS pin lives in the module that builds it (hack/envtest/install.sh --node).
+COREDNS_VERSION=$(awk '($1 == "require" && $2 == "github.com/coredns/coredns") { print $3; exit }
+  $1 == "github.com/coredns/coredns" { print $2; exit }' "$ROOT/hack/node/coredns/go.mod")
+[[ $COREDNS_VERSION == v* ]] || die "cannot read the CoreDNS version from $ROOT/hack/node/coredns/go.mod"
 COREDNS_REF=localhost/jwtkeymap/coredns:$COREDNS_VERSION
 
 WORK_DIRS=()
@@ -326,16 +331,21 @@ verify_project() {
   log "jwtkeymap: --version prints '$out', runs as uid:gid $id"
 }
 
-# Only the current project image and tarball are kept, and of the layer cache only what the
-# tagged images (the current build stage among them) stand on: older builds' layers go.
+# Project tarballs are kept for the KEEP_PROJECTS most recently built or used tags (several
+# work trees share this cache, each with its own tag); older ones go with their images, and of
+# the layer cache only what the tagged images (the current build stage among them) stand on
+# stays.
+KEEP_PROJECTS=4
 drop_old_projects() {
-  local tar ref
+  local tar ref keep=()
+  mapfile -t keep < <(find "$CACHE_DIR" -maxdepth 1 -name 'jwtkeymap_*.tar' -printf '%T@ %p\n' |
+    sort -rn | head -n "$KEEP_PROJECTS" | cut -d' ' -f2-)
   for tar in "$CACHE_DIR"/jwtkeymap_*.tar; do
-    if [[ -f $tar && $tar != "$PROJECT_TAR" ]]; then rm -f "$tar"; fi
+    if [[ -f $tar && " ${keep[*]} " != *" $tar "* ]]; then rm -f "$tar"; fi
   done
   podman images --format '{{.Repository}}:{{.Tag}}' localhost/jwtkeymap/jwtkeymap |
     while read -r ref; do
-      if [[ $ref != "$PROJECT_REF" ]]; then podman rmi "$ref" >/dev/null || true; fi
+      if [[ ! -f $CACHE_DIR/jwtkeymap_${ref##*:}.tar ]]; then podman rmi "$ref" >/dev/null || true; fi
     done
   podman image prune --force >/dev/null
 }
@@ -382,7 +392,7 @@ build_coredns() {
     bin=$("$ROOT/hack/envtest/install.sh" --node --check --print-env 2>/dev/null |
       sed -n 's/^JWTKEYMAP_COREDNS=//p') || true
   fi
-  [[ -n $bin ]] || die "no coredns binary: run \`make tools\` (hack/envtest/install.sh --node) or set JWTKEYMAP_COREDNS"
+  [[ -n $bin ]] || die "no coredns binary: set JWTKEYMAP_COREDNS to a static coredns $COREDNS_VERSION binary, or build it with make tools (hack/envtest/install.sh --node)"
   [[ -f $bin && -x $bin ]] || die "JWTKEYMAP_COREDNS=$bin is not an executable file"
   out=$("$bin" -version 2>&1) || true
   out=${out%%$'\n'*}
@@ -452,6 +462,7 @@ emit() {
 
 todo=$(missing)
 if [[ -z $todo ]]; then
+  touch -c "$PROJECT_TAR" # in use: the last to be dropped (drop_old_projects)
   emit
   exit 0
 fi
