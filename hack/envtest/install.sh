@@ -158,7 +158,7 @@ go_build() {
     [[ $arg == *=* ]] || names[-1]="$built:$built"
   done
   go_bin=$(find_go)
-  log "building ${names[*]%%:*} ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
+  log "building ${names[*]#*:} ($("$go_bin" env GOVERSION)); a cold build takes many minutes on 2 cores"
   started=$(date +%s)
   mkdir -p "$out"
   tmp=$(mktemp -d "$out/.build.XXXXXX")
