@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the handlers make themselves (kopf does the rest).
 
 Reading a referenced Secret on demand (never caching every Secret of the cluster
-in memory) and annotating a mapping when its Secret changed.
+in memory), annotating a mapping when its Secret changed, and the reads a standby
+replica's webhook answers from (its kopf indexes are empty: see webhooks.py).
 """
 
 from __future__ import annotations
@@ -77,6 +78,28 @@ class Kube:
                 return None
             raise KubeUnavailable(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from None
         return dict(secret.data or {})
+
+    async def list_cluster_objects(self, plural: str) -> list[dict[str, Any]]:
+        """Every jwtkeymap.io object of ``plural`` in the cluster."""
+        try:
+            found: Any = await self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+        except aiohttp.ClientError as exc:
+            raise KubeUnavailable(f"listing {plural}: {exc}") from None
+        except ApiException as exc:
+            raise KubeUnavailable(f"listing {plural}: HTTP {exc.status}") from None
+        return list(found.get("items") or [])
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        """A namespace's labels, or None if it does not exist."""
+        try:
+            namespace: Any = await self._core.read_namespace(name)
+        except aiohttp.ClientError as exc:
+            raise KubeUnavailable(f"reading namespace {name}: {exc}") from None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeUnavailable(f"reading namespace {name}: HTTP {exc.status}") from None
+        return dict(namespace.metadata.labels or {})
 
     async def annotate_mapping(
         self, namespace: str, name: str, annotations: Mapping[str, str]

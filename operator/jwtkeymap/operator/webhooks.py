@@ -10,10 +10,17 @@ in-memory indexes, so they answer without an API call; the operator enforces
 the policy again, and the database's unique index stays the final arbiter (two
 creations racing through different replicas are caught there and reported as a
 Conflict condition).
+
+Every replica serves the webhook, but kopf fills the indexes only on the active
+one: a standby is paused by peering and watches nothing. A replica whose
+namespace index is empty (a cluster always has namespaces) therefore reads what
+the indexes would hold from the API for that one review: the policies, the
+namespace's labels and the mappings. If that read fails, the review is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Iterable, Mapping
@@ -29,8 +36,11 @@ from jwtkeymap.operator.handlers.indexes import (
     IdentityHolder,
     IdentityKey,
     Tenancy,
+    indexed,
     tenancy_of,
 )
+from jwtkeymap.operator.handlers.runtime import runtime_of
+from jwtkeymap.operator.kube import Kube, KubeUnavailable
 from jwtkeymap.operator.resource import (
     GROUP,
     PLURAL,
@@ -41,6 +51,7 @@ from jwtkeymap.operator.resource import (
     parse_spec,
     ref_of,
 )
+from jwtkeymap.operator.tenancy import POLICY_PLURAL
 
 HANDLER_ID: Final = "validate-mapping"
 
@@ -92,13 +103,14 @@ def spec_unchanged(old: Mapping[str, Any] | None, spec: Mapping[str, Any]) -> bo
     return old is not None and dict(old.get("spec") or {}) == dict(spec)
 
 
-def validate(
+async def validate(
     spec: kopf.Spec,
     namespace: str | None,
     name: str,
     uid: str,
     *,
     config: Settings,
+    memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
     """Admit a JWTKeyMapping CREATE or UPDATE, or raise kopf.AdmissionError."""
@@ -106,7 +118,11 @@ def validate(
         # Finalizers, annotations, a deletion: never blocked, or a resource denied after it
         # was stored (a policy narrowed, a webhook not yet called) could not even be deleted.
         return
+    taken: Mapping[IdentityKey, Iterable[IdentityHolder]]
     taken = cast(ByIdentity, kwargs[BY_IDENTITY])  # the kopf index registered by the handlers
+    tenancy = tenancy_of(kwargs)
+    if not tenancy.namespaces:
+        taken, tenancy = await read_indexes(runtime_of(memo).kube, namespace or "", config)
     check(
         spec,
         namespace=namespace,
@@ -114,8 +130,25 @@ def validate(
         uid=uid,
         settings=config,
         taken=taken,
-        tenancy=tenancy_of(kwargs),
+        tenancy=tenancy,
     )
+
+
+async def read_indexes(
+    kube: Kube, namespace: str, settings: Settings
+) -> tuple[Mapping[IdentityKey, Iterable[IdentityHolder]], Tenancy]:
+    """The indexes' content for one review, read from the API (a standby replica)."""
+    try:
+        policies, labels, mappings = await asyncio.gather(
+            kube.list_cluster_objects(POLICY_PLURAL),
+            kube.namespace_labels(namespace),
+            kube.list_cluster_objects(PLURAL),
+        )
+    except KubeUnavailable as exc:
+        raise kopf.AdmissionError(
+            f"cannot check the tenancy policies now ({exc}); retry", code=503
+        ) from None
+    return indexed(policies, namespace, labels, mappings, settings)
 
 
 def register_validation(registry: kopf.OperatorRegistry, settings: Settings) -> None:

@@ -7,11 +7,13 @@ of the session's open policy, see conftest) and writes policies that select that
 from __future__ import annotations
 
 import json
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import kopf
 import pytest
 from harness import ControlPlane, apoll
 from operator_kit import TENANCY_LABEL, Cluster, StartOperator, WebhookSetup, add_key, rows
@@ -20,6 +22,9 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.owners import AUTO_REGISTERED
+from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.kube import Connection, Kube
+from jwtkeymap.operator.webhooks import validate
 
 pytestmark = pytest.mark.controlplane
 
@@ -204,3 +209,43 @@ async def test_the_operator_denies_and_adopts_only_what_a_policy_allows(
     [row] = await rows(db)
     assert (row["id"], row["token"]) == (auto["id"], token)
     assert row["owner"] == f"k8s:{obj['metadata']['uid']}"
+
+
+async def test_a_standby_webhook_reads_the_api_and_decides_as_the_leader(
+    controlplane: ControlPlane, tenants: Tenants
+) -> None:
+    """A standby replica's kopf indexes are empty (peering pauses its watches): its webhook
+    must read the policies, the namespace and the mappings from the API instead of refusing
+    everything for want of a policy, or admitting a taken identity for want of an index."""
+    alpha, mallory = tenants.namespace("alpha"), tenants.namespace("mallory")
+    tenants.policy(alpha, ["*@alpha.example.com"])
+    controlplane.kubectl(
+        "apply", "-f", "-", check=True,
+        input=mapping(alpha, "taken", "held@alpha.example.com", "c" * 64),
+    )  # fmt: skip
+    kube = await Kube.connect(
+        Connection(controlplane.server, controlplane.token, controlplane.ca_file)
+    )
+    memo = kopf.Memo()
+    memo["jwtkeymap.runtime"] = types.SimpleNamespace(kube=kube)
+    empty: dict[str, Any] = {"by_identity": {}, "policies": {}, "namespace_labels": {}}
+    settings = Settings(database_url="postgresql://unused@127.0.0.1/unused")
+
+    async def review(namespace: str, value: str) -> kopf.AdmissionError | None:
+        spec = json.loads(mapping(namespace, "new", value, "d" * 64))["spec"]
+        try:
+            await validate(spec, namespace, "new", "uid-new", config=settings, memo=memo, **empty)
+        except kopf.AdmissionError as refused:
+            return refused
+        return None
+
+    try:
+        assert await review(alpha, "new@alpha.example.com") is None
+        taken = await review(alpha, "held@alpha.example.com")
+        assert taken is not None and taken.code == 409
+        outside = await review(mallory, "new@alpha.example.com")
+        assert outside is not None and outside.code == 403
+        assert f"no JWTKeyMappingPolicy selects namespace {mallory}" in str(outside)
+    finally:
+        await kube.close()
+        controlplane.kubectl("delete", "jwtkeymapping", "taken", "-n", alpha, "--wait=false")

@@ -62,7 +62,7 @@ def by_identity(
     namespace: str | None,
     name: str,
     uid: str,
-    spec: kopf.Spec,
+    spec: Mapping[str, Any],
     *,
     config: Settings,
     **_: Any,
@@ -76,7 +76,7 @@ def by_identity(
     return {key: (ref_of(namespace, name), uid)}
 
 
-def policies(name: str, spec: kopf.Spec, **_: Any) -> dict[str, Policy] | None:
+def policies(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Policy] | None:
     """Every JWTKeyMappingPolicy, parsed (the CRD validated it; a stray is left out, loudly)."""
     try:
         return {_ALL: parse_policy(name, spec)}
@@ -106,3 +106,28 @@ class Tenancy:
 def tenancy_of(kwargs: Mapping[str, Any]) -> Tenancy:
     """The tenancy indexes from a handler's keyword arguments."""
     return Tenancy(kwargs[POLICIES], kwargs[NAMESPACE_LABELS])
+
+
+def indexed(
+    policy_objects: Iterable[Mapping[str, Any]],
+    namespace: str,
+    labels: Mapping[str, str] | None,
+    mapping_objects: Iterable[Mapping[str, Any]],
+    settings: Settings,
+) -> tuple[dict[IdentityKey, list[IdentityHolder]], Tenancy]:
+    """What kopf's indexes would hold for ``namespace``, from listed objects (a standby)."""
+    parsed = (
+        policies(name=o["metadata"]["name"], spec=o.get("spec") or {}) for o in policy_objects
+    )
+    found = [p[_ALL] for p in parsed if p is not None]
+    taken: dict[IdentityKey, list[IdentityHolder]] = {}
+    for obj in mapping_objects:
+        meta = obj["metadata"]
+        entry = by_identity(
+            meta.get("namespace"), meta["name"], meta.get("uid", ""), obj.get("spec") or {},
+            config=settings,
+        )  # fmt: skip
+        for key, holder in (entry or {}).items():
+            taken.setdefault(key, []).append(holder)
+    namespaces = {namespace: [dict(labels)]} if labels is not None else {}
+    return taken, Tenancy({_ALL: found} if found else {}, namespaces)
