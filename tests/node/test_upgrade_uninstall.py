@@ -71,8 +71,8 @@ def named_leftovers(kube: ControlPlane, release: Any) -> list[str]:
     """The release's objects looked up by name and namespace, whatever their labels."""
     name, ns = fullname(release.name), release.namespace
     wanted = [
-        ("deployment", name, ns), ("service", f"{name}-webhook", ns),
-        ("configmap", name, ns), ("secret", f"{name}-webhook-tls", ns),
+        ("deployment", name, ns), ("configmap", name, ns), ("secret", f"{name}-webhook-tls", ns),
+        ("service", f"{name}-webhook", ns), ("service", f"{name}-metrics", ns),
         ("serviceaccount", name, ns), ("pdb", name, ns),
         ("clusterrole", name, None), ("clusterrolebinding", name, None),
         ("mutatingwebhookconfiguration", f"{name}-injector", None),
