@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv tools litellm demo test test-fast mutate lint fmt bench bench-operator controlplane-up controlplane-down e2e chart-crds chart-lint clean
+.PHONY: help deps venv tools images litellm demo test test-fast mutate lint fmt bench bench-operator controlplane-up controlplane-down cluster-up cluster-down e2e chart-crds chart-lint clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create the virtualenv with the package and test tools.
 
-tools: ## Build or fetch kube-apiserver, etcd, kubectl and helm (cached outside the repo).
-	@hack/envtest/install.sh
+tools: ## Build or fetch the cluster's binaries: kube-apiserver, etcd, kubectl, helm, kubelet & co, containerd, CoreDNS (cached outside the repo).
+	@hack/envtest/install.sh --node >/dev/null
 
 litellm: deps ## Build the pinned LiteLLM proxy the tests run (own virtualenv, cached outside the repo).
 	@hack/litellm/install.sh >/dev/null
@@ -77,6 +77,12 @@ controlplane-up: venv tools ## Start kube-apiserver + etcd in the background; pr
 
 controlplane-down: venv ## Stop the control plane started by controlplane-up and delete its files.
 	$(BIN)/python tests/controlplane/harness.py down
+
+cluster-up: venv tools images ## Start a real single-node cluster (root; pods 198.18.0.0/16, Services 198.19.0.0/16); prints the KUBECONFIG to export.
+	$(BIN)/python tests/node/cluster.py up
+
+cluster-down: venv ## Stop the cluster started by cluster-up and remove everything it left (processes, mounts, netns, iptables, bridge, cgroups).
+	$(BIN)/python tests/node/cluster.py down
 
 fmt: venv ## Format the code.
 	$(BIN)/ruff format operator tests bench
