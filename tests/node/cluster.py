@@ -76,6 +76,9 @@ K8S_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI
 # they are configured with; stop() empties the ones that did not exist before start().
 HOST_DIRS = (
     Path("/run/containerd/s"),  # shim sockets
+    Path("/run/containerd/fifo"),  # task I/O
+    Path("/run/containerd/runc/k8s.io"),  # the sandboxes' runc state
+    Path("/run/containerd/runc"),
     Path("/run/containerd"),
     Path("/var/lib/cni/results"),  # libcni's result cache
     Path("/var/lib/cni"),
@@ -132,8 +135,8 @@ class Images:
     base: Image
 
     def all(self) -> list[Image]:
-        """Every image, pause first."""
-        return [self.pause, self.coredns, self.jwtkeymap, self.base]
+        """The images pods run, pause first (the base only builds the others)."""
+        return [self.pause, self.coredns, self.jwtkeymap]
 
 
 def _script_env(script: Path, *args: str) -> dict[str, str]:
@@ -420,8 +423,9 @@ class NodeCluster:
 
     def _import_images(self) -> None:
         for image in self.images.all():
-            self._ctr("images", "import", "--no-unpack", str(image.archive), timeout=300)
-            self._ctr("images", "unpack", "--snapshotter", "overlayfs", image.ref, timeout=300)
+            # Unpacked into the overlayfs snapshotter the CRI uses.
+            self._ctr("images", "import", "--snapshotter", "overlayfs", str(image.archive),
+                      timeout=300)  # fmt: skip
             # The kubelet must never try to pull these (there is no registry to pull from).
             self._ctr("images", "label", image.ref, "io.cri-containerd.pinned=pinned")
 
