@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk).
+deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk, podman, debootstrap, gcc).
 	@hack/install-deps.sh
 
 $(STAMP): pyproject.toml
@@ -37,7 +37,7 @@ lint: venv ## ruff (lint + format check) and mypy (strict on the package).
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: deps venv tools litellm lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy/LiteLLM), control plane.
+test: deps venv tools images litellm lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy/LiteLLM), control plane.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv ## Unit tests only.
@@ -46,6 +46,9 @@ test-fast: venv ## Unit tests only.
 # Not part of `test`: it reruns the core's tests for every mutant (about 20 minutes on 2 cores).
 mutate: deps venv ## Mutation testing of core (claims, cache, keys, tokens, policy); scores into docs/mutation.md.
 	PYTHONPATH=operator:tests$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m support.mutation.runner --write docs/mutation.md $(MUTATE_ARGS)
+
+images: deps tools ## Build the single-node cluster's images (Debian base, jwtkeymap, pause, CoreDNS) as docker archives.
+	@hack/node/images.sh >/dev/null
 
 e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.
 	e2e/run.sh $(E2E_ARGS)
