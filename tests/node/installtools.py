@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from typing import Any
 
 import asyncpg
@@ -120,20 +121,26 @@ def declare_mapping(
     )  # fmt: skip
     assert secret.returncode == 0, secret.stderr
     value = f"{name}@{namespace}.example.com"
-    apply(
-        kube,
-        {
-            "apiVersion": "jwtkeymap.io/v1alpha1",
-            "kind": "JWTKeyMapping",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "issuer": "*",
-                "claim": {"name": "email", "value": value},
-                "key": {"secretRef": {"name": f"{name}-key", "key": "apiKey"}},
-                "description": "node test",
-            },
+    mapping = {
+        "apiVersion": "jwtkeymap.io/v1alpha1",
+        "kind": "JWTKeyMapping",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "issuer": "*",
+            "claim": {"name": "email", "value": value},
+            "key": {"secretRef": {"name": f"{name}-key", "key": "apiKey"}},
+            "description": "node test",
         },
-    )
+    }
+
+    # The webhook reads policies from its watch cache: the new one reaches each replica soon
+    # after it is created, not at once.
+    def admitted() -> subprocess.CompletedProcess[str] | None:
+        done = kube.kubectl("apply", "-f", "-", input=json.dumps(mapping))
+        return None if "no JWTKeyMappingPolicy" in done.stderr else done
+
+    done = poll(admitted, timeout=30, message="the webhook to know the new policy")
+    assert done.returncode == 0, done.stderr
     return value, plaintext
 
 

@@ -180,7 +180,8 @@ def test_reinstall_with_crds_not_kept_then_uninstall_removes_them(
     values = {**copy.deepcopy(release.values), "crds": {"enabled": True, "keep": False}}
     helm_to(kube, release, "install", values, tmp_path)
     deployment = get(kube, "deployment", fullname(release.name), "-n", release.namespace)
-    assert deployment["status"].get("readyReplicas") == 2, deployment["status"]
+    replicas = release.values["operator"]["replicas"]
+    assert deployment["status"].get("readyReplicas") == replicas, deployment["status"]
 
     # Mappings go first, while the operator runs to release their finalizers: the one that
     # outlived the first release is served again, its row removed before the resource goes.
