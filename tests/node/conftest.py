@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import os
 import secrets
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,12 +53,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "node: runs pods on a real kubelet (tests/node)")
 
 
+# Run after every other file of the tier, in this order: the RBAC file checks the operator's logs
+# after the others' work, the last one upgrades and then uninstalls the session's release.
+RUN_LAST = ("test_rbac.py", "test_upgrade_uninstall.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tag every test of this folder."""
+    """Tag every test of this folder; move the files of RUN_LAST to the end."""
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.node)
+
+    def rank(item: pytest.Item) -> int:
+        path = Path(str(item.fspath))
+        if path.parent != here or path.name not in RUN_LAST:
+            return -1
+        return RUN_LAST.index(path.name)
+
+    items.sort(key=rank)  # stable: the order within each group is kept
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -107,8 +122,11 @@ class NodeDatabase:
 
 
 @pytest.fixture(scope="session")
-def node_postgres() -> Iterator[NodeDatabase]:
-    """PostgreSQL on the host, listening on loopback and on the node's address (for pods)."""
+def node_postgres(node_cluster: NodeCluster) -> Iterator[NodeDatabase]:
+    """PostgreSQL on the host, listening on loopback and on the node's address (for pods).
+
+    After the cluster: the node's address exists only once its bridge is up.
+    """
     server = ThrowawayPostgres(listen=("127.0.0.1", NODE_IP))
     try:
         server.init()
@@ -190,12 +208,35 @@ def release(
     values = release_values(image, idp)
     values_file = node_cluster.workdir / "values.json"
     values_file.write_text(json.dumps(values))
+    began = time.monotonic()
     done = kube.helm(
         "install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "-f", str(values_file),
         "--wait", "--timeout", "5m", timeout=330,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + operator_logs(kube)
+    # --wait returns once the operator Deployment is Ready.
+    _timings["release"] = (
+        f"helm install -> operator Ready {time.monotonic() - began:.1f} s;"
+        f" operator pod created -> Ready {_pod_start_to_ready(kube)}"
+    )
     return Release(name=RELEASE, namespace=RELEASE_NAMESPACE, image=image, values=values)
+
+
+def _pod_start_to_ready(kube: ControlPlane) -> str:
+    """Each operator pod's creation to its Ready condition (whole seconds: the API's resolution)."""
+    pods = json.loads(
+        kube.kubectl(
+            "get", "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/name=jwtkeymap",
+            "-o", "json", check=True,
+        ).stdout
+    )  # fmt: skip
+    spans = []
+    for pod in pods["items"]:
+        created = datetime.datetime.fromisoformat(pod["metadata"]["creationTimestamp"])
+        ready = [c for c in pod["status"].get("conditions", []) if c["type"] == "Ready"]
+        if ready and ready[0]["status"] == "True":
+            spans.append(datetime.datetime.fromisoformat(ready[0]["lastTransitionTime"]) - created)
+    return ", ".join(f"{s.total_seconds():.0f} s" for s in spans) or "?"
 
 
 def operator_logs(kube: ControlPlane) -> str:
