@@ -373,7 +373,12 @@ BATCH = 60
 
 
 def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothing(
-    kube: ControlPlane, release: Any, workload_namespace: str, node_postgres: Any, idp: SigningKey
+    kube: ControlPlane,
+    release: Any,
+    workload_namespace: str,
+    node_postgres: Any,
+    idp: SigningKey,
+    timings: dict[str, str],
 ) -> None:
     ns = workload_namespace
     peering = release.name  # the chart's ClusterKopfPeering is named like the release
@@ -395,6 +400,13 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
         done = kube.kubectl("delete", "pod", name, "-n", release.namespace, "--wait=false")
         assert done.returncode == 0, done.stderr
 
+    def gone(name: str) -> None:
+        poll(
+            lambda: try_get(kube, "pod", name, "-n", release.namespace) is None,
+            timeout=90,
+            message=f"{name} gone",
+        )
+
     try:
         with policy_for(kube, ns, idp.issuer):
             first = active()
@@ -403,6 +415,8 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             delete_pod(first)
             at_kill = row_count()
             assert at_kill < BATCH, "every row was written before the delete: not mid-reconcile"
+            gone(first)
+            left_by_first = BATCH - row_count()
 
             def all_synced() -> list[dict[str, Any]] | None:
                 items = get(kube, "jkm", "-n", ns)["items"]
@@ -428,6 +442,8 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             delete_pod(second)
             at_second_kill = row_count()
             assert at_second_kill > 0, "every row was deleted before the delete: not mid-deletion"
+            gone(second)
+            left_by_second = row_count()
             poll(
                 lambda: not get(kube, "jkm", "-n", ns)["items"],
                 timeout=240,
@@ -435,7 +451,11 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             )
             # No lost deletion and no orphan row: nothing of the batch is left.
             assert rows_by_value(node_postgres.url, set(subs)) == {}
-            print(f"rows at the first delete: {at_kill}/{BATCH}; at the second: {at_second_kill}")
+            timings["failover"] = (
+                f"operator failover: {at_kill}/{BATCH} rows written when the active pod was"
+                f" deleted, {left_by_first} left for the other replica once it was gone;"
+                f" {at_second_kill} rows left at the second delete, {left_by_second} once gone"
+            )
     finally:
         rollout(kube, release.namespace, release.name)
         poll(

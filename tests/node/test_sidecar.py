@@ -90,7 +90,10 @@ def test_labelled_deployment_gets_the_resolver_and_only_allowed_requests_pass(
         assert sidecar["image"] == release.image
         assert [c["name"] for c in pod["spec"]["containers"]] == ["echo"]
         replicaset = pod["metadata"]["ownerReferences"][0]["name"]
-        assert any(e["reason"] == "Injected" for e in events(kube, ns, replicaset))
+        poll(
+            lambda: any(e["reason"] == "Injected" for e in events(kube, ns, replicaset)),
+            message="the Injected Event on the ReplicaSet",
+        )
 
         # The kubelet ran it as a sidecar: started before the app, both ready, no restart.
         resolver = container_status(pod, RESOLVER)
