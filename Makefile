@@ -7,12 +7,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help deps venv tools litellm demo test test-fast mutate lint fmt bench bench-operator controlplane-up controlplane-down e2e chart-crds chart-lint clean
+.PHONY: help deps venv tools images litellm demo test test-fast mutate lint fmt bench bench-operator controlplane-up controlplane-down cluster-up cluster-down e2e chart-crds chart-lint clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk).
+deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk, podman, debootstrap, gcc).
 	@hack/install-deps.sh
 
 $(STAMP): pyproject.toml
@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create the virtualenv with the package and test tools.
 
-tools: ## Build or fetch kube-apiserver, etcd, kubectl and helm (cached outside the repo).
-	@hack/envtest/install.sh
+tools: ## Build or fetch the cluster's binaries: kube-apiserver, etcd, kubectl, helm, kubelet & co, containerd, CoreDNS (cached outside the repo).
+	@hack/envtest/install.sh --node >/dev/null
 
 litellm: deps ## Build the pinned LiteLLM proxy the tests run (own virtualenv, cached outside the repo).
 	@hack/litellm/install.sh >/dev/null
@@ -37,7 +37,7 @@ lint: venv ## ruff (lint + format check) and mypy (strict on the package).
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test: deps venv tools litellm lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy/LiteLLM), control plane.
+test: deps venv tools images litellm lint ## Every test: unit, integration (real PostgreSQL/Redis/nginx/Envoy/LiteLLM), control plane.
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv ## Unit tests only.
@@ -46,6 +46,9 @@ test-fast: venv ## Unit tests only.
 # Not part of `test`: it reruns the core's tests for every mutant (about 20 minutes on 2 cores).
 mutate: deps venv ## Mutation testing of core (claims, cache, keys, tokens, policy); scores into docs/mutation.md.
 	PYTHONPATH=operator:tests$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m support.mutation.runner --write docs/mutation.md $(MUTATE_ARGS)
+
+images: deps ## Build the single-node cluster's images (Debian base, jwtkeymap, pause, CoreDNS) as docker archives.
+	@hack/node/images.sh >/dev/null
 
 e2e: venv ## Opt-in end-to-end run on kind (needs Docker, kind, kubectl, helm); E2E_ARGS=--dry-run prints the steps.
 	e2e/run.sh $(E2E_ARGS)
@@ -77,6 +80,12 @@ controlplane-up: venv tools ## Start kube-apiserver + etcd in the background; pr
 
 controlplane-down: venv ## Stop the control plane started by controlplane-up and delete its files.
 	$(BIN)/python tests/controlplane/harness.py down
+
+cluster-up: venv tools images ## Start a real single-node cluster (root; pods 198.18.0.0/16, Services 198.19.0.0/16); prints the KUBECONFIG to export.
+	$(BIN)/python tests/node/cluster.py up
+
+cluster-down: venv ## Stop the cluster started by cluster-up and remove everything it left (processes, mounts, netns, iptables, bridge, cgroups).
+	$(BIN)/python tests/node/cluster.py down
 
 fmt: venv ## Format the code.
 	$(BIN)/ruff format operator tests bench

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the demo use, only those missing.
-# Debian/Ubuntu: PostgreSQL, Redis, nginx, etcd and wrk from the distribution.
+# Debian/Ubuntu: PostgreSQL, Redis, nginx, etcd and wrk from the distribution, and what
+# hack/node/images.sh builds container images with (podman, debootstrap, gcc, libc6-dev).
 set -euo pipefail
 
 need=()
@@ -13,6 +14,11 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# hack/node/images.sh: container images built without a registry.
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "deps: system packages present"

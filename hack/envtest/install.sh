@@ -57,7 +57,10 @@ CACHE_DIR=${JWTKEYMAP_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/bin/$K8
 
 # The node's other parts are their own modules (their dependency graphs differ from Kubernetes').
 NODE_MODULES=$(cd "$HERE/../node" && pwd)
-node_module_version() { awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$NODE_MODULES/$1/go.mod"; }
+node_module_version() {
+  awk -v m="$2" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ { print $2; exit }' \
+    "$NODE_MODULES/$1/go.mod"
+}
 CONTAINERD_VERSION=$(node_module_version containerd github.com/containerd/containerd/v2)
 COREDNS_VERSION=$(node_module_version coredns github.com/coredns/coredns)
 NODE_CACHE_DIR=$(dirname "$CACHE_DIR")

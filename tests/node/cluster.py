@@ -72,6 +72,20 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 RUNC = Path("/usr/sbin/runc")
 K8S_NAMESPACE = "k8s.io"  # containerd's namespace for the CRI
 
+# Places outside the workdir that containerd, the CNI library and the kubelet write to whatever
+# they are configured with; stop() empties the ones that did not exist before start().
+HOST_DIRS = (
+    Path("/run/containerd/s"),  # shim sockets
+    Path("/run/containerd/fifo"),  # task I/O
+    Path("/run/containerd/runc/k8s.io"),  # the sandboxes' runc state
+    Path("/run/containerd/runc"),
+    Path("/run/containerd"),
+    Path("/var/lib/cni/results"),  # libcni's result cache
+    Path("/var/lib/cni"),
+    Path("/var/lib/kubelet/device-plugins"),  # the kubelet's device-plugin socket
+    Path("/var/lib/kubelet"),
+)
+
 # Kernel settings the kubelet and kube-proxy (or this harness) change; restored on stop.
 SYSCTLS = (
     "net/ipv4/ip_forward",
@@ -121,8 +135,8 @@ class Images:
     base: Image
 
     def all(self) -> list[Image]:
-        """Every image, pause first."""
-        return [self.pause, self.coredns, self.jwtkeymap, self.base]
+        """The images pods run, pause first (the base only builds the others)."""
+        return [self.pause, self.coredns, self.jwtkeymap]
 
 
 def _script_env(script: Path, *args: str) -> dict[str, str]:
@@ -297,6 +311,8 @@ class NodeCluster:
             if path.exists():
                 self._sysctls[key] = path.read_text().strip()
         (self.workdir / "sysctls.json").write_text(json.dumps(self._sysctls))
+        created = [str(d) for d in HOST_DIRS if not d.exists()]
+        (self.workdir / "host-dirs.json").write_text(json.dumps(created))
         # Pods reach Service addresses through the node (DNAT, then routed back to the bridge).
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1")
@@ -366,6 +382,10 @@ class NodeCluster:
             [{cri}.images'.pinned_images]
               sandbox = "{self.images.pause.ref}"
             [{cri}.runtime']
+              # This machine's root lacks CAP_SYS_RESOURCE: no process may lower its OOM score
+              # below containerd's own (runc fails with "failed to update
+              # /proc/self/oom_score_adj: Permission denied" for the sandbox's -998).
+              restrict_oom_score_adj = true
               netns_mounts_under_state_dir = true
             [{cri}.runtime'.containerd]
               default_runtime_name = "runc"
@@ -373,6 +393,7 @@ class NodeCluster:
               runtime_type = "io.containerd.runc.v2"
             [{cri}.runtime'.containerd.runtimes.runc.options]
               BinaryName = "{RUNC}"
+              Root = "{base / "runc"}"
               SystemdCgroup = false
             [{cri}.runtime'.cni]
               bin_dirs = ["{CNI_BIN_DIR}"]
@@ -384,11 +405,15 @@ class NodeCluster:
         # containerd finds its shim on PATH.
         env = {"PATH": f"{self.node.containerd_shim.parent}:{os.environ.get('PATH', '')}"}
         self._spawn("containerd", [self.node.containerd, "--config", base / "config.toml"], env=env)
-        poll(
-            lambda: self._ctr("version", check=False, timeout=5).strip(),
-            timeout=30,
-            message="containerd to answer",
-        )
+        self._wait(self._containerd_answers, timeout=30, message="containerd to answer")
+
+    def _containerd_answers(self) -> bool:
+        # `ctr version` prints the client's version even when the server does not answer.
+        try:
+            self._ctr("version", timeout=5)
+        except NodeError:
+            return False
+        return True
 
     def _ctr(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         return _run(
@@ -398,8 +423,9 @@ class NodeCluster:
 
     def _import_images(self) -> None:
         for image in self.images.all():
-            self._ctr("images", "import", "--no-unpack", str(image.archive), timeout=300)
-            self._ctr("images", "unpack", "--snapshotter", "overlayfs", image.ref, timeout=300)
+            # Unpacked into the overlayfs snapshotter the CRI uses.
+            self._ctr("images", "import", "--snapshotter", "overlayfs", str(image.archive),
+                      timeout=300)  # fmt: skip
             # The kubelet must never try to pull these (there is no registry to pull from).
             self._ctr("images", "label", image.ref, "io.cri-containerd.pinned=pinned")
 
@@ -451,6 +477,8 @@ class NodeCluster:
             "fileCheckFrequency": "0s",
             "syncFrequency": "10s",
             "shutdownGracePeriod": "0s",
+            "oomScoreAdj": 0,  # -999 needs CAP_SYS_RESOURCE, which root lacks on these machines
+            "podLogsDir": str(self.workdir / "pod-logs"),
             "registerNode": True,
         }  # fmt: skip
         (kubelet_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -516,6 +544,7 @@ class NodeCluster:
                 "--conntrack-tcp-timeout-established=0",
                 "--conntrack-tcp-timeout-close-wait=0",
                 "--iptables-localhost-nodeports=false",
+                "--oom-score-adj=0",
                 "--v=1",
             ],
         )
@@ -688,6 +717,16 @@ def cleanup(workdir: Path, kube_proxy: Path | None, sysctls: dict[str, str]) -> 
         _run("ip", "link", "delete", BRIDGE, check=False)
     for hierarchy in _cgroup_hierarchies():
         _rmdir_tree(hierarchy / CGROUP_ROOT)
+    created = workdir / "host-dirs.json"
+    for directory in map(Path, json.loads(created.read_text()) if created.exists() else []):
+        # Only what the cluster made: sockets and cache files of its containers, then the folder.
+        for leftover in directory.glob("*"):
+            if leftover.is_socket() or (
+                leftover.is_file() and leftover.name.startswith("jwtkeymap-")
+            ):
+                leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
     saved = workdir / "sysctls.json"
     if not sysctls and saved.exists():
         sysctls = json.loads(saved.read_text())
