@@ -435,3 +435,15 @@ def leader(kube: ControlPlane, namespace: str, peering: str) -> str | None:
                 return name
         return None  # the highest is not a running pod (yet): no answer
     return None
+
+
+def routed(kube: ControlPlane, namespace: str, service: str, path: str = "/healthz") -> str:
+    """The Service's ClusterIP once kube-proxy routes it (it programs new endpoints shortly
+    after the pods are Ready); any HTTP answer counts."""
+    host = cluster_ip(kube, namespace, service)
+    poll(
+        lambda: isinstance(attempt(host, 80, path, timeout=2), Reply),
+        timeout=60,
+        message=f"{namespace}/{service} routed by kube-proxy",
+    )
+    return host

@@ -42,6 +42,7 @@ from nodetools import (
     ready_reason,
     remove_mapping,
     rollout,
+    routed,
     rows_by_value,
     try_get,
 )
@@ -82,6 +83,7 @@ def echo(
     mapping_id = add_mapping(node_postgres.url, idp.issuer, sub, key)
     apply(kube, echo_workload(module_namespace, ECHO, release.image))
     rollout(kube, module_namespace, ECHO)
+    routed(kube, module_namespace, ECHO)
     try:
         yield Echo(kube, module_namespace, key, sub)
     finally:

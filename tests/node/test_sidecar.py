@@ -33,6 +33,7 @@ from nodetools import (
     remove_mapping,
     request,
     rollout,
+    routed,
 )
 
 from jwtkeymap.demo.signing import SigningKey
@@ -105,7 +106,7 @@ def test_labelled_deployment_gets_the_resolver_and_only_allowed_requests_pass(
         assert resolver_at <= echo["state"]["running"]["startedAt"]
         assert condition(pod, "Ready") == "True"
 
-        service = cluster_ip(kube, ns, name)
+        service = routed(kube, ns, name)
         pod_ip = pod["status"]["podIP"]
         assert endpoint_ready(kube, ns, name, pod_ip) is True
 
@@ -222,7 +223,7 @@ def test_an_unlabelled_deployment_is_untouched(
     assert [c["name"] for c in pod["spec"]["containers"]] == ["echo"]
     assert not [v for v in pod["spec"].get("volumes") or [] if v["name"].startswith("jwtkeymap")]
     # Served directly, without any check: the headers are the client's own.
-    reply = request(cluster_ip(kube, ns, name), 80, "/plain", headers={"x-probe": "direct"})
+    reply = request(routed(kube, ns, name), 80, "/plain", headers={"x-probe": "direct"})
     assert reply.status == 200
     assert ("x-probe", "direct") in reply.echoed()
     assert not [h for h in reply.echoed() if h[0].startswith("x-jwtkeymap-")]
