@@ -447,3 +447,24 @@ def routed(kube: ControlPlane, namespace: str, service: str, path: str = "/healt
         message=f"{namespace}/{service} routed by kube-proxy",
     )
     return host
+
+
+def apply_admitted(kube: ControlPlane, objects: list[dict[str, Any]]) -> None:
+    """Apply JWTKeyMappings under a policy just created: every webhook replica watches the
+    policies and admits them once its watch has seen the new one (moments later)."""
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
+    last = ""
+
+    def admitted() -> bool:
+        nonlocal last
+        done = kube.kubectl("apply", "-f", "-", input=body)
+        if done.returncode == 0:
+            return True
+        assert "JWTKeyMappingPolicy" in done.stderr, done.stderr
+        last = done.stderr
+        return False
+
+    try:
+        poll(admitted, timeout=30, message="the mappings admitted under the new policy")
+    except TimeoutError as err:
+        raise AssertionError(last) from err

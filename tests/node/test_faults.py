@@ -23,6 +23,7 @@ from nodetools import (
     Reply,
     add_mapping,
     apply,
+    apply_admitted,
     attempt,
     cluster_ip,
     condition,
@@ -277,7 +278,7 @@ def test_rotated_key_secret_is_followed_by_the_row_and_the_resolver(
         return None
 
     with policy_for(kube, ns, idp.issuer):
-        apply(kube, [secret, mapping(ns, "carol", idp.issuer, carol, key_ref)])
+        apply_admitted(kube, [secret, mapping(ns, "carol", idp.issuer, carol, key_ref)])
         try:
             poll(lambda: ready_reason(resource()) == "Synced", timeout=90, message="Synced")
             first = resource()
@@ -412,7 +413,7 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
     try:
         with policy_for(kube, ns, idp.issuer):
             first = active()
-            apply(kube, objects)
+            apply_admitted(kube, objects)
             poll(lambda: row_count() > 0, timeout=90, message="the first rows")
             delete_pod(first)
             at_kill = row_count()
