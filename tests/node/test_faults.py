@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -361,13 +362,21 @@ def test_webhook_pods_down_refuses_labelled_pods_as_the_readme_says(
             f"--replicas={replicas}", check=True,
         )  # fmt: skip
         rollout(kube, release.namespace, release.name)
+
     # Back: a labelled pod is admitted and injected (a server-side dry run goes through the
     # mutating webhook too).
-    restored = kube.kubectl(
-        *run, "labelled", "-n", ns, "--labels=jwtkeymap.io/inject=true", "--dry-run=server",
-        "-o", "json", *command,
-    )  # fmt: skip
-    assert restored.returncode == 0, restored.stderr
+    def admitted() -> subprocess.CompletedProcess[str] | None:
+        done = kube.kubectl(
+            *run, "labelled", "-n", ns, "--labels=jwtkeymap.io/inject=true", "--dry-run=server",
+            "-o", "json", *command,
+        )  # fmt: skip
+        if done.returncode != 0:
+            # Until kube-proxy routes the webhook Service to the new pods.
+            assert "connection refused" in done.stderr or "no endpoints" in done.stderr, done
+            return None
+        return done
+
+    restored = poll(admitted, timeout=60, message="a labelled pod admitted again")
     init = json.loads(restored.stdout)["spec"].get("initContainers") or []
     assert [c["name"] for c in init] == [RESOLVER]
 
@@ -410,14 +419,32 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             message=f"{name} gone",
         )
 
+    def background(*args: str, input: str | None = None) -> subprocess.Popen[str]:
+        # kubectl still creating (or deleting) the batch while the active replica goes.
+        proc = subprocess.Popen(
+            [str(kube.binaries.kubectl), *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=kube.client_env(),
+        )  # fmt: skip
+        assert proc.stdin is not None
+        proc.stdin.write(input or "")
+        proc.stdin.close()
+        return proc
+
     try:
         with policy_for(kube, ns, idp.issuer):
+            # One mapping first: once its row is written, the policy is seen everywhere.
+            apply_admitted(kube, objects[:1])
+            poll(lambda: row_count() == 1, timeout=90, message="the first row")
             first = active()
-            apply_admitted(kube, objects)
-            poll(lambda: row_count() > 0, timeout=90, message="the first rows")
+            rest = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects[1:]})
+            creating = background("apply", "-f", "-", input=rest)
+            poll(lambda: row_count() > 1, timeout=90, message="the batch's first rows")
             delete_pod(first)
             at_kill = row_count()
             assert at_kill < BATCH, "every row was written before the delete: not mid-reconcile"
+            _, err = creating.communicate(timeout=120)
+            assert creating.returncode == 0, err
             gone(first)
             left_by_first = BATCH - row_count()
 
@@ -439,12 +466,13 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
 
             second = active()
             assert second != first
-            done = kube.kubectl("delete", "jkm", "--all", "-n", ns, "--wait=false")
-            assert done.returncode == 0, done.stderr
+            deleting = background("delete", "jkm", "--all", "-n", ns, "--wait=false")
             poll(lambda: row_count() < BATCH, timeout=90, message="the first deletions")
             delete_pod(second)
             at_second_kill = row_count()
             assert at_second_kill > 0, "every row was deleted before the delete: not mid-deletion"
+            _, err = deleting.communicate(timeout=120)
+            assert deleting.returncode == 0, err
             gone(second)
             left_by_second = row_count()
             poll(
