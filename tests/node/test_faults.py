@@ -12,6 +12,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -420,6 +421,7 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
     node_postgres: Any,
     idp: SigningKey,
     timings: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     ns = workload_namespace
     peering = release.name  # the chart's ClusterKopfPeering is named like the release
@@ -448,17 +450,13 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             message=f"{name} gone",
         )
 
-    def background(*args: str, input: str | None = None) -> subprocess.Popen[str]:
+    def background(*args: str) -> subprocess.Popen[str]:
         # kubectl still creating (or deleting) the batch while the active replica goes.
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [str(kube.binaries.kubectl), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=kube.client_env(),
         )  # fmt: skip
-        assert proc.stdin is not None
-        proc.stdin.write(input or "")
-        proc.stdin.close()
-        return proc
 
     try:
         with policy_for(kube, ns, idp.issuer):
@@ -466,8 +464,9 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             apply_admitted(kube, objects[:1])
             poll(lambda: row_count() == 1, timeout=90, message="the first row")
             first = active()
-            rest = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects[1:]})
-            creating = background("apply", "-f", "-", input=rest)
+            rest = tmp_path / "batch.json"
+            rest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects[1:]}))
+            creating = background("apply", "-f", str(rest))
             poll(lambda: row_count() > 1, timeout=90, message="the batch's first rows")
             delete_pod(first)
             at_kill = row_count()
