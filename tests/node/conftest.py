@@ -248,13 +248,31 @@ def operator_logs(kube: ControlPlane) -> str:
     return out.stdout + out.stderr
 
 
-@pytest.fixture
-def workload_namespace(kube: ControlPlane, node_postgres: NodeDatabase) -> str:
-    """A fresh namespace with the database Secret the injected resolvers read."""
+@pytest.fixture(scope="session")
+def timings() -> dict[str, str]:
+    """Figures a test records for the run's summary (`real node` section)."""
+    return _timings
+
+
+def _workload_namespace(kube: ControlPlane, node_postgres: NodeDatabase) -> Iterator[str]:
     name = f"w-{uuid.uuid4().hex[:8]}"
     ensure_database_secret(kube, name, node_postgres.pod_url)
     poll(
         lambda: kube.kubectl("get", "serviceaccount", "default", "-n", name).returncode == 0,
         message=f"the default ServiceAccount of {name}",
     )
-    return name
+    yield name
+    # Its pods stop in the background; the next test does not wait for them.
+    kube.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def workload_namespace(kube: ControlPlane, node_postgres: NodeDatabase) -> Iterator[str]:
+    """A fresh namespace with the database Secret the injected resolvers read (deleted after)."""
+    yield from _workload_namespace(kube, node_postgres)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kube: ControlPlane, node_postgres: NodeDatabase) -> Iterator[str]:
+    """Like ``workload_namespace``, shared by a module's tests."""
+    yield from _workload_namespace(kube, node_postgres)
