@@ -5,17 +5,18 @@ configured allow-list; a JWTKeyMappingPolicy must allow the namespace to declare
 the identity (403 otherwise); and an (issuer, claim name, claim value) identity
 may be declared by one resource only (409, without naming it: it may be another
 tenant's). The policy comes before the duplicate check, so a namespace cannot
-probe which identities outside its policy are mapped. Both use the operator's
-in-memory indexes, so they answer without an API call; the operator enforces
+probe which identities outside its policy are mapped. The operator enforces
 the policy again, and the database's unique index stays the final arbiter (two
 creations racing through different replicas are caught there and reported as a
 Conflict condition).
 
-Every replica serves the webhook, but kopf fills the indexes only on the active
-one: a standby is paused by peering and watches nothing. A replica whose
-namespace index is empty (a cluster always has namespaces) therefore reads what
-the indexes would hold from the API for that one review: the policies, the
-namespace's labels and the mappings. If that read fails, the review is refused.
+The webhook reads the policies, the namespace's labels and the mappings from the
+API for each review, not from the operator's kopf indexes: every replica serves
+the webhook, but kopf fills the indexes only on the active one (a standby is
+paused by peering and watches nothing, so its indexes are empty or stale), and
+even there a watch delivers a new policy a moment after `kubectl apply` returns.
+Reviews are rare (a mapping created or changed); if a read fails, the review is
+refused (503), never admitted.
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ import asyncio
 import functools
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import kopf
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.handlers.indexes import (
-    BY_IDENTITY,
-    ByIdentity,
     IdentityHolder,
     IdentityKey,
     Tenancy,
     indexed,
-    tenancy_of,
 )
 from jwtkeymap.operator.handlers.runtime import runtime_of
 from jwtkeymap.operator.kube import Kube, KubeUnavailable
@@ -118,11 +116,7 @@ async def validate(
         # Finalizers, annotations, a deletion: never blocked, or a resource denied after it
         # was stored (a policy narrowed, a webhook not yet called) could not even be deleted.
         return
-    taken: Mapping[IdentityKey, Iterable[IdentityHolder]]
-    taken = cast(ByIdentity, kwargs[BY_IDENTITY])  # the kopf index registered by the handlers
-    tenancy = tenancy_of(kwargs)
-    if not tenancy.namespaces:
-        taken, tenancy = await read_indexes(runtime_of(memo).kube, namespace or "", config)
+    taken, tenancy = await read_indexes(runtime_of(memo).kube, namespace or "", config)
     check(
         spec,
         namespace=namespace,
@@ -137,7 +131,7 @@ async def validate(
 async def read_indexes(
     kube: Kube, namespace: str, settings: Settings
 ) -> tuple[Mapping[IdentityKey, Iterable[IdentityHolder]], Tenancy]:
-    """The indexes' content for one review, read from the API (a standby replica)."""
+    """What the operator's indexes hold for one review, read fresh from the API."""
     try:
         policies, labels, mappings = await asyncio.gather(
             kube.list_cluster_objects(POLICY_PLURAL),

@@ -211,12 +211,13 @@ async def test_the_operator_denies_and_adopts_only_what_a_policy_allows(
     assert row["owner"] == f"k8s:{obj['metadata']['uid']}"
 
 
-async def test_a_standby_webhook_reads_the_api_and_decides_as_the_leader(
+async def test_the_webhook_decides_from_the_api_not_from_stale_indexes(
     controlplane: ControlPlane, tenants: Tenants
 ) -> None:
-    """A standby replica's kopf indexes are empty (peering pauses its watches): its webhook
-    must read the policies, the namespace and the mappings from the API instead of refusing
-    everything for want of a policy, or admitting a taken identity for want of an index."""
+    """A standby replica's kopf indexes are empty or stale (peering pauses its watches), and
+    the active one's lag a watch behind: the webhook reads the policies, the namespace and the
+    mappings from the API, so no replica refuses what a policy allows or admits a taken
+    identity because of what its indexes say."""
     alpha, mallory = tenants.namespace("alpha"), tenants.namespace("mallory")
     tenants.policy(alpha, ["*@alpha.example.com"])
     controlplane.kubectl(
@@ -228,13 +229,18 @@ async def test_a_standby_webhook_reads_the_api_and_decides_as_the_leader(
     )
     memo = kopf.Memo()
     memo["jwtkeymap.runtime"] = types.SimpleNamespace(kube=kube)
-    empty: dict[str, Any] = {"by_identity": {}, "policies": {}, "namespace_labels": {}}
+    # What a standby's indexes held when peering paused it: no policy, no mapping.
+    stale: dict[str, Any] = {
+        "by_identity": {},
+        "policies": {},
+        "namespace_labels": {alpha: [{}], mallory: [{}]},
+    }
     settings = Settings(database_url="postgresql://unused@127.0.0.1/unused")
 
     async def review(namespace: str, value: str) -> kopf.AdmissionError | None:
         spec = json.loads(mapping(namespace, "new", value, "d" * 64))["spec"]
         try:
-            await validate(spec, namespace, "new", "uid-new", config=settings, memo=memo, **empty)
+            await validate(spec, namespace, "new", "uid-new", config=settings, memo=memo, **stale)
         except kopf.AdmissionError as refused:
             return refused
         return None

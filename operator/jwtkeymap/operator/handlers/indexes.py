@@ -3,7 +3,9 @@
 kopf passes each index to every handler as a keyword argument named by its id,
 so the ids below are the names handlers (and the validating webhook) read. The
 policies and the namespaces' labels are indexed so that the tenancy decision
-(:class:`Tenancy`) costs no API call, in a handler or in the webhook.
+(:class:`Tenancy`) costs a handler no API call. Only the active replica fills
+them (kopf pauses a standby's watches), so the admission webhook, which every
+replica serves, builds the same structures from a fresh API read (:func:`indexed`).
 """
 
 from __future__ import annotations
