@@ -38,8 +38,7 @@ REASONS = {
     "no aud": "lacks the required claim 'aud'",
     "no exp": "signature is invalid",  # forged: the signature fails before the claims
     "malformed base64": "header is not base64url-encoded JSON",
-    # Half a token ends in the payload (decode) or the signature, as its claims' length falls.
-    "truncated": r"is invalid \(DecodeError\)|signature is invalid",
+    "truncated": r"is invalid \(DecodeError\)",  # a signature cut to an undecodable length
     "two dots only": "not a JWT",
     "four segments": "not a JWT",
     "three dots": "not a JWT",
