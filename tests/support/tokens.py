@@ -60,7 +60,11 @@ def hostile_tokens(key: SigningKey, *, audience: str = "litellm") -> dict[str, s
         "no aud": key.sign({"sub": "a"}, audience=None),
         "no exp": forge({"alg": key.alg, "kid": key.kid}, {"iss": key.issuer, "aud": audience}),
         "malformed base64": "!!!.@@@.###",
-        "truncated": good[: len(good) // 2],
+        # Cut one character past a whole base64 quantum of the signature: a length no base64
+        # decoder accepts, whatever the signature's bits. (Half the token ended two or three
+        # characters into a quantum, which decodes only when the last character's spare bits
+        # are zero: one key in four, so a test of the guard refusing it failed at random.)
+        "truncated": f"{header}.{payload}.{signature[: len(signature) // 8 * 4 + 1]}",
         "two dots only": "a.b",
         "four segments": good + ".extra",
         "three dots": "...",

@@ -186,6 +186,21 @@ async def test_a_withdrawn_key_takes_its_cached_tokens_with_it(
         await v.verify(old)
 
 
+async def test_a_refresh_that_withdraws_a_key_evicts_its_tokens_at_once(
+    k1: SigningKey, k2: SigningKey
+) -> None:
+    # Not only refused when next presented: the withdrawn key's verifications leave the
+    # cache with the refresh that withdrew it, instead of holding places until their TTL.
+    endpoint, clock = JwksEndpoint(k1, k2), ManualClock()
+    v = verifier(endpoint, clock)
+    await v.start()
+    await v.verify(k1.sign(sub="a"))
+    assert len(v.cache) == 1
+    endpoint.publish(k2)
+    await v.keysets[ISS].refresh()
+    assert len(v.cache) == 0
+
+
 async def test_a_refresh_that_removes_nothing_keeps_the_cache(
     k1: SigningKey, k2: SigningKey
 ) -> None:

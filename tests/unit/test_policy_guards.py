@@ -17,7 +17,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import RegistrationVanished
-from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
+from jwtkeymap.core.errors import DatabaseUnavailable, InvalidKeyHash, SchemaError
 from jwtkeymap.core.keys import KeyIdentity, hash_key
 from jwtkeymap.core.policy import Decision, DenialReason, PolicyEngine, Verdict
 from jwtkeymap.core.settings import load_settings
@@ -200,6 +200,21 @@ async def test_database_failures_are_retryable_503s(error: Exception, reason: An
     d = await engine(store).resolve({"sub": "alice"}, ISS)
     assert (d.status, d.reason, d.retryable, d.allowed) == (503, reason, True, False)
     assert d.identity == ALICE and "Retry the request" in d.message
+
+
+async def test_a_malformed_key_hash_is_a_500_never_an_allow_and_never_cached() -> None:
+    store = MemoryStore({ALICE: mapped()})
+    store.fail = InvalidKeyHash("stored hash is not 64 lowercase hex")
+    policy = engine(store)
+    d = await policy.resolve({"sub": "alice"}, ISS)
+    assert (d.status, d.reason) == (500, DenialReason.KEY_HASH_INVALID)
+    assert not d.allowed and not d.retryable  # a damaged row needs an operator, not a retry
+    assert d.identity == ALICE and d.key is None
+    assert d.message == "JWT Key Mapping: the mapped key's stored hash is malformed. Access denied."
+    # Once an operator repairs the row, the next request sees it: the refusal was not cached.
+    store.fail = None
+    assert (await policy.resolve({"sub": "alice"}, ISS)).outcome is Verdict.MAPPED
+    assert store.lookups == 2
 
 
 async def test_suspended_without_grace_clears_and_fails_closed_until_resumed() -> None:

@@ -7,6 +7,7 @@ token names the guard meant to stop it. Boundaries and the verified-token cache 
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import ConfigError, InvalidToken
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.core.tokens import MAX_TOKEN_BYTES, TokenVerifier, parse_unverified
@@ -38,8 +40,7 @@ REASONS = {
     "no aud": "lacks the required claim 'aud'",
     "no exp": "signature is invalid",  # forged: the signature fails before the claims
     "malformed base64": "header is not base64url-encoded JSON",
-    # Half a token ends in the payload (decode) or the signature, as its claims' length falls.
-    "truncated": r"is invalid \(DecodeError\)|signature is invalid",
+    "truncated": r"is invalid \(DecodeError\)",  # a signature cut to an undecodable length
     "two dots only": "not a JWT",
     "four segments": "not a JWT",
     "three dots": "not a JWT",
@@ -189,6 +190,44 @@ async def test_a_cache_hit_returns_the_verified_token(key: SigningKey) -> None:
     again = await v.verify(token)
     assert again == first and again.claims["sub"] == "alice" and v.cache.stats.hits == 1
     assert first.issuer == ISS and first.expires_at == first.claims["exp"]
+
+
+class SteppedClock(ManualClock):
+    """A manual clock whose wall time can also be stepped alone, as NTP corrects a clock."""
+
+    def __init__(self, start: dt.datetime) -> None:
+        super().__init__(start)
+        self.step = 0.0
+
+    def now(self) -> dt.datetime:
+        return super().now() + dt.timedelta(seconds=self.step)
+
+
+@pytest.mark.parametrize(("step", "served_from_cache"), [(99, True), (100, False)])
+async def test_a_cached_token_is_not_served_from_the_instant_of_its_exp(
+    key: SigningKey, monkeypatch: pytest.MonkeyPatch, step: float, served_from_cache: bool
+) -> None:
+    # A JWT is expired from its exp on (RFC 7519 4.1.4). The cache keeps a verification for
+    # at most exp - now of monotonic time, so only a step of the wall clock reaches that
+    # instant while the entry lives; the cached verification must not answer then.
+    exp = int(time.time()) + 3600
+    clock = SteppedClock(dt.datetime.fromtimestamp(exp - 100, dt.UTC))
+    settings = load_settings(None, issuers=[{"issuer": ISS, "public_keys": [key.public_pem]}])
+    v = TokenVerifier(settings, clock=clock)
+    token = key.sign({"sub": "a"}, audience=None, exp=exp)
+    await v.verify(token)  # cached for 100 s of monotonic time
+    decodes = 0
+    real = jwt.decode
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    clock.step = step  # the wall clock moves on; monotonic time does not
+    assert (await v.verify(token)).claims["exp"] == exp
+    assert decodes == (0 if served_from_cache else 1)
 
 
 async def test_a_static_issuer_starts_without_a_session(key: SigningKey) -> None:

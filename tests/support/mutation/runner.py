@@ -116,8 +116,9 @@ def _stop(signum: int, frame: object) -> None:
 
 def run_tests(
     workspace: Workspace, files: Sequence[str], env: dict[str, str], timeout: float
-) -> str:
-    """Run ``files`` against the workspace: ``passed``, ``failed``, ``timeout`` or ``broken``."""
+) -> tuple[str, str]:
+    """Run ``files`` against the workspace: ``passed``, ``failed``, ``timeout`` or ``broken``,
+    and pytest's output."""
     command = [
         sys.executable,
         "-m",
@@ -148,16 +149,16 @@ def run_tests(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return "timeout"
+        return "timeout", ""
     finally:
         _RUNNING.discard(proc)
     text = out.decode(errors="replace")
     if proc.returncode == 0:
-        return "passed"
+        return "passed", text
     if _MISSING.search(text) or proc.returncode not in (1, 2, 3):
         # Not the mutant: a dependency vanished (a venv being reinstalled) or pytest misused.
-        return "broken"
-    return "failed"  # failures, a collection error, an internal error
+        return "broken", text
+    return "failed", text  # failures, a collection error, an internal error
 
 
 _MISSING = re.compile(r"No module named '(?!jwtkeymap)")
@@ -166,14 +167,14 @@ _RETRIES = 3
 
 def run_stage(
     workspace: Workspace, files: Sequence[str], env: dict[str, str], timeout: float
-) -> str:
+) -> tuple[str, str]:
     """``run_tests``, retried a few times when the environment rather than the code broke."""
     for attempt in range(_RETRIES):
         if _STOPPING.is_set():
             raise RuntimeError("stopped")
-        result = run_tests(workspace, files, env, timeout)
+        result, output = run_tests(workspace, files, env, timeout)
         if result != "broken":
-            return result
+            return result, output
         time.sleep(10 * (attempt + 1))
     raise RuntimeError(f"the tests cannot run at all (missing module or pytest usage): {files}")
 
@@ -190,8 +191,17 @@ def baseline(t: Target, ws: Workspace, env: dict[str, str], integration: bool) -
     started = time.monotonic()
     stages = [t.unit, t.integration] if integration else [t.unit]
     for files in stages:
-        if files and run_stage(ws, files, env, timeout=900) != "passed":
-            raise SystemExit(f"{t.module}: tests fail without any mutant: {files}")
+        if not files:
+            continue
+        result, output = run_stage(ws, files, env, timeout=900)
+        if result != "passed":
+            # Name the tests (pytest's -ra summary): a failure that a rerun by hand does not
+            # repeat is a flaky test, and only this output says which one it was.
+            summary = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+            raise SystemExit(
+                f"{t.module}: tests fail without any mutant ({result}): {files}\n"
+                + "\n".join(summary or output.splitlines()[-20:])
+            )
     spent = time.monotonic() - started
     return 3 * spent + 20
 
@@ -213,7 +223,7 @@ def judge(
         for name, files in stages:
             if not files:
                 continue
-            result = run_stage(ws, files, env, timeout)
+            result, _ = run_stage(ws, files, env, timeout)
             if result != "passed":
                 verdict = "timeout" if result == "timeout" else name
                 break
