@@ -119,6 +119,12 @@ def test_operator_pod_credentials_are_limited_for_real(
     assert kept.returncode == 0, kept.stderr
 
 
+def refused_by_lifecycle(line: str) -> bool:
+    """A 403 from the NamespaceLifecycle admission plugin (an Event posted into a namespace
+    being deleted, as the tests delete theirs), not from RBAC: the reason says which."""
+    return "NamespaceTerminating" in line
+
+
 def test_operator_logs_have_no_forbidden(kube: ControlPlane, release: Any) -> None:
     pods = operator_pods(kube, release.name, release.namespace)
     assert pods
@@ -126,6 +132,6 @@ def test_operator_logs_have_no_forbidden(kube: ControlPlane, release: Any) -> No
         f"{pod['metadata']['name']}: {line}"
         for pod in pods
         for line in pod_logs(kube, release.namespace, pod["metadata"]["name"]).splitlines()
-        if "forbidden" in line.lower()
+        if "forbidden" in line.lower() and not refused_by_lifecycle(line)
     ]
     assert not lines, "the operator was refused by the API:\n" + "\n".join(lines[:40])
