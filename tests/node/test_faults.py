@@ -7,6 +7,7 @@ Deployment back at its replicas and Ready).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import subprocess
@@ -414,6 +415,20 @@ def test_every_operator_replica_admits_what_a_policy_allows(
 BATCH = 60
 
 
+def failover_report(kube: ControlPlane, namespace: str, operator_namespace: str) -> str:
+    """Where the mappings stand and what the operator replicas said (for a failure)."""
+    items = get(kube, "jkm", "-n", namespace)["items"]
+    reasons = collections.Counter(str(ready_reason(o)) for o in items)
+    pods = kube.kubectl("get", "pods", "-n", operator_namespace, "-o", "wide").stdout
+    logs = kube.kubectl(
+        "logs", "-n", operator_namespace, "-l", OPERATOR_SELECTOR, "--prefix", "--tail=40"
+    )
+    return (
+        f"{len(items)} mappings, Ready reasons {dict(reasons)}\n{pods}\n"
+        f"{logs.stdout[-6000:]}{logs.stderr[-500:]}"
+    )
+
+
 def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothing(
     kube: ControlPlane,
     release: Any,
@@ -481,7 +496,10 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
                 ok = len(items) == BATCH and all(ready_reason(o) == "Synced" for o in items)
                 return items if ok else None
 
-            items = poll(all_synced, timeout=240, message=f"{BATCH} mappings Synced")
+            try:
+                items = poll(all_synced, timeout=240, message=f"{BATCH} mappings Synced")
+            except TimeoutError as err:
+                raise AssertionError(failover_report(kube, ns, release.namespace)) from err
             rows = rows_by_value(node_postgres.url, set(subs))
             assert len(rows) == BATCH
             for obj, key in zip(

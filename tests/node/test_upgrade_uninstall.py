@@ -139,8 +139,17 @@ def test_upgrade_rolls_out_new_replicas_and_resolver_settings(
         "metadata": {"name": "after-upgrade", "namespace": workload_namespace, "labels": LABELLED},
         "spec": {"containers": [app]},
     }
-    created = kube.kubectl("create", "-f", "-", input=json.dumps(pod_manifest))
-    assert created.returncode == 0, created.stderr
+
+    def created() -> bool:
+        done = kube.kubectl("create", "-f", "-", input=json.dumps(pod_manifest))
+        if done.returncode == 0:
+            return True
+        # Right after the rollout kube-proxy may still route the webhook Service to the old
+        # pods (or to none): with failurePolicy Fail the pod is refused, never created bare.
+        assert "failed calling webhook" in done.stderr, done.stderr
+        return False
+
+    poll(created, timeout=60, message="the webhook Service routed to the new operator pod")
     stored = get(kube, "pod", "after-upgrade", "-n", workload_namespace)
     [sidecar] = stored["spec"]["initContainers"]
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
