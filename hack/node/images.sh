@@ -70,6 +70,11 @@ die() { echo "images.sh: $*" >&2; exit 1; }
 
 CACHE_DIR=${JWTKEYMAP_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jwtkeymap/images}
 PODMAN_DIR=$CACHE_DIR/podman
+# Podman refuses a runroot longer than 50 characters ("the specified runroot is longer than 50
+# characters"), which a cache under a long home folder exceeds; its state is transient, so it
+# lives in /run under a short name that stays the same for this cache (podman's database
+# remembers it).
+RUNROOT=/run/jwtkeymap-podman-$(printf %s "$PODMAN_DIR" | sha256sum | cut -c1-8)
 
 SUITE=bookworm
 BASE_PACKAGES=(python3 python3-venv python-is-python3 ca-certificates)
@@ -213,8 +218,9 @@ save_image() {
   tmp=$(dirname "$tar")/.$(basename "$tar").tmp
   rm -f "$tmp"
   podman save --quiet --format docker-archive -o "$tmp" "$ref"
-  workdir
-  VERIFY_DIR=$WORK
+  # Short, for podman's 50-character runroot limit (the cache's path may be long).
+  VERIFY_DIR=$(mktemp -d /tmp/jwtkeymap-verify.XXXXXX)
+  WORK_DIRS+=("$VERIFY_DIR")
   vpodman load --quiet -i "$tmp" >&2
   vpodman image exists "$ref" || die "$tmp does not load as $ref"
   "$verify_fn" "$ref"
@@ -512,7 +518,7 @@ write_if_changed "$PODMAN_DIR/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$PODMAN_DIR/storage"
-runroot = "$PODMAN_DIR/run"
+runroot = "$RUNROOT"
 
 [storage.options.overlay]
 # No bind mount of the storage onto itself left behind: the cache stays removable with rm -rf.
