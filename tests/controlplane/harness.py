@@ -35,7 +35,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -720,16 +720,14 @@ def up(state_dir: Path) -> int:
     return 0
 
 
-def down(state_dir: Path) -> int:
-    """Stop the control plane started by :func:`up` and delete its state."""
-    state_file = state_dir / "state.json"
-    if not state_file.exists():
-        print(f"not up (no {state_file})", file=sys.stderr)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        return 0
-    state = json.loads(state_file.read_text())
-    for name in ("kube-apiserver", "etcd"):
-        pid = state["pids"].get(name)
+def stop_recorded(state: Mapping[str, Any], order: Sequence[str]) -> None:
+    """SIGTERM (then SIGKILL after 10 s) each process an ``up`` recorded, in ``order``.
+
+    ``state`` has ``pids`` and ``binaries`` by name; a pid that no longer runs its binary
+    (exited, or recycled) is left alone.
+    """
+    for name in order:
+        pid = state.get("pids", {}).get(name)
         if pid is None or not _pid_runs(pid, state["binaries"][name]):
             continue
         os.kill(pid, signal.SIGTERM)
@@ -740,6 +738,38 @@ def down(state_dir: Path) -> int:
             time.sleep(0.1)
         if _pid_runs(pid, state["binaries"][name]):
             os.kill(pid, signal.SIGKILL)
+
+
+def command_line(
+    description: str,
+    argv: Sequence[str] | None,
+    commands: Mapping[str, Callable[[Path], int]],
+    state_dir: Path,
+    errors: tuple[type[Exception], ...],
+) -> int:
+    """``up`` / ``down`` for manual use: run the command on the state directory."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("command", choices=sorted(commands))
+    parser.add_argument(
+        "--dir", type=Path, default=state_dir, help="state directory (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        return commands[args.command](args.dir)
+    except errors as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+def down(state_dir: Path) -> int:
+    """Stop the control plane started by :func:`up` and delete its state."""
+    state_file = state_dir / "state.json"
+    if not state_file.exists():
+        print(f"not up (no {state_file})", file=sys.stderr)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return 0
+    state = json.loads(state_file.read_text())
+    stop_recorded(state, ("kube-apiserver", "etcd"))
     shutil.rmtree(state_dir, ignore_errors=True)
     print("control plane stopped")
     return 0
@@ -747,17 +777,10 @@ def down(state_dir: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``up`` or ``down``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down"])
-    parser.add_argument(
-        "--dir", type=Path, default=STATE_DIR, help="state directory (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        return up(args.dir) if args.command == "up" else down(args.dir)
-    except (BinariesMissing, ControlPlaneError) as err:
-        print(err, file=sys.stderr)
-        return 1
+    return command_line(
+        __doc__.splitlines()[0], argv, {"up": up, "down": down}, STATE_DIR,
+        (BinariesMissing, ControlPlaneError),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ the cgroups, and restores the kernel settings it changed. Needs root; one cluste
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -34,7 +33,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
@@ -45,12 +44,13 @@ from harness import (
     ControlPlane,
     ControlPlaneError,
     _die_with_parent,
-    _pid_runs,
     _stop_process,
     _tail,
     _without_proxies,
+    command_line,
     find_binaries,
     poll,
+    stop_recorded,
 )
 
 from jwtkeymap.demo.ports import free_port
@@ -788,56 +788,39 @@ def down(state_dir: Path) -> int:
     """Stop the cluster started by :func:`up` and remove everything it left."""
     state_file = state_dir / "state.json"
     if not state_file.exists():
-        # Nothing started by `up`; sweep what a killed test run may have left.
+        # Nothing started by `up`; sweep what a killed test run may have left, unless a run
+        # is alive (it holds the lock for as long as its cluster runs).
+        fd = os.open(LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            print(f"a test run's cluster is running ({LOCK_FILE} is held): left alone")
+            return 1
         left = [p for p in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*") if p.is_dir()]
         for workdir in left:
             cleanup(workdir, None, {})
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             cleanup(state_dir, None, {})
             left.append(state_dir)
+        os.close(fd)
         print("swept what a killed run left" if left else f"not up (no {state_file})")
         return 0
     state = json.loads(state_file.read_text())
-    order = ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "containerd",
-             "kube-apiserver", "etcd"]  # fmt: skip
-    for name in order:
-        pid = state.get("pids", {}).get(name)
-        if pid is None or not _pid_runs(pid, state["binaries"][name]):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_runs(pid, state["binaries"][name]) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
-        if _pid_runs(pid, state["binaries"][name]):
-            os.kill(pid, signal.SIGKILL)
+    stop_recorded(state, ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
+                          "containerd", "kube-apiserver", "etcd"])  # fmt: skip
     kube_proxy = state.get("kube_proxy")
     cleanup(state_dir, Path(kube_proxy) if kube_proxy else None, {})
     print("cluster stopped; nothing left behind")
     return 0
 
 
-@contextlib.contextmanager
-def running() -> Iterator[NodeCluster]:
-    """A started cluster for the length of a ``with`` block."""
-    with NodeCluster() as cluster:
-        yield cluster
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``up`` or ``down``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["up", "down"])
-    parser.add_argument(
-        "--dir", type=Path, default=STATE_DIR, help="state directory (default: %(default)s)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        return up(args.dir) if args.command == "up" else down(args.dir)
-    except (NodeError, ControlPlaneError) as err:
-        print(err, file=sys.stderr)
-        return 1
+    return command_line(
+        __doc__.splitlines()[0], argv, {"up": up, "down": down}, STATE_DIR,
+        (NodeError, ControlPlaneError),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
