@@ -33,6 +33,9 @@ rm -f go.sum
 sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => \./staging/.*#\1#p' "$upstream" | while read -r module; do
   go mod edit -replace="$module=$module@$staging_version"
 done
-go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S" "go.etcd.io/etcd/server/v3@$etcd"
+go get -tool "go.etcd.io/etcd/server/v3@$etcd" \
+  "k8s.io/kubernetes/cmd/kube-apiserver@$K8S" "k8s.io/kubernetes/cmd/kubelet@$K8S" \
+  "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S" "k8s.io/kubernetes/cmd/kube-scheduler@$K8S" \
+  "k8s.io/kubernetes/cmd/kube-proxy@$K8S"
 go mod tidy
 echo "pinned kubernetes $K8S (staging $staging_version) and etcd $etcd in $DIR/go.mod" >&2
