@@ -487,7 +487,12 @@ def test_deleting_the_active_operator_mid_reconcile_and_mid_deletion_loses_nothi
             at_kill = row_count()
             assert at_kill < BATCH, "every row was written before the delete: not mid-reconcile"
             _, err = creating.communicate(timeout=120)
-            assert creating.returncode == 0, err
+            if creating.returncode != 0:
+                # A review on the deleted replica's connection can end with it (EOF): with
+                # failurePolicy Fail that creation is refused, never admitted unchecked, and
+                # the user's retry (apply is idempotent) goes to the other replica.
+                assert "failed calling webhook" in err, err
+                apply_admitted(kube, objects[1:])
             gone(first)
             left_by_first = BATCH - row_count()
 
