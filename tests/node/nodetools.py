@@ -93,7 +93,8 @@ def echo_workload(
                             # on loopback behind the sidecar, so the probe runs inside.
                             "readinessProbe": {
                                 "exec": {"command": ["python", "-c", ECHO_PROBE]},
-                                "periodSeconds": 1,
+                                "periodSeconds": 2,
+                                "timeoutSeconds": 10,  # a python start on a busy machine
                             },
                         }
                     ],

@@ -106,7 +106,10 @@ def mapped_outcome(reply: Reply | str, key: Key) -> str:
     with contextlib.suppress(ValueError, KeyError, TypeError):
         if reply.json()["error"]["type"] == "auth_error":
             return f"refused {reply.status}"
-    return f"WRONG {reply.status}"
+    # The echo answers 200 to everything it receives, so any other answer did not come from
+    # the app: not allowed, though not the resolver's refusal either (a restarting resolver
+    # once answered a bare 404 here; see the session notes).
+    return f"not served {reply.status}"
 
 
 class Sampler(threading.Thread):

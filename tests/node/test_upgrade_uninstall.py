@@ -92,6 +92,9 @@ def named_leftovers(kube: ControlPlane, release: Any) -> list[str]:
     return left + pods + leases + history
 
 
+OPERATOR_LABELS = "app.kubernetes.io/component=operator"
+
+
 def test_upgrade_rolls_out_new_replicas_and_resolver_settings(
     kube: ControlPlane, release: Any, node_cluster: Any, node_postgres: Any,
     workload_namespace: str, tmp_path: Path,
@@ -139,6 +142,14 @@ def test_upgrade_rolls_out_new_replicas_and_resolver_settings(
         "metadata": {"name": "after-upgrade", "namespace": workload_namespace, "labels": LABELLED},
         "spec": {"containers": [app]},
     }
+
+    # The old replicas keep serving admissions while they stop (the chart's preStop delay),
+    # with the old settings: wait until they are gone, not only terminating.
+    poll(
+        lambda: len(get(kube, "pods", "-n", ns, "-l", OPERATOR_LABELS)["items"]) == 1,
+        timeout=120,
+        message="the old operator pods gone (not only terminating)",
+    )
 
     def created() -> bool:
         done = kube.kubectl("create", "-f", "-", input=json.dumps(pod_manifest))

@@ -69,8 +69,22 @@ class FakeReconciler:
 
 
 class FakeKube:
-    def __init__(self, data: dict[str, str] | Exception | None) -> None:
+    def __init__(
+        self,
+        data: dict[str, str] | Exception | None,
+        policies: list[dict[str, Any]] | Exception | None = None,
+    ) -> None:
         self.data = data
+        self.policies = policies if policies is not None else []
+
+    async def list_cluster_objects(self, plural: str) -> list[dict[str, Any]]:
+        assert plural == "jwtkeymappingpolicies"
+        if isinstance(self.policies, Exception):
+            raise self.policies
+        return self.policies
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        return {"kubernetes.io/metadata.name": name}
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         if isinstance(self.data, Exception):
@@ -163,7 +177,8 @@ async def test_failures(
 
 
 async def test_a_mapping_no_policy_allows_is_denied_before_its_secret_is_read() -> None:
-    kube = FakeKube(KubeUnavailable("must not be called"))
+    # The API read that confirms a denial fails too: the indexes' decision stands.
+    kube = FakeKube(KubeUnavailable("must not be called"), KubeUnavailable("confirming"))
     rt = runtime(ReconcileOutcome.CREATED, kube)
     spec = {**by_secret(), "claim": {"name": "email", "value": "victim@other.example"}}
     verdict = await attempt(rt, spec, META, "ns", tenancy=OPEN)
@@ -176,6 +191,26 @@ async def test_a_mapping_no_policy_allows_is_denied_before_its_secret_is_read() 
     nothing = await attempt(rt, by_hash(), META, "ns", tenancy=Tenancy({}, {}))
     assert nothing.condition.reason == "PolicyDenied"
     assert "no JWTKeyMappingPolicy exists" in nothing.condition.message
+
+
+async def test_a_denial_by_lagging_indexes_is_confirmed_against_the_api() -> None:
+    # The indexes know no policy yet (just created, or a replica still listing after it
+    # took over); the API has one that allows the mapping: no permanent denial.
+    allowing = {
+        "metadata": {"name": "p"},
+        "spec": {
+            "namespaceSelector": {},
+            "issuers": ["*"],
+            "claims": [{"name": "email", "values": ["*"]}],
+        },
+    }
+    rt = runtime(ReconcileOutcome.CREATED, FakeKube(None, [allowing]))
+    allowed = await attempt(rt, by_hash(), META, "ns", tenancy=Tenancy({}, {}))
+    assert allowed.condition.reason == "Synced", allowed.condition
+    # The API cannot be read: the indexes' denial stands (retried by the drift timer).
+    rt = runtime(ReconcileOutcome.CREATED, FakeKube(None, KubeUnavailable("down")))
+    denied = await attempt(rt, by_hash(), META, "ns", tenancy=Tenancy({}, {}))
+    assert denied.condition.reason == "PolicyDenied" and denied.permanent
 
 
 async def test_the_policy_says_what_the_mapping_may_adopt() -> None:

@@ -8,6 +8,7 @@ on a transition, so a resume or a timer that finds nothing new writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError, StoreError
 from jwtkeymap.core.owners import k8s_owner
 from jwtkeymap.core.reconcile.desired import (
@@ -23,7 +25,7 @@ from jwtkeymap.core.reconcile.desired import (
     ReconcileOutcome,
     ReconcileResult,
 )
-from jwtkeymap.operator.handlers.indexes import Tenancy
+from jwtkeymap.operator.handlers.indexes import Tenancy, indexed
 from jwtkeymap.operator.handlers.runtime import Runtime
 from jwtkeymap.operator.kube import KubeUnavailable
 from jwtkeymap.operator.resource import (
@@ -44,6 +46,7 @@ from jwtkeymap.operator.status import (
     now_rfc3339,
     set_condition,
 )
+from jwtkeymap.operator.tenancy import POLICY_PLURAL, Admission
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,27 @@ async def desired_for(
     )
 
 
+async def confirm_denial(
+    runtime: Runtime, namespace: str, identity: MappingIdentity, denied: Admission
+) -> Admission:
+    """The decision again from a fresh API read, before a denial is made permanent.
+
+    kopf's indexes can be behind: a policy created a moment ago, or a replica that has
+    just taken over from another and is still listing. Denials are rare, so they are
+    confirmed; if the API cannot be read, the indexes' denial stands (the drift timer and
+    any change of the resource retry it).
+    """
+    try:
+        policies, labels = await asyncio.gather(
+            runtime.kube.list_cluster_objects(POLICY_PLURAL),
+            runtime.kube.namespace_labels(namespace),
+        )
+    except KubeUnavailable:
+        return denied
+    _, fresh = indexed(policies, namespace, labels, (), runtime.settings)
+    return fresh.admit(namespace, identity)
+
+
 async def attempt(
     runtime: Runtime,
     spec_body: Mapping[str, Any],
@@ -101,7 +125,10 @@ async def attempt(
     try:
         spec = parse_spec(spec_body)
         # Before the Secret is read: a namespace learns nothing through a denied mapping.
-        admission = tenancy.admit(namespace, identity_of(spec, runtime.settings))
+        identity = identity_of(spec, runtime.settings)
+        admission = tenancy.admit(namespace, identity)
+        if not admission.allowed:
+            admission = await confirm_denial(runtime, namespace, identity, admission)
         if not admission.allowed:
             # Permanent: retried on a change and by the drift timer (a new policy is seen then).
             return Verdict(ready(Reason.POLICY_DENIED, admission.reason), permanent=True)
