@@ -201,9 +201,17 @@ def test_a_resolver_that_is_not_ready_keeps_its_pod_out_of_the_service(
         timeout=60,
         message="a failed readiness probe",
     )
-    pod = get(kube, "pod", pod["metadata"]["name"], "-n", ns)
+    # The app is fine (its own probe passes once it listens); the gate is the sidecar.
+    pod = poll(
+        lambda: (
+            (now := get(kube, "pod", pod["metadata"]["name"], "-n", ns))
+            and container_status(now, "echo")["ready"]
+            and now
+        ),
+        timeout=60,
+        message="the echo container Ready",
+    )
     assert not container_status(pod, RESOLVER)["ready"]
-    assert container_status(pod, "echo")["ready"]  # the app is fine; the gate is the sidecar
     assert condition(pod, "Ready") == "False"
     assert endpoint_ready(kube, ns, name, pod_ip) is False
     refused = attempt(cluster_ip(kube, ns, name), 80, "/", timeout=3)
