@@ -12,8 +12,6 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import ssl
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -487,39 +485,3 @@ def apply_admitted(kube: ControlPlane, objects: list[dict[str, Any]]) -> None:
         poll(admitted, timeout=60, message="the mappings admitted")
     except TimeoutError as err:
         raise AssertionError(last) from err
-
-
-def review_mapping(pod_ip: str, obj: dict[str, Any], port: int = 9443) -> dict[str, Any]:
-    """Ask one operator replica's validating webhook about a JWTKeyMapping CREATE, directly
-    (not through the Service, whose connections from the apiserver stick to one replica)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the pod's address is not in the certificate
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "jwtkeymap.io", "version": "v1alpha1", "kind": "JWTKeyMapping"},
-            "resource": {
-                "group": "jwtkeymap.io", "version": "v1alpha1", "resource": "jwtkeymappings",
-            },
-            "operation": "CREATE",
-            "namespace": obj["metadata"]["namespace"],
-            "name": obj["metadata"]["name"],
-            "object": obj,
-            "userInfo": {"username": "node-tests"},
-            "dryRun": False,
-        },
-    }  # fmt: skip
-    conn = http.client.HTTPSConnection(pod_ip, port, context=context, timeout=10)
-    try:
-        conn.request(
-            "POST", "/validate-mapping", body=json.dumps(review),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        answer = conn.getresponse()
-        assert answer.status == 200, answer.read()
-        return dict(json.loads(answer.read())["response"])
-    finally:
-        conn.close()

@@ -45,7 +45,6 @@ from nodetools import (
     policy_for,
     ready_reason,
     remove_mapping,
-    review_mapping,
     rollout,
     routed,
     rows_by_value,
@@ -386,33 +385,6 @@ def test_webhook_pods_down_refuses_labelled_pods_as_the_readme_says(
     restored = poll(admitted, timeout=60, message="a labelled pod admitted again")
     init = json.loads(restored.stdout)["spec"].get("initContainers") or []
     assert [c["name"] for c in init] == [RESOLVER]
-
-
-def test_every_operator_replica_admits_what_a_policy_allows(
-    kube: ControlPlane, release: Any, workload_namespace: str, idp: SigningKey
-) -> None:
-    # The README: "every replica serves the webhooks". The apiserver reaches them through
-    # one Service, so a replica that answers differently refuses at random.
-    ns = workload_namespace
-    obj = mapping(ns, "probe", idp.issuer, f"probe-{ns}", {"hash": "0" * 64})
-    with policy_for(kube, ns, idp.issuer):
-        replicas = {p["metadata"]["name"]: p["status"]["podIP"] for p in operator_pods(
-            kube, release.namespace)}  # fmt: skip
-        assert len(replicas) == int(release.values["operator"]["replicas"])
-        answers: dict[str, dict[str, Any]] = {}
-
-        def every_replica_allows() -> bool:
-            answers.update({name: review_mapping(ip, obj) for name, ip in replicas.items()})
-            return all(a["allowed"] for a in answers.values())
-
-        try:
-            poll(every_replica_allows, timeout=60, message="every replica to admit the mapping")
-        except TimeoutError:
-            peering = (try_get(kube, "clusterkopfpeering", release.name) or {}).get("status")
-            refused = {n: a.get("status", {}).get("message") for n, a in answers.items()}
-            raise AssertionError(
-                f"replicas refusing a mapping their policy allows: {refused}; peering: {peering}"
-            ) from None
 
 
 BATCH = 60
