@@ -625,19 +625,6 @@ class NodeCluster:
         }
         (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
 
-    def kill(self, name: str) -> None:
-        """SIGKILL one component (a fault test)."""
-        self._procs[name].kill()
-        self._procs[name].wait()
-
-    @property
-    def pids(self) -> dict[str, int]:
-        """Process ids of the node components and the control plane."""
-        pids = {name: proc.pid for name, proc in self._procs.items()}
-        if self.plane is not None:
-            pids.update(self.plane.pids)
-        return pids
-
     # -- teardown
 
     def stop(self) -> None:
