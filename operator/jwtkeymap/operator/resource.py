@@ -36,8 +36,11 @@ ADOPT_ANNOTATION: Final = "jwtkeymap.io/adopt"
 # Set by the operator on a mapping when its Secret changes, so kopf re-runs the reconcile.
 SECRET_VERSION_ANNOTATION: Final = "jwtkeymap.io/secret-version"
 # Set on mappings that lost a Conflict when the winner lets go of the identity, so they
-# retry at once instead of on the next drift timer.
+# retry at once instead of on the next drift check.
 RELEASED_ANNOTATION: Final = "jwtkeymap.io/released-by"
+# Set by the drift check on a mapping whose row is not as it last wanted, so kopf re-runs
+# the reconcile, which then reports the repair as drift.
+RESYNC_ANNOTATION: Final = "jwtkeymap.io/resync"
 
 
 class SpecError(JwtKeyMapError):

@@ -31,12 +31,8 @@ import kopf
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.operator.handlers.indexes import (
-    IdentityHolder,
-    IdentityKey,
-    Tenancy,
-    indexed,
-)
+from jwtkeymap.operator.handlers.indexes import IdentityHolder, Tenancy, indexed
+from jwtkeymap.operator.handlers.registry import IdentityKey
 from jwtkeymap.operator.handlers.runtime import runtime_of
 from jwtkeymap.operator.kube import Kube, KubeUnavailable
 from jwtkeymap.operator.resource import (

@@ -93,7 +93,9 @@ async def test_create_becomes_ready_with_a_row(
     ]  # fmt: skip
 
     events = await apoll(lambda: cluster.events(namespace, "alice"), message="an event for alice")
-    assert [e["reason"] for e in events if e["reason"] == "Synced"] == ["Synced"]
+    assert [e["reason"] for e in events if e["reason"] == "Synced"] == ["Synced"], [
+        (e["reason"], e["message"]) for e in events
+    ]
     assert all(token not in e["message"] for e in events)
 
 

@@ -236,6 +236,41 @@ async def test_drift_is_repaired(
     assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
 
 
+async def test_one_read_settles_every_owner_and_spares_their_reads(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection
+) -> None:
+    token, other = await new_key(store), await new_key(store)
+    alice, bob = desired(ALICE, token), desired(BOB, other, owner="k8s:uid-2", ref="b/bob")
+    await reconciler.apply(alice)
+    await reconciler.apply(bob)
+    carol = MappingIdentity("", "email", "carol@example.com")
+    await reconciler.apply(desired(carol, token, owner="offline:a/carol", ref="a/carol"))
+    await db.execute(
+        """UPDATE "LiteLLM_JWTKeyMapping" SET description = 'edited' WHERE jwt_claim_value = $1""",
+        BOB.claim_value,
+    )
+
+    read = await reconciler.settled_under("k8s:")
+    assert sorted(read) == ["k8s:uid-1", "k8s:uid-2"]  # the offline owner is not under k8s:
+    assert read["k8s:uid-1"].holds(alice.digest())
+    assert (read["k8s:uid-2"].row.identity, read["k8s:uid-2"].key_exists) == (BOB, True)
+    assert read["k8s:uid-2"].owned == 1
+    assert not read["k8s:uid-2"].holds(bob.digest())  # edited behind its owner's back
+
+    # A row the bulk read found in sync is reported unchanged without another read...
+    xmin = await db.fetchval('SELECT max(xmin::text::bigint) FROM "LiteLLM_JWTKeyMapping"')
+    unchanged = await reconciler.apply(alice, known=read["k8s:uid-1"])
+    assert unchanged.outcome is ReconcileOutcome.UNCHANGED
+    assert unchanged.mapping_id == read["k8s:uid-1"].row.id
+    # ...while a stale entry (the row changed since) falls through to the live row.
+    await db.execute('UPDATE "LiteLLM_JWTKeyMapping" SET is_active = false')
+    stale = await reconciler.apply(desired(ALICE, token, active=False), known=read["k8s:uid-1"])
+    assert stale.outcome is ReconcileOutcome.UNCHANGED
+    assert (
+        await db.fetchval('SELECT max(xmin::text::bigint) FROM "LiteLLM_JWTKeyMapping"') > xmin
+    )  # only the UPDATE above wrote
+
+
 async def test_dry_run_reports_and_rolls_back(
     store: Store, reconciler: Reconciler, db: asyncpg.Connection, listen, evicted
 ) -> None:

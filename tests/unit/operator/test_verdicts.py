@@ -21,6 +21,8 @@ from jwtkeymap.core.reconcile.desired import (
 )
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers.indexes import Tenancy
+from jwtkeymap.operator.handlers.registry import MappingRegistry
+from jwtkeymap.operator.handlers.resync import Resync
 from jwtkeymap.operator.handlers.runtime import Runtime
 from jwtkeymap.operator.handlers.verdicts import Verdict, attempt, record
 from jwtkeymap.operator.kube import KubeUnavailable
@@ -52,7 +54,7 @@ class FakeReconciler:
         self.outcome = outcome
         self.wanted: list[DesiredMapping] = []
 
-    async def apply(self, want: DesiredMapping) -> ReconcileResult:
+    async def apply(self, want: DesiredMapping, known: object = None) -> ReconcileResult:
         self.wanted.append(want)
         if isinstance(self.outcome, Exception):
             raise self.outcome
@@ -99,13 +101,18 @@ def runtime(
     reconciler: Any = None,
     limit: int = 4,
 ) -> Runtime:
+    settings = load_settings(None)
+    reconciler = reconciler or FakeReconciler(outcome)
+    registry = MappingRegistry()
     return Runtime(
-        settings=load_settings(None),
+        settings=settings,
         store=None,  # type: ignore[arg-type]
-        reconciler=reconciler or FakeReconciler(outcome),
+        reconciler=reconciler,
         kube=kube,
         litellm=None,
         limit=asyncio.Semaphore(limit),
+        registry=registry,
+        resync=Resync(reconciler, registry, kube, interval=settings.drift_interval_seconds),
     )
 
 
@@ -294,7 +301,7 @@ async def test_reconciles_queue_behind_the_pool_size() -> None:
     running = peak = 0
 
     class Slow(FakeReconciler):
-        async def apply(self, want: DesiredMapping) -> ReconcileResult:
+        async def apply(self, want: DesiredMapping, known: object = None) -> ReconcileResult:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)

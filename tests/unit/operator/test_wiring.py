@@ -31,8 +31,8 @@ def test_every_handler_keeps_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
     register(registry, load_settings(None))
     assert handler_ids(registry) == {
         "configure", "close", "database",
-        "by_secret", "by_identity", "policies", "namespace_labels",
-        "resume", "create", "update", "drift", "release",
+        "policies", "namespace_labels",
+        "resume", "create", "update", "release",
         "secret-changed",
     }  # fmt: skip
 

@@ -137,8 +137,7 @@ async def owned_by(
 
 async def owned_under(conn: asyncpg.Connection, prefix: str, *, scoped: bool) -> list[MappingRow]:
     """Every row whose owner id starts with ``prefix``, oldest first."""
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return await _fetch(conn, "WHERE o.owner LIKE $1", [escaped + "%"], scoped=scoped, lock=False)
+    return await _fetch(conn, "WHERE o.owner LIKE $1", [_like(prefix)], scoped=scoped, lock=False)
 
 
 async def page(
@@ -162,6 +161,17 @@ async def _fetch(
     return [mapping_row(r) for r in await conn.fetch(sql, *args)]
 
 
+def _settled_select(scoped: bool, owner_match: str) -> str:
+    """Owned rows with whether their key exists and how many rows their owner holds."""
+    return (
+        f"SELECT {MAPPING_COLUMNS}, {issuer_column(scoped)}, "
+        f"EXISTS (SELECT 1 FROM {TOKEN_TABLE} k WHERE k.token = m.token) AS key_exists, "
+        f"(SELECT count(*) FROM {OWNER_TABLE} x WHERE x.owner = o.owner) AS owned "
+        f"FROM {MAPPING_TABLE} m "
+        f"JOIN {OWNER_TABLE} o ON o.mapping_id = m.id AND o.owner {owner_match} "
+    )
+
+
 async def settled(
     conn: asyncpg.Connection, identity: MappingIdentity, owner: str, *, scoped: bool
 ) -> tuple[MappingRow, bool, int] | None:
@@ -170,20 +180,24 @@ async def settled(
     One plain read (no transaction, no lock): the resync's "already as desired?" check.
     """
     where, args = identity_where(identity, scoped)
-    owner_arg = f"${len(args) + 1}"
-    row = await conn.fetchrow(
-        f"SELECT {MAPPING_COLUMNS}, {issuer_column(scoped)}, "
-        f"EXISTS (SELECT 1 FROM {TOKEN_TABLE} k WHERE k.token = m.token) AS key_exists, "
-        f"(SELECT count(*) FROM {OWNER_TABLE} x WHERE x.owner = {owner_arg}) AS owned "
-        f"FROM {MAPPING_TABLE} m "
-        f"JOIN {OWNER_TABLE} o ON o.mapping_id = m.id AND o.owner = {owner_arg} "
-        f"WHERE {where}",
-        *args,
-        owner,
-    )
+    sql = _settled_select(scoped, f"= ${len(args) + 1}") + f"WHERE {where}"
+    row = await conn.fetchrow(sql, *args, owner)
     if row is None:
         return None
     return mapping_row(row), bool(row["key_exists"]), int(row["owned"])
+
+
+async def settled_under(
+    conn: asyncpg.Connection, prefix: str, *, scoped: bool
+) -> list[tuple[MappingRow, bool, int]]:
+    """:func:`settled` for every row owned under ``prefix``, in one read (a resync's)."""
+    rows = await conn.fetch(_settled_select(scoped, "LIKE $1") + _ORDER, _like(prefix))
+    return [(mapping_row(r), bool(r["key_exists"]), int(r["owned"])) for r in rows]
+
+
+def _like(prefix: str) -> str:
+    """A LIKE pattern matching text that starts with ``prefix``."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 async def set_owner(

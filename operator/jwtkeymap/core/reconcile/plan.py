@@ -97,6 +97,19 @@ def row_digest(row: MappingRow) -> str:
     return spec_digest(row.identity, row.token_hash, row.description, row.is_active)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settled:
+    """One owner's row as a plain read found it: the row, whether its key exists, rows owned."""
+
+    row: MappingRow
+    key_exists: bool
+    owned: int
+
+    def holds(self, digest: str) -> bool:
+        """Whether the database already holds the mapping of this digest (nothing to write)."""
+        return self.key_exists and self.owned == 1 and row_digest(self.row) == digest
+
+
 def differences(live: MappingRow, want: DesiredMapping) -> tuple[str, ...]:
     """Which parts of a live row differ from the desired mapping."""
     changed = []

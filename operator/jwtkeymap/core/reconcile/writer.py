@@ -31,7 +31,7 @@ from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import MappingConflict
 from jwtkeymap.core.keys import fingerprint
 from jwtkeymap.core.reconcile.desired import DesiredMapping, ReconcileOutcome, ReconcileResult
-from jwtkeymap.core.reconcile.plan import Plan, Write, plan, result, row_digest
+from jwtkeymap.core.reconcile.plan import Plan, Settled, Write, plan, result
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,20 @@ class Reconciler:
 
     # -- apply -------------------------------------------------------------------------
 
-    async def apply(self, want: DesiredMapping, *, dry_run: bool = False) -> ReconcileResult:
+    async def apply(
+        self, want: DesiredMapping, *, dry_run: bool = False, known: Settled | None = None
+    ) -> ReconcileResult:
         """Make the database hold ``want``; with ``dry_run`` report what would happen.
 
-        Raises DatabaseUnavailable (retry later) and SchemaError (the database
-        cannot hold this mapping, e.g. an issuer on an issuer-less schema).
+        ``known`` is the owner's row from a bulk read (:meth:`settled_under`) made a
+        moment ago: when it already holds ``want``, nothing is read again. Raises
+        DatabaseUnavailable (retry later) and SchemaError (the database cannot hold
+        this mapping, e.g. an issuer on an issuer-less schema).
         """
         self.reconciles += 1
+        if known is not None and known.holds(want.digest()):
+            RECONCILES.labels(outcome=ReconcileOutcome.UNCHANGED.value, actor=self._actor).inc()
+            return result(want, ReconcileOutcome.UNCHANGED, mapping_id=known.row.id)
         try:
             outcome = await self._apply_once(want, dry_run=dry_run)
         except MappingConflict:
@@ -100,10 +107,8 @@ class Reconciler:
         scoped = info.issuer_scoped
         async with self._store.connection("reconcile mapping") as conn:
             found = await mappings.settled(conn, want.identity, want.owner, scoped=scoped)
-            if found is not None:
-                live, key_exists, owned = found
-                if key_exists and owned == 1 and row_digest(live) == want.digest():
-                    return result(want, ReconcileOutcome.UNCHANGED, mapping_id=live.id)
+            if found is not None and Settled(*found).holds(want.digest()):
+                return result(want, ReconcileOutcome.UNCHANGED, mapping_id=found[0].id)
             try:
                 async with conn.transaction():
                     decided = await self._write(conn, want, scoped=scoped)
@@ -176,6 +181,13 @@ class Reconciler:
         return deleted
 
     # -- listing and pruning -----------------------------------------------------------
+
+    async def settled_under(self, prefix: str) -> dict[str, Settled]:
+        """Every row owned under ``prefix`` as :meth:`apply` would check it, by owner; one read."""
+        scoped = (await self._store.schema_info()).issuer_scoped
+        async with self._store.connection("read owned mappings") as conn:
+            found = await mappings.settled_under(conn, prefix, scoped=scoped)
+        return {row.owner: Settled(row, exists, owned) for row, exists, owned in found if row.owner}
 
     async def owned(self, prefix: str) -> dict[str, ReconcileResult]:
         """Every row owned by an id starting with ``prefix`` (as ABSENT results), by owner."""

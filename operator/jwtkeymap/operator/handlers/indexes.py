@@ -1,11 +1,12 @@
-"""kopf's in-memory indexes: JWTKeyMappings by Secret and by identity, policies, namespaces.
+"""kopf's in-memory indexes of policies and namespaces, and the tenancy decision over them.
 
 kopf passes each index to every handler as a keyword argument named by its id,
-so the ids below are the names handlers (and the validating webhook) read. The
-policies and the namespaces' labels are indexed so that the tenancy decision
-(:class:`Tenancy`) costs a handler no API call. Only the active replica fills
-them (kopf pauses a standby's watches), so the admission webhook, which every
-replica serves, builds the same structures from a fresh API read (:func:`indexed`).
+so the ids below are the names handlers read. The policies and the namespaces'
+labels are indexed so that the tenancy decision (:class:`Tenancy`) costs a handler
+no API call. Only the active replica fills them (kopf pauses a standby's
+watches), so the admission webhook, which every replica serves, builds the same
+structures from a fresh API read (:func:`indexed`). JWTKeyMappings are not
+indexed by kopf: see :mod:`jwtkeymap.operator.handlers.registry`.
 """
 
 from __future__ import annotations
@@ -19,45 +20,21 @@ import kopf
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.operator.resource import (
-    SECRET_VERSION_ANNOTATION,
-    SpecError,
-    identity_of,
-    parse_spec,
-    ref_of,
-)
+from jwtkeymap.operator.handlers.registry import IdentityKey
+from jwtkeymap.operator.resource import SpecError, identity_of, parse_spec, ref_of
 from jwtkeymap.operator.tenancy import Admission, Policy, PolicyError, admit, parse_policy
 
-BY_SECRET: Final = "by_secret"
-BY_IDENTITY: Final = "by_identity"
 POLICIES: Final = "policies"
 NAMESPACE_LABELS: Final = "namespace_labels"
 _ALL: Final = "all"  # the one key of the policies index
 
 log = logging.getLogger(__name__)
 
-# (namespace, Secret name) -> (mapping name, Secret version it last saw)
-SecretKey: TypeAlias = tuple[str, str]
-SecretUser: TypeAlias = tuple[str, str | None]
 # (issuer, claim name, claim value) -> (namespace/name, uid)
-IdentityKey: TypeAlias = tuple[str, str, str]
 IdentityHolder: TypeAlias = tuple[str, str]
-BySecret: TypeAlias = kopf.Index[SecretKey, SecretUser]
-ByIdentity: TypeAlias = kopf.Index[IdentityKey, IdentityHolder]
 # What the tenancy decision reads: kopf's indexes, or plain mappings in tests.
 PolicyIndex: TypeAlias = Mapping[str, Iterable[Policy]]
 LabelIndex: TypeAlias = Mapping[str, Iterable[Mapping[str, str]]]
-
-
-def by_secret(
-    namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
-) -> dict[SecretKey, SecretUser] | None:
-    """Mappings by the Secret they read, with the Secret version they last saw."""
-    secret_ref = (spec.get("key") or {}).get("secretRef") or {}
-    if not secret_ref.get("name"):
-        return None
-    seen = meta.annotations.get(SECRET_VERSION_ANNOTATION)
-    return {(namespace or "", secret_ref["name"]): (name, seen)}
 
 
 def by_identity(
@@ -87,9 +64,20 @@ def policies(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Policy] 
         return None
 
 
-def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+def namespace_labels(name: str, labels: Mapping[str, str], **_: Any) -> dict[str, dict[str, str]]:
     """Each namespace's labels, for the policies' namespace selectors."""
     return {name: dict(labels)}
+
+
+# kopf runs a plain function in a thread; these are cheap, so they run on the loop.
+async def index_policy(name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Policy] | None:
+    """kopf's index function for policies (:func:`policies`)."""
+    return policies(name, spec)
+
+
+async def index_namespace(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """kopf's index function for namespaces (:func:`namespace_labels`)."""
+    return namespace_labels(name, labels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,8 @@ from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.litellm import LiteLLMCache
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR, Reconciler
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.handlers.registry import MappingRegistry
+from jwtkeymap.operator.handlers.resync import Resync
 from jwtkeymap.operator.kube import Kube
 from jwtkeymap.operator.resource import FINALIZER
 
@@ -45,6 +47,8 @@ class Runtime:
     # at once) then queues here instead of timing out on the pool and flapping the
     # Ready condition to DatabaseUnavailable.
     limit: asyncio.Semaphore
+    registry: MappingRegistry  # the resources this replica's handlers have seen
+    resync: Resync  # the resumes' bulk read and the drift loop
 
     @classmethod
     async def open(cls, settings: Settings, connect_kube: KubeConnector) -> Runtime:
@@ -67,10 +71,14 @@ class Runtime:
             store, actor=OPERATOR_ACTOR, evict=litellm.evict if litellm else None
         )
         limit = asyncio.Semaphore(settings.db_pool_max_size)
-        return cls(settings, store, reconciler, kube, litellm, limit)
+        registry = MappingRegistry()
+        resync = Resync(reconciler, registry, kube, interval=settings.drift_interval_seconds)
+        resync.start()
+        return cls(settings, store, reconciler, kube, litellm, limit, registry, resync)
 
     async def close(self) -> None:
         """Close everything :meth:`open` opened."""
+        await self.resync.stop()
         await self.kube.close()
         await _close(self.litellm, self.store)
 

@@ -7,12 +7,11 @@ key is picked up at once, with no polling per resource.
 
 from __future__ import annotations
 
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import kopf
 
 from jwtkeymap.core.errors import JwtKeyMapError
-from jwtkeymap.operator.handlers.indexes import BY_SECRET, BySecret
 from jwtkeymap.operator.handlers.runtime import runtime_of
 from jwtkeymap.operator.resource import SECRET_VERSION_ANNOTATION
 
@@ -31,16 +30,15 @@ async def secret_changed(
     """Annotate every mapping that last saw another version of this Secret."""
     if not type:
         return  # the initial listing: resume handlers read every Secret anyway
-    users = cast(BySecret, kwargs[BY_SECRET])
+    runtime = runtime_of(memo)
     version = str(body.metadata.get("resourceVersion") or "")
     if type == "DELETED":
         version = f"deleted-{version}"
-    kube = runtime_of(memo).kube
     ns = namespace or ""
-    for mapping, seen in users.get((ns, name), []):
+    for mapping, seen in runtime.registry.secret_users(ns, name):
         if seen == version:
             continue
         try:
-            await kube.annotate_mapping(ns, mapping, {SECRET_VERSION_ANNOTATION: version})
+            await runtime.kube.annotate_mapping(ns, mapping, {SECRET_VERSION_ANNOTATION: version})
         except JwtKeyMapError as exc:
             logger.warning("could not mark %s/%s for resync: %s", namespace, mapping, exc)

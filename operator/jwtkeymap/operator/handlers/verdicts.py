@@ -57,6 +57,7 @@ class Verdict:
     result: ReconcileResult | None = None
     retry: bool = False  # temporary: kopf retries with backoff
     permanent: bool = False  # needs a change to the resource (or its Secret)
+    digest: str | None = None  # the row it is synced to (Synced only)
 
 
 def ready(reason: Reason, message: str, ok: bool | None = False) -> Condition:
@@ -99,7 +100,7 @@ async def confirm_denial(
 
     kopf's indexes can be behind: a policy created a moment ago, or a replica that has
     just taken over from another and is still listing. Denials are rare, so they are
-    confirmed; if the API cannot be read, the indexes' denial stands (the drift timer and
+    confirmed; if the API cannot be read, the indexes' denial stands (the drift check and
     any change of the resource retry it).
     """
     try:
@@ -120,8 +121,12 @@ async def attempt(
     namespace: str,
     *,
     tenancy: Tenancy,
+    resuming: bool = False,
 ) -> Verdict:
-    """Reconcile one resource and classify the result; never raises for expected failures."""
+    """Reconcile one resource and classify the result; never raises for expected failures.
+
+    A resume first looks for its row in the resumes' shared bulk read (``Resync``).
+    """
     try:
         spec = parse_spec(spec_body)
         # Before the Secret is read: a namespace learns nothing through a denied mapping.
@@ -130,11 +135,12 @@ async def attempt(
         if not admission.allowed:
             admission = await confirm_denial(runtime, namespace, identity, admission)
         if not admission.allowed:
-            # Permanent: retried on a change and by the drift timer (a new policy is seen then).
+            # Permanent: retried on a change and by the drift check (a new policy is seen then).
             return Verdict(ready(Reason.POLICY_DENIED, admission.reason), permanent=True)
         want = await desired_for(runtime, spec, meta, namespace, may_adopt=admission.may_adopt)
+        known = await runtime.resync.known(want.owner) if resuming else None
         async with runtime.limit:
-            result = await runtime.reconciler.apply(want)
+            result = await runtime.reconciler.apply(want, known=known)
     except SpecError as exc:
         return Verdict(ready(Reason.INVALID_SPEC, str(exc)), permanent=True)
     except SchemaError as exc:
@@ -149,7 +155,7 @@ async def attempt(
         return Verdict(ready(Reason.DATABASE_UNAVAILABLE, str(exc), ok=None), retry=True)
     if result.outcome is ReconcileOutcome.CONFLICT:
         # No retry loop: the holder's deletion wakes this resource (RELEASED_ANNOTATION),
-        # and the drift timer tries again anyway.
+        # and the drift check tries again anyway.
         return Verdict(ready(Reason.CONFLICT, result.message), result=result)
     if result.outcome is ReconcileOutcome.POLICY_DENIED:
         return Verdict(ready(Reason.POLICY_DENIED, result.message), result=result)
@@ -163,7 +169,7 @@ async def attempt(
         f"{identity.claim_name}={identity.claim_value}{scope} is mapped to key "
         f"{result.key_fingerprint}"
     )
-    return Verdict(ready(Reason.SYNCED, message, ok=True), result=result)
+    return Verdict(ready(Reason.SYNCED, message, ok=True), result=result, digest=want.digest())
 
 
 def record(

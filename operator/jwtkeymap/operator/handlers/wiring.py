@@ -15,22 +15,16 @@ import kopf
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.operator.handlers.indexes import (
-    BY_IDENTITY,
-    BY_SECRET,
     NAMESPACE_LABELS,
     POLICIES,
-    by_identity,
-    by_secret,
-    namespace_labels,
-    policies,
+    index_namespace,
+    index_policy,
 )
 from jwtkeymap.operator.handlers.mapping import (
     CREATE_ID,
-    DRIFT_ID,
     RELEASE_ID,
     RESUME_ID,
     UPDATE_ID,
-    drift,
     reconcile,
     release,
 )
@@ -75,21 +69,14 @@ def register(
     on.cleanup(registry=registry, id=CLEANUP_ID)(close)
     on.probe(registry=registry, id=PROBE_ID)(database)
 
-    kopf.index(*RESOURCE, registry=registry, id=BY_SECRET)(by_secret)
-    kopf.index(*RESOURCE, registry=registry, id=BY_IDENTITY)(
-        functools.partial(by_identity, config=settings)
-    )
     # Cluster-scoped: kopf watches them cluster-wide even when it serves some namespaces.
-    kopf.index(GROUP, VERSION, POLICY_PLURAL, registry=registry, id=POLICIES)(policies)
-    kopf.index("", "v1", "namespaces", registry=registry, id=NAMESPACE_LABELS)(namespace_labels)
+    # JWTKeyMappings have no kopf index (see handlers.registry for why).
+    kopf.index(GROUP, VERSION, POLICY_PLURAL, registry=registry, id=POLICIES)(index_policy)
+    kopf.index("", "v1", "namespaces", registry=registry, id=NAMESPACE_LABELS)(index_namespace)
 
     on.resume(*RESOURCE, registry=registry, id=RESUME_ID)(reconcile)
     on.create(*RESOURCE, registry=registry, id=CREATE_ID)(reconcile)
     on.update(*RESOURCE, registry=registry, id=UPDATE_ID)(reconcile)
-    interval = settings.drift_interval_seconds
-    kopf.timer(
-        *RESOURCE, registry=registry, id=DRIFT_ID, interval=interval, initial_delay=interval
-    )(drift)
     on.delete(*RESOURCE, registry=registry, id=RELEASE_ID)(release)
 
     on.event("", "v1", "secrets", registry=registry, id=SECRET_CHANGED_ID)(secret_changed)
