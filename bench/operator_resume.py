@@ -19,6 +19,7 @@ if sys.path and sys.path[0].rstrip("/").endswith("bench"):
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import time
 import uuid
@@ -174,6 +175,43 @@ class Operator:
             await asyncio.wait_for(self._task, timeout=60)
 
 
+def api_requests(plane: ControlPlane) -> dict[tuple[str, str], float]:
+    """The apiserver's request counters, (verb, resource[/subresource]) -> count."""
+    text = plane.kubectl("get", "--raw", "/metrics", check=True).stdout
+    counts: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        what = labels.get("resource", "") + (
+            f"/{labels['subresource']}" if labels.get("subresource") else ""
+        )
+        key = (labels.get("verb", ""), what)
+        counts[key] = counts.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def requests_between(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], count: int
+) -> str:
+    """Write requests per resource between two counter readings, by kind."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    writes = {
+        f"{verb} {what}": n / count
+        for (verb, what), n in sorted(delta.items())
+        if verb in {"POST", "PATCH", "PUT", "DELETE"} and n and what != "selfsubjectaccessreviews"
+    }
+    return ", ".join(f"{k} {v:.2f}" for k, v in writes.items()) or "none"
+
+
+def rss_mib() -> float:
+    """This process's resident memory (the operator runs in it), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -216,6 +254,8 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     # 1. First run: create N resources, operator reconciles all of them.
     first = Operator(plane, namespace, url)
     await first.start()
+    rss_before = rss_mib()
+    requests_before = api_requests(plane)
     started = time.monotonic()
     created = await plane.akubectl(
         "create", "-f", "-", input=manifest_list(namespace, count, tokens), timeout=600
@@ -236,6 +276,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
         interval=1,
     )
     create_seconds = time.monotonic() - started
+    create_requests = requests_between(requests_before, api_requests(plane), count)
     # kopf records "handled" in an annotation, patched separately from the status: let
     # every object get it before stopping, or the restart would redo those creations.
     await wait_until(
@@ -250,11 +291,16 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     rows.append((f"create {count} resources → all Ready", f"{create_seconds:.1f} s"))
     print(f"created: {create_seconds:.1f} s", file=sys.stderr, flush=True)
     rows.append(("  mapping rows written", f"{first_writes:.0f}"))
+    rows.append(("  per resource", f"{create_seconds / count * 1000:.1f} ms"))
+    rows.append(("  API writes per resource (incl. kubectl's create)", create_requests))
+    rows.append(("  RSS of the benchmark + operator process", f"{rss_mib():.0f} MiB "
+                 f"({rss_mib() - rss_before:+.0f} MiB over the create)"))  # fmt: skip
 
     # 2. Restart: resume every resource; nothing changed, so nothing may be written.
     before = await snapshot(plane, namespace)
     xmin_before = await conn.fetchval('SELECT max(xmin::text::bigint) FROM "LiteLLM_JWTKeyMapping"')
     second = Operator(plane, namespace, url)
+    requests_before = api_requests(plane)
     started = time.monotonic()
     await second.start()
     assert second.runtime is not None
@@ -265,6 +311,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
 
     await wait_until(resumed, timeout=1800, what="every resource resumed")
     resume_seconds = time.monotonic() - started
+    resume_requests = requests_between(requests_before, api_requests(plane), count)
     ready_after = await ready_count(plane, namespace)
     after = await snapshot(plane, namespace)
     touched_names = [
@@ -280,6 +327,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
         (f"restart → {count} resumed (all Ready: {ready_after})", f"{resume_seconds:.1f} s")
     )
     rows.append(("  database writes on resume", f"{operator_writes() - first_writes:.0f}"))
+    rows.append(("  API writes on resume, per resource", resume_requests))
     rows.append(
         ("  mapping rows rewritten (xmin moved)", "no" if xmin_after == xmin_before else "YES")
     )

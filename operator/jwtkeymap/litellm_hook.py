@@ -129,6 +129,7 @@ class KeySet:
         self.source = source
         self.refresh_seconds = refresh_seconds
         self.keys: dict[str, VerifyingKey] = {}
+        self.generation = 0  # moves whenever the keys change
         self.fetches = 0
         self._last_attempt: float | None = None
         self._lock = asyncio.Lock()
@@ -154,7 +155,10 @@ class KeySet:
         self.fetches += 1
         try:
             document = await self._read()
-            self.keys = verifying_keys(document)
+            keys = verifying_keys(document)
+            if keys != self.keys:
+                self.keys = keys
+                self.generation += 1
         except (OSError, ConfigError, ValueError) as exc:
             # Keep the keys we have: a resolver restarting must not refuse everyone.
             log.warning("cannot load the jwtkeymap keys from %s: %s", self.source, exc)
@@ -171,12 +175,22 @@ class KeySet:
 
 
 class Verifier:
-    """Verifies assertions against one key set, audience and (optional) issuer."""
+    """Verifies assertions against one key set, audience and (optional) issuer.
+
+    The resolver reuses one assertion per client for most of its lifetime, so a
+    verified assertion is remembered, by its whole compact text (signature included:
+    nothing else can match it), until it expires or the keys change; a request
+    with an assertion seen before costs a dict lookup, not a signature check.
+    """
+
+    MAX_REMEMBERED: Final = 10_000
 
     def __init__(self, keys: KeySet, *, audience: str, issuer: str | None) -> None:
         self.keys = keys
         self.audience = audience
         self.issuer = issuer
+        self._verified: dict[str, Assertion] = {}
+        self._generation = keys.generation
 
     @classmethod
     def from_env(cls, env: Any = os.environ) -> Verifier:
@@ -193,8 +207,22 @@ class Verifier:
 
     async def verify(self, token: str) -> Assertion:
         """What a valid assertion says; InvalidAssertion otherwise."""
+        now = time.time()
+        if self._generation != self.keys.generation:
+            self._verified.clear()  # a key may be gone: check everything again
+            self._generation = self.keys.generation
+        known = self._verified.get(token)
+        if known is not None and known.expires_at > now:
+            return known
         keys = await self.keys.key_for(unverified_kid(token))
-        return verify(token, keys, audience=self.audience, issuer=self.issuer, now=time.time())
+        said = verify(token, keys, audience=self.audience, issuer=self.issuer, now=now)
+        if self._generation != self.keys.generation:  # the keys were (re)loaded just now
+            self._verified.clear()
+            self._generation = self.keys.generation
+        if len(self._verified) >= self.MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified[token] = said
+        return said
 
 
 _verifier: Verifier | None = None
