@@ -1,13 +1,15 @@
 """The few Kubernetes API calls the handlers make themselves (kopf does the rest).
 
 Reading a referenced Secret on demand (never caching every Secret of the cluster
-in memory), annotating a mapping when its Secret changed, and the reads a standby
-replica's webhook answers from (its kopf indexes are empty: see webhooks.py).
+in memory) and labelling it for the operator's Secret watch, annotating a mapping
+when its Secret changed, and the reads a standby replica's webhook answers from
+(its kopf indexes are empty: see webhooks.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from jwtkeymap.core.errors import JwtKeyMapError
-from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION
+from jwtkeymap.operator.awaited import AwaitedSecrets
+from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION, WATCHED_LABEL
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Kube:
         self._api = api
         self._core = client.CoreV1Api(api)
         self._custom = client.CustomObjectsApi(api)
+        # Referenced Secrets that were missing when read: looked for until they appear.
+        self.awaited = AwaitedSecrets()
 
     @classmethod
     async def connect(cls, connection: Connection | None = None) -> Kube:
@@ -68,16 +75,53 @@ class Kube:
         await self._api.close()
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The Secret's ``data`` (base64 values), or None if it does not exist."""
+        """The data (base64 values) of a Secret a mapping references, or None if it is missing.
+
+        The operator's Secret watch selects on :data:`WATCHED_LABEL`, so a Secret read
+        here without it is labelled first, and its next rotation is seen; a missing one
+        is awaited (:attr:`awaited`) until it appears.
+        """
         try:
             secret: Any = await self._core.read_namespaced_secret(name, namespace)
         except aiohttp.ClientError as exc:
             raise KubeUnavailable(f"reading Secret {namespace}/{name}: {exc}") from None
         except ApiException as exc:
             if exc.status == 404:
+                self.awaited.add(namespace, name)
                 return None
             raise KubeUnavailable(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from None
+        if (secret.metadata.labels or {}).get(WATCHED_LABEL) != "true":
+            try:
+                labelled = await self._label_secret(namespace, name)
+            except KubeUnavailable as exc:
+                # The key is still usable; only its next rotation waits for a resync.
+                log.warning("Secret %s/%s is not watched for rotation: %s", namespace, name, exc)
+                labelled = secret
+            if labelled is None:  # deleted between the read and the label
+                self.awaited.add(namespace, name)
+                return None
+            secret = labelled  # the data as of the label: a change after it is watched
+        self.awaited.discard(namespace, name)
         return dict(secret.data or {})
+
+    async def label_secret(self, namespace: str, name: str) -> bool:
+        """Put :data:`WATCHED_LABEL` on a Secret (a no-op if it is there); False if it is gone."""
+        return await self._label_secret(namespace, name) is not None
+
+    async def _label_secret(self, namespace: str, name: str) -> Any:
+        patch = {"metadata": {"labels": {WATCHED_LABEL: "true"}}}
+        try:
+            return await self._core.patch_namespaced_secret(  # type: ignore[call-arg]
+                name, namespace, patch, _content_type="application/merge-patch+json"
+            )
+        except aiohttp.ClientError as exc:
+            raise KubeUnavailable(f"labelling Secret {namespace}/{name}: {exc}") from None
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeUnavailable(
+                f"labelling Secret {namespace}/{name}: HTTP {exc.status}"
+            ) from None
 
     async def list_cluster_objects(self, plural: str) -> list[dict[str, Any]]:
         """Every jwtkeymap.io object of ``plural`` in the cluster."""

@@ -35,6 +35,10 @@ FINALIZER: Final = "jwtkeymap.io/finalizer"
 ADOPT_ANNOTATION: Final = "jwtkeymap.io/adopt"
 # Set by the operator on a mapping when its Secret changes, so kopf re-runs the reconcile.
 SECRET_VERSION_ANNOTATION: Final = "jwtkeymap.io/secret-version"
+# Put by the operator on every Secret a mapping reads. Its Secret watch selects on this label
+# on the server, so a Secret that no mapping references never reaches the operator.
+WATCHED_LABEL: Final = "jwtkeymap.io/watched"
+WATCHED_SELECTOR: Final = f"{WATCHED_LABEL}=true"
 # Set on mappings that lost a Conflict when the winner lets go of the identity, so they
 # retry at once instead of on the next drift check.
 RELEASED_ANNOTATION: Final = "jwtkeymap.io/released-by"

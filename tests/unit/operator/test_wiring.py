@@ -9,6 +9,7 @@ import pytest
 
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers.runtime import Runtime, database
+from jwtkeymap.operator.handlers.secrets import watch_referenced
 from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.sidecar.webhook import CONFIG_ENV
 
@@ -30,7 +31,7 @@ def test_every_handler_keeps_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = kopf.OperatorRegistry()
     register(registry, load_settings(None))
     assert handler_ids(registry) == {
-        "configure", "close", "database",
+        "configure", "close", "database", "watch-referenced-secrets", "stop-awaiting-secrets",
         "policies", "namespace_labels",
         "resume", "create", "update", "release",
         "secret-changed",
@@ -57,6 +58,17 @@ async def test_no_database_is_a_permanent_startup_error(monkeypatch: pytest.Monk
 
     with pytest.raises(kopf.PermanentError, match="no database configured"):
         await Runtime.open(load_settings(None), never)  # type: ignore[arg-type]
+
+
+async def test_the_secret_watch_is_narrowed_on_the_server_before_the_runtime_opens() -> None:
+    settings = kopf.OperatorSettings()
+    with pytest.raises(kopf.TemporaryError, match="runtime is not open"):
+        await watch_referenced(memo=kopf.Memo(), settings=settings, max_age=300)
+    # The selector goes on kopf's list and watch requests; namespaces and mappings are not narrowed.
+    selectors = settings.watching.label_selectors
+    assert selectors.collect(kopf.Resource("", "v1", "secrets")) == ["jwtkeymap.io/watched=true"]
+    assert selectors.collect(kopf.Resource("", "v1", "namespaces")) == []
+    assert selectors.collect(kopf.Resource("jwtkeymap.io", "v1alpha1", "jwtkeymappings")) == []
 
 
 async def test_the_probe_reports_starting_before_the_runtime_exists() -> None:

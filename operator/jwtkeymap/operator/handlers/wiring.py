@@ -37,7 +37,14 @@ from jwtkeymap.operator.handlers.runtime import (
     configure,
     database,
 )
-from jwtkeymap.operator.handlers.secrets import SECRET_CHANGED_ID, secret_changed
+from jwtkeymap.operator.handlers.secrets import (
+    SECRET_CHANGED_ID,
+    UNWATCH_ID,
+    WATCH_ID,
+    secret_changed,
+    stop_awaiting,
+    watch_referenced,
+)
 from jwtkeymap.operator.kube import Kube
 from jwtkeymap.operator.metrics import register_metrics
 from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION
@@ -66,6 +73,11 @@ def register(
     on = kopf.on
     opening = functools.partial(configure, config=settings, connect_kube=connect_kube)
     on.startup(registry=registry, id=STARTUP_ID)(opening)
+    # kopf runs activity handlers in this order: the Secret watch after the runtime opens,
+    # its cleanup before the runtime closes.
+    watching = functools.partial(watch_referenced, max_age=settings.drift_interval_seconds)
+    on.startup(registry=registry, id=WATCH_ID)(watching)
+    on.cleanup(registry=registry, id=UNWATCH_ID)(stop_awaiting)
     on.cleanup(registry=registry, id=CLEANUP_ID)(close)
     on.probe(registry=registry, id=PROBE_ID)(database)
 
@@ -79,6 +91,7 @@ def register(
     on.update(*RESOURCE, registry=registry, id=UPDATE_ID)(reconcile)
     on.delete(*RESOURCE, registry=registry, id=RELEASE_ID)(release)
 
+    # Server-side narrowed to the labelled Secrets by watch_referenced (the startup above).
     on.event("", "v1", "secrets", registry=registry, id=SECRET_CHANGED_ID)(secret_changed)
 
     if admission:
