@@ -208,6 +208,8 @@ def test_release_objects_and_rbac(installed: Installed) -> None:
         return plane.kubectl("auth", "can-i", *args, account).stdout.strip()
 
     assert can("watch", "secrets", "--all-namespaces") == "yes"
+    assert can("patch", "secrets", "-n", "team-a") == "yes"  # the watched label
+    assert can("update", "secrets", "-n", "team-a") == "no"
     assert can("watch", "jwtkeymappingpolicies.jwtkeymap.io") == "yes"
     assert can("patch", "jwtkeymappingpolicies.jwtkeymap.io") == "no"
     assert (
@@ -419,6 +421,9 @@ def test_mapping_is_reconciled_by_the_operator_as_its_service_account(
     assert condition["reason"] == "Synced"
     stored = get(plane, "jwtkeymapping", "alice", "-n", namespace)
     assert "jwtkeymap.io/finalizer" in stored["metadata"]["finalizers"]
+    # Labelled (with the chart's patch grant) before it was read, so its watch follows it.
+    labels = get(plane, "secret", "alice-key", "-n", namespace)["metadata"]["labels"]
+    assert labels["jwtkeymap.io/watched"] == "true"
 
 
 def test_operator_joined_the_charts_peering(installed: Installed) -> None:
