@@ -222,6 +222,43 @@ def test_release_objects_and_rbac(installed: Installed) -> None:
     assert can("create", "mutatingwebhookconfigurations") == "no"
 
 
+def test_the_operator_may_only_label_secrets(installed: Installed, namespace: str) -> None:
+    """The chart's ValidatingAdmissionPolicy narrows the operator's patch on Secrets."""
+    plane = installed.plane
+    account = f"--as=system:serviceaccount:{installed.namespace}:{RELEASE}-jwtkeymap"
+    plane.kubectl(
+        "create", "secret", "generic", "probe", "-n", namespace, "--from-literal=apiKey=sk-x",
+        check=True,
+    )  # fmt: skip
+
+    def patch(body: dict[str, Any], *who: str) -> Any:
+        args = ("patch", "secret", "probe", "-n", namespace, "--type=merge", "-p", json.dumps(body))
+        return plane.kubectl(*args, *who)
+
+    watched = {"metadata": {"labels": {"jwtkeymap.io/watched": "true"}}}
+    refused = [
+        {"data": {"apiKey": "eA=="}},
+        {"stringData": {"other": "x"}},
+        {"metadata": {"labels": {"team": "a"}}},
+        {"metadata": {"labels": {"jwtkeymap.io/watched": "false"}}},
+        {"metadata": {"annotations": {"a": "b"}}},
+        {"immutable": True},
+    ]
+    for body in refused:
+        done = patch(body, account)
+        assert done.returncode != 0, body
+        assert "may only add the label jwtkeymap.io/watched=true" in done.stderr, done.stderr
+    assert patch(watched, account).returncode == 0
+    assert patch(watched, account).returncode == 0  # again: a no-op, still allowed
+    removed = patch({"metadata": {"labels": {"jwtkeymap.io/watched": None}}}, account)
+    assert removed.returncode != 0
+    # The policy binds the operator's ServiceAccount only.
+    assert patch({"metadata": {"labels": {"team": "a"}}}).returncode == 0
+    stored = get(plane, "secret", "probe", "-n", namespace)
+    assert stored["metadata"]["labels"] == {"jwtkeymap.io/watched": "true", "team": "a"}
+    assert stored["data"]["apiKey"] == "c2steA=="  # sk-x, untouched
+
+
 def test_labelled_pod_gets_the_sidecar(installed: Installed, namespace: str) -> None:
     plane = installed.plane
     created = create(plane, namespace, pod("web", labels=LABELLED))

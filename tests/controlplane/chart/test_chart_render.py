@@ -79,6 +79,8 @@ def test_default_objects(render: Render) -> None:
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
         "ClusterKopfPeering",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
@@ -290,6 +292,29 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     assert ("jwtkeymap.io", "jwtkeymappingpolicies", "watch") in granted
     assert ("", "namespaces", "watch") in granted
     assert not {("jwtkeymap.io", "jwtkeymappingpolicies", v) for v in ("create", "patch")} & granted
+
+
+def test_secret_label_policy_binds_the_operator_only(
+    render: Render, run_helm: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    policy = find(render(), "ValidatingAdmissionPolicy")
+    [condition] = policy["spec"]["matchConditions"]
+    assert '"system:serviceaccount:jwtkeymap-system:r-jwtkeymap"' in condition["expression"]
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["secrets"]
+    binding = find(render(), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    # Off on request, and on a 1.29 cluster (no v1 ValidatingAdmissionPolicy there).
+    assert "ValidatingAdmissionPolicy" not in kinds(
+        render(sets={"rbac.secretLabelPolicy": "false"})
+    )
+    old = run_helm("template", "r", str(CHART), "--kube-version", "1.29.4")
+    assert old.returncode == 0, old.stderr
+    assert "ValidatingAdmissionPolicy" not in kinds(
+        [d for d in yaml.safe_load_all(old.stdout) if d]
+    )
 
 
 def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Render) -> None:
