@@ -72,8 +72,10 @@ def test_operator_pods_run_as_the_charts_service_account(kube: ControlPlane, rel
         ("patch clusterkopfpeerings.kopf.dev", "yes"),
         ("create events -n default", "yes"),
         # Keys are read from each mapping's own namespace: Secrets are readable cluster-wide,
-        # never writable.
+        # and patchable only to add the watch label (the chart's ValidatingAdmissionPolicy
+        # refuses any other change); never created, updated or deleted.
         ("get secrets -n kube-system", "yes"),
+        ("patch secrets -n default", "yes"),
         ("create secrets -n default", "no"),
         ("delete secrets -n jwtkeymap-system", "no"),
         ("update secrets -n default", "no"),
