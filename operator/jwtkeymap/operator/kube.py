@@ -123,13 +123,27 @@ class Kube:
                 f"labelling Secret {namespace}/{name}: HTTP {exc.status}"
             ) from None
 
-    async def list_cluster_objects(self, plural: str) -> list[dict[str, Any]]:
-        """Every jwtkeymap.io object of ``plural`` in the cluster."""
+    async def list_cluster_objects(
+        self, plural: str, *, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every jwtkeymap.io object of ``plural`` in the cluster (matching ``field_selector``).
+
+        An API server that cannot select on that field (before Kubernetes 1.31) answers
+        400: then every object is listed and the caller filters, as it would anyway.
+        """
         try:
-            found: Any = await self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            if field_selector:
+                found: Any = await self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, plural, field_selector=field_selector
+                )
+            else:
+                found = await self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
         except aiohttp.ClientError as exc:
             raise KubeUnavailable(f"listing {plural}: {exc}") from None
         except ApiException as exc:
+            if exc.status == 400 and field_selector:
+                log.info("this API server cannot select %s by a field; listing all", plural)
+                return await self.list_cluster_objects(plural)
             raise KubeUnavailable(f"listing {plural}: HTTP {exc.status}") from None
         return list(found.get("items") or [])
 

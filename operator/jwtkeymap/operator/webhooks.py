@@ -112,7 +112,10 @@ async def validate(
         # Finalizers, annotations, a deletion: never blocked, or a resource denied after it
         # was stored (a policy narrowed, a webhook not yet called) could not even be deleted.
         return
-    taken, tenancy = await read_indexes(runtime_of(memo).kube, namespace or "", config)
+    claim_value = (spec.get("claim") or {}).get("value")
+    taken, tenancy = await read_indexes(
+        runtime_of(memo).kube, namespace or "", config, claim_value=claim_value
+    )
     check(
         spec,
         namespace=namespace,
@@ -125,20 +128,32 @@ async def validate(
 
 
 async def read_indexes(
-    kube: Kube, namespace: str, settings: Settings
+    kube: Kube, namespace: str, settings: Settings, *, claim_value: object = None
 ) -> tuple[Mapping[IdentityKey, Iterable[IdentityHolder]], Tenancy]:
-    """What the operator's indexes hold for one review, read fresh from the API."""
+    """What the operator's indexes hold for one review, read fresh from the API.
+
+    Only the mappings of the same claim value can conflict, so with a claim value only
+    those are listed (a field selector): a review costs the same with 50,000 mappings.
+    """
+    selector = (
+        f"spec.claim.value={escape_field(claim_value)}" if isinstance(claim_value, str) else None
+    )
     try:
         policies, labels, mappings = await asyncio.gather(
             kube.list_cluster_objects(POLICY_PLURAL),
             kube.namespace_labels(namespace),
-            kube.list_cluster_objects(PLURAL),
+            kube.list_cluster_objects(PLURAL, field_selector=selector),
         )
     except KubeUnavailable as exc:
         raise kopf.AdmissionError(
             f"cannot check the tenancy policies now ({exc}); retry", code=503
         ) from None
     return indexed(policies, namespace, labels, mappings, settings)
+
+
+def escape_field(value: str) -> str:
+    """A value escaped for a field selector (``\\``, ``,`` and ``=`` are its syntax)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
 
 
 def register_validation(registry: kopf.OperatorRegistry, settings: Settings) -> None:

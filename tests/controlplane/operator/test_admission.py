@@ -79,3 +79,28 @@ async def test_webhook_rejects_taken_identities_and_forbidden_claims(
         "apply", "-f", "-", input=mapping(first_ns, "alice", "email", "alice@x.example", token)
     )
     assert updated.returncode == 0, updated.stderr
+
+    # The webhook lists only the mappings of the claim value under review (a field
+    # selector): a value holding the selector's syntax still finds its holder, and a
+    # value that only starts the same way is another identity.
+    dn = "cn=ci\\robot,o=acme"
+    created = await controlplane.akubectl(
+        "create", "-f", "-", input=mapping(first_ns, "robot", "email", dn, token)
+    )
+    assert created.returncode == 0, created.stderr
+    again = await controlplane.akubectl(
+        "create", "-f", "-", input=mapping(second_ns, "robot", "email", dn, token)
+    )
+    assert again.returncode != 0
+    assert f"email={dn} is already mapped by another JWTKeyMapping" in again.stderr
+    other = await controlplane.akubectl(
+        "create", "-f", "-", input=mapping(second_ns, "robot", "email", "cn=ci\\robot", token)
+    )
+    assert other.returncode == 0, other.stderr
+    # The CRD declares the field selectable, so the API server itself narrows the list.
+    listed = await controlplane.akubectl(
+        "get", "jkm", "-A", "-o", "name",
+        "--field-selector", "spec.claim.value=cn\\=ci\\\\robot\\,o\\=acme",
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["jwtkeymapping.jwtkeymap.io/robot"]

@@ -10,7 +10,7 @@ import pytest
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers.indexes import Tenancy
 from jwtkeymap.operator.tenancy import parse_policy
-from jwtkeymap.operator.webhooks import check, spec_unchanged
+from jwtkeymap.operator.webhooks import check, escape_field, spec_unchanged
 
 HASH = "b" * 64
 
@@ -109,3 +109,16 @@ def test_an_update_that_keeps_the_spec_is_never_judged_again() -> None:
     assert spec_unchanged({"spec": spec()}, spec())
     assert not spec_unchanged({"spec": spec()}, spec(value="b@example.com"))
     assert not spec_unchanged(None, spec())
+
+
+@pytest.mark.parametrize(
+    ("value", "escaped"),
+    [
+        ("alice@example.com", "alice@example.com"),
+        ("cn=ci,o=acme", "cn\\=ci\\,o\\=acme"),
+        ("a\\b", "a\\\\b"),
+        ("\\,", "\\\\\\,"),
+    ],
+)
+def test_field_selector_values_are_escaped(value: str, escaped: str) -> None:
+    assert escape_field(value) == escaped
