@@ -1,12 +1,13 @@
 """Coherence: trust the cache only while the channels can see every change.
 
 Each process LISTENs on PostgreSQL (Redis is then a redundant second path), or
-else subscribes to Redis alone. When the channels stop seeing every change
-(which includes any database outage) the policy engine is suspended (cache
-cleared, 503s for anything that needs the database) and the channels reconnect
-with backoff; once they are back the engine resumes from an empty cache, so no
-message lost in the gap can matter. A message that cannot be read might have
-named anything: it flushes the cache.
+else subscribes to Redis alone, where a relay that stopped beating counts as a
+lost channel (Redis up but nobody feeding it is as blind as Redis down). When
+the channels stop seeing every change (which includes any database outage) the
+policy engine is suspended (cache cleared, 503s for anything that needs the
+database) and the channels reconnect with backoff; once they are back the
+engine resumes from an empty cache, so no message lost in the gap can matter. A
+message that cannot be read might have named anything: it flushes the cache.
 """
 
 from __future__ import annotations
@@ -69,10 +70,18 @@ class InvalidationBus:
             "liveness_seconds": settings.invalidation_liveness_seconds,
             "reconnect_max_seconds": settings.invalidation_reconnect_max_seconds,
         }
-        if settings.database_url and settings.invalidation_listen:
+        listen = bool(settings.database_url and settings.invalidation_listen)
+        if listen:
+            assert settings.database_url
             self.sources.append(PostgresChannel(callbacks, url=settings.database_url, **common))
         if settings.redis_url:
-            self.sources.append(RedisChannel(callbacks, url=settings.redis_url, **common))
+            # Alone, Redis is only as good as the relay feeding it: require its heartbeat.
+            relay_timeout = 0 if listen else settings.invalidation_relay_timeout_seconds
+            self.sources.append(
+                RedisChannel(
+                    callbacks, url=settings.redis_url, relay_timeout=relay_timeout, **common
+                )
+            )
         self._relay: Relay | None = None
         if settings.invalidation_relay:
             if settings.redis_url and len(self.sources) == 2:
@@ -87,6 +96,7 @@ class InvalidationBus:
                 )
         if settings.database_url and not self.sources:
             log.warning("no invalidation channel: a cached mapping may be stale for up to its TTL")
+        self._beat_seconds = settings.invalidation_liveness_seconds
         self._coherent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -122,6 +132,8 @@ class InvalidationBus:
         self.target.suspend()
         for source in self.sources:
             self._tasks.append(asyncio.create_task(source.run(), name=f"bus-{source.name}"))
+        if self._relay is not None:
+            self._tasks.append(asyncio.create_task(self._beat(), name="bus-relay-heartbeat"))
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the channels; return whether they are up."""
@@ -138,6 +150,15 @@ class InvalidationBus:
         self._tasks.clear()
         if self._relay is not None:
             await self._relay.close()
+
+    async def _beat(self) -> None:
+        """Send the relay's heartbeat while its LISTEN is up (it relays nothing otherwise)."""
+        assert self._relay is not None
+        listen = self.sources[0]
+        while True:
+            if listen.connected:
+                self._relay.beat()
+            await asyncio.sleep(self._beat_seconds)
 
     # -- what the channels report ------------------------------------------------------
 
