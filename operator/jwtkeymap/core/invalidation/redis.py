@@ -43,7 +43,7 @@ class RedisChannel(Channel):
 
     def __init__(self, *args: Any, relay_timeout: float = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._relay_timeout = relay_timeout
+        self.relay_timeout = relay_timeout
 
     async def session(self, backoff: Backoff) -> None:
         """Subscribe, then receive until Redis stops answering (or the relay, beating)."""
@@ -52,7 +52,7 @@ class RedisChannel(Channel):
         client = redis_client(self._url, connect_timeout=self._timeout)
         pubsub = client.pubsub()
         beats = heartbeat_channel(self._channel)
-        channels = [self._channel, beats] if self._relay_timeout else [self._channel]
+        channels = [self._channel, beats] if self.relay_timeout else [self._channel]
         try:
             await pubsub.subscribe(*channels)
             # The confirmations prove the subscription is live before we trust it.
@@ -61,14 +61,14 @@ class RedisChannel(Channel):
                 if not confirmed or confirmed.get("type") != "subscribe":
                     raise ConnectionError("no subscription confirmation from Redis")
             last_seen = last_beat = loop.time()
-            live = not self._relay_timeout
+            live = not self.relay_timeout
             if live:
                 self.connected_now(backoff)
             pinged = False
             while True:
                 wait = interval
-                if self._relay_timeout:
-                    wait = max(0.0, min(interval, last_beat + self._relay_timeout - loop.time()))
+                if self.relay_timeout:
+                    wait = max(0.0, min(interval, last_beat + self.relay_timeout - loop.time()))
                 msg = await pubsub.get_message(timeout=wait)
                 now = loop.time()
                 if msg is not None:
@@ -84,7 +84,7 @@ class RedisChannel(Channel):
                     else:
                         self.callbacks.on_payload(self, msg["data"])
                     continue
-                if self._relay_timeout and now - last_beat >= self._relay_timeout:
+                if self.relay_timeout and now - last_beat >= self.relay_timeout:
                     raise ConnectionError("no heartbeat from the relay")
                 if pinged and now - last_seen > 2 * interval:
                     raise ConnectionError("Redis stopped answering pings")
