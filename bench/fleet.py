@@ -41,6 +41,7 @@ from jwtkeymap.core.db import schema
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.postgres import ThrowawayPostgres, throwaway_postgres
 from jwtkeymap.demo.resolver import ResolverProcess, check_token
 from jwtkeymap.demo.signing import SigningKey
@@ -479,11 +480,29 @@ LEAN = {
 
 
 async def start_fleet(procs: list[ResolverProcess], http: aiohttp.ClientSession) -> None:
-    """Start resolver processes ten at a time (two cores: a whole fleet at once thrashes)."""
+    """Start resolver processes ten at a time (two cores: a whole fleet at once thrashes).
+
+    A port picked free can be taken, by the time its process binds it, by another
+    process's outgoing connection: such a resolver exits, and is started on another port.
+    """
     for i in range(0, len(procs), 10):
         batch = procs[i : i + 10]
-        await asyncio.gather(*(p.start() for p in batch))
-    await wait_ready(http, procs, timeout=120)
+        await asyncio.gather(*(p.start(timeout=180) for p in batch))
+        for _ in range(3):
+
+            async def settled(batch: list[ResolverProcess] = batch) -> bool:
+                for p in batch:
+                    if p.alive() and (await p.readiness(http))["ready"] is not True:
+                        return False
+                return True
+
+            with contextlib.suppress(aiohttp.ClientError):
+                await wait_until(settled, timeout=180, what="a batch of resolvers settled")
+            lost = [p for p in batch if not p.alive() and "already in use" in p.output()]
+            for p in lost:
+                p.port = free_port()
+            await asyncio.gather(*(p.start(timeout=180) for p in lost))
+    await wait_ready(http, procs, timeout=180)
 
 
 async def connections(conn: asyncpg.Connection) -> dict[str, int]:
