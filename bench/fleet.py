@@ -469,13 +469,15 @@ async def memory(args: argparse.Namespace) -> str:
 # -- fleet ---------------------------------------------------------------------------------
 
 # What each fleet resolver holds: a pool of one (no lookup lane), opened on first use,
-# small caches. Their invalidation path is the one under test, not their capacity.
+# small caches, the default liveness interval (5 s: a LISTEN ping or Redis ping, and the
+# relay's heartbeat). Their invalidation path is the one under test, not their capacity.
 LEAN = {
     "unregistered_client_behavior": "reject",
     "db_pool_min_size": 0,
     "db_pool_max_size": 1,
     "cache_max_entries": 1000,
     "token_cache_max_entries": 1000,
+    "invalidation_liveness_seconds": 5,
 }
 
 
@@ -575,6 +577,10 @@ async def fleet(args: argparse.Namespace) -> str:
                     await listener.close()
                     notify = [next(h for h in heard if h >= t0) - t0 for t0 in starts]
                     direct = await connections(conn)
+                    await flip(False)
+                    ev_each, ev_whole = await eviction_latencies(
+                        http, procs, flip, args.fleet_samples
+                    )
                 finally:
                     for p in procs:
                         p.stop()
@@ -582,6 +588,14 @@ async def fleet(args: argparse.Namespace) -> str:
                     f"{n} resolver processes, each LISTENing on PostgreSQL "
                     f"(RSS median {statistics.median(rss) / 1024:.0f} MiB, "
                     f"total {sum(rss) / 1024 / 1024:.1f} GiB):",
+                    "",
+                    "Database change → message applied (evicted) in every resolver:",
+                    "",
+                    latency_table(ev_each, ev_whole, n, target_ms=50),
+                    "",
+                    "Database change → every resolver answers differently (the "
+                    "`--only invalidation` method: includes the lookup after the eviction, "
+                    f"and {n} answers served on 2 cores):",
                     "",
                     latency_table(each, whole, n, target_ms=50, notify=notify, floor=floor),
                     "",
@@ -615,6 +629,10 @@ async def fleet(args: argparse.Namespace) -> str:
                             )
                         relayed = [next(h for h in heard if h >= t0) - t0 for t0 in starts]
                         server = await connections(conn)
+                        await flip(False)
+                        ev_each, ev_whole = await eviction_latencies(
+                            http, procs, flip, args.fleet_samples
+                        )
                         pools = [p for p in bouncer.show("POOLS") if p["database"] == "postgres"]
                         clients = sum(int(p["cl_active"]) + int(p["cl_waiting"]) for p in pools)
                         servers = sum(
@@ -634,7 +652,13 @@ async def fleet(args: argparse.Namespace) -> str:
                 out += [
                     f"The same {n} behind PgBouncer {bouncer_version()} (transaction mode, "
                     f"default_pool_size {args.pool}), `invalidation_listen: false`, "
-                    "`db_statement_cache_size: 0`, Redis channel fed by one relay process:",
+                    "`db_statement_cache_size: 0`, Redis channel fed by one relay process.",
+                    "",
+                    "Database change → message applied (evicted) in every resolver:",
+                    "",
+                    latency_table(ev_each, ev_whole, n, target_ms=50),
+                    "",
+                    "Database change → every resolver answers differently:",
                     "",
                     latency_table(
                         each, whole, n, target_ms=50, notify=relayed, floor=floor
@@ -652,11 +676,62 @@ async def fleet(args: argparse.Namespace) -> str:
                     f"the revoked mapping (503 `database_unavailable`, suspended) "
                     f"{statistics.median(stale):.2f} s (median) / {max(stale):.2f} s (last) "
                     "after the kill; bound: `invalidation_relay_timeout_seconds` (15 s) after "
-                    "the last heartbeat, plus one `invalidation_liveness_seconds` poll.",
+                    "the last heartbeat (one every `invalidation_liveness_seconds`, 5 s), "
+                    "plus one poll.",
                 ]
         finally:
             await conn.close()
     return "\n".join(out)
+
+
+APPLIED = "jwtkeymap_invalidation_last_applied_timestamp_seconds"
+RECEIVED = "jwtkeymap_invalidations_received_total"
+
+
+async def applied(http: aiohttp.ClientSession, proc: ResolverProcess) -> tuple[float, float]:
+    """(messages received, Unix time the last was applied), from one /metrics scrape."""
+    async with http.get(f"{proc.url}/metrics") as resp:
+        text = await resp.text()
+    count, at = 0.0, 0.0
+    for line in text.splitlines():
+        if line.startswith(RECEIVED):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(APPLIED):
+            at = float(line.rsplit(" ", 1)[1])
+    return count, at
+
+
+async def eviction_latencies(
+    http: aiohttp.ClientSession,
+    procs: list[ResolverProcess],
+    flip: Callable[[bool], Awaitable[None]],
+    samples: int,
+) -> tuple[list[float], list[float]]:
+    """Flip the mapping ``samples`` times; per change, the time from issuing it to each
+    resolver having applied its message (the resolver's own timestamp, read afterwards
+    from /metrics, so observing costs the fleet nothing while the message travels).
+    The mapping must be inactive when called (the first change activates it)."""
+    each: list[float] = []
+    fleet: list[float] = []
+    await asyncio.sleep(0.5)  # a change made just before has landed everywhere
+    before = [c for c, _ in await asyncio.gather(*(applied(http, p) for p in procs))]
+    for i in range(samples):
+        t0 = time.time()
+        await flip(i % 2 == 0)
+        await asyncio.sleep(0.25)  # let the message land before scraping 100 processes
+        seen: list[float] = []
+        for j, p in enumerate(procs):
+
+            async def landed(p: ResolverProcess = p, j: int = j) -> tuple[float, float] | None:
+                count, at = await applied(http, p)
+                return (count, at) if count > before[j] else None
+
+            count, at = await wait_until(landed, timeout=30, what="the message applied")
+            before[j] = count
+            seen.append(at - t0)
+        each.extend(seen)
+        fleet.append(max(seen))
+    return each, fleet
 
 
 @contextlib.asynccontextmanager

@@ -108,7 +108,7 @@ class Service:
                 else None
             ),
             engine=engine,
-            bus=InvalidationBus(settings, engine),
+            bus=InvalidationBus(settings, engine, clock=clock),
             signer=signer,
         )
         await service._start()

@@ -19,6 +19,7 @@ import logging
 from typing import Any, Protocol
 
 from jwtkeymap.core.cache import MappingCache
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.invalidation.channel import Callbacks, Channel
 from jwtkeymap.core.invalidation.messages import Invalidation, apply_message, parse_message
 from jwtkeymap.core.invalidation.postgres import PostgresChannel
@@ -48,6 +49,9 @@ class BusStats:
     received: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     evicted: int = 0
     disconnects: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Unix time the last message was applied: when a fleet last heard anything, and how
+    # long after a change each process had evicted (bench/fleet.py --only fleet).
+    last_applied: float = 0.0
 
     def count(self, channel: str, kind: str) -> None:
         """Count one received message."""
@@ -57,8 +61,11 @@ class BusStats:
 class InvalidationBus:
     """Listen for invalidations on PostgreSQL and/or Redis and keep ``target`` coherent."""
 
-    def __init__(self, settings: Settings, target: CoherentCache) -> None:
+    def __init__(
+        self, settings: Settings, target: CoherentCache, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.target = target
+        self._clock = clock
         self.stats = BusStats()
         self.sources: list[Channel] = []
         callbacks = Callbacks(
@@ -206,6 +213,7 @@ class InvalidationBus:
         else:
             self.stats.count(channel.name, message.kind)
             self.stats.evicted += apply_message(self.target.cache, message)
+        self.stats.last_applied = self._clock.now().timestamp()
         if self._relay is not None and channel.name == PostgresChannel.name:
             self._relay.publish(payload.decode() if isinstance(payload, bytes) else payload)
 
