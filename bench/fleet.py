@@ -639,12 +639,29 @@ async def fleet(args: argparse.Namespace) -> str:
                             int(p[c]) for p in pools for c in ("sv_active", "sv_idle", "sv_used")
                         )
                         # 3. The relay dies (Redis stays up); then a mapping is revoked.
+                        # Every resolver must have applied the activation before caching
+                        # the allow: a late message would evict it, and the next check would
+                        # read the revocation from the database, not wait for the timeout.
+                        counts = await asyncio.gather(*(applied(http, p) for p in procs))
                         await flip(True)
-                        await asyncio.gather(*(check_token(http, p.url, token) for p in procs))
+                        for p, (count, _) in zip(procs, counts, strict=True):
+
+                            async def landed(p: ResolverProcess = p, count: float = count) -> bool:
+                                return (await applied(http, p))[0] > count
+
+                            await wait_until(landed, timeout=30, what="the activation applied")
+                        warm = await asyncio.gather(
+                            *(check_token(http, p.url, token) for p in procs)
+                        )
+                        assert all(a.status == 200 for a in warm)
                         relay.kill()
                         killed = time.perf_counter()
                         await flip(False)
                         stale = await refused_after(procs, token, killed)
+                        reasons = await asyncio.gather(
+                            *(check_token(http, p.url, token) for p in procs)
+                        )
+                        assert {a.reason for a in reasons} == {"database_unavailable"}
                     finally:
                         relay.stop()
                         for p in procs:
@@ -674,7 +691,8 @@ async def fleet(args: argparse.Namespace) -> str:
                     "",
                     f"Relay killed (SIGKILL), then the mapping revoked: all {n} resolvers refused "
                     f"the revoked mapping (503 `database_unavailable`, suspended) "
-                    f"{statistics.median(stale):.2f} s (median) / {max(stale):.2f} s (last) "
+                    f"{min(stale):.2f} s (first) / {statistics.median(stale):.2f} s (median) / "
+                    f"{max(stale):.2f} s (last) "
                     "after the kill; bound: `invalidation_relay_timeout_seconds` (15 s) after "
                     "the last heartbeat (one every `invalidation_liveness_seconds`, 5 s), "
                     "plus one poll.",
