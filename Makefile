@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-deps: ## Install missing system packages (PostgreSQL, Redis, nginx, etcd, wrk, podman, debootstrap, gcc).
+deps: ## Install missing system packages (PostgreSQL, Redis, PgBouncer, nginx, etcd, wrk, podman, debootstrap, gcc).
 	@hack/install-deps.sh
 
 $(STAMP): pyproject.toml

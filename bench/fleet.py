@@ -13,12 +13,16 @@ Every resolver is a real `jwtkeymap resolver` process over a throwaway PostgreSQ
 * controlplane: the same, the change being a JWTKeyMapping patched through the
                 apiserver and reconciled by a `jwtkeymap operator` process
 * memory:       resolver RSS before and after caching 100k mappings
+* fleet:        --fleet-resolvers (100) lean resolver processes: a database flip until all
+                answer differently, LISTENing each, then behind PgBouncer (transaction
+                mode) on Redis with one relay; PostgreSQL connections; the relay killed
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import ssl
@@ -26,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from jwtkeymap.core.db import schema
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.demo.polling import wait_until
+from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.postgres import ThrowawayPostgres, throwaway_postgres
 from jwtkeymap.demo.resolver import ResolverProcess, check_token
 from jwtkeymap.demo.signing import SigningKey
@@ -49,6 +54,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from support.modules import load_by_path  # noqa: E402
 from support.servers import (  # noqa: E402
     OperatorProcess,
+    PgBouncer,
+    RedisServer,
     resolver_metric,
     trusting_resolver,
     wait_ready,
@@ -312,6 +319,7 @@ def latency_table(
     *,
     target_ms: float,
     notify: list[float] | None = None,
+    floor: list[float] | None = None,
 ) -> str:
     """Per-resolver and whole-fleet latency quantiles as a Markdown table."""
     ms = [x * 1000 for x in each]
@@ -323,6 +331,12 @@ def latency_table(
         extra.append(
             f"| NOTIFY at a plain LISTEN (PostgreSQL's part) | {statistics.median(nms):.2f} "
             f"| {pct(nms, 0.99):.2f} | {max(nms):.2f} | |"
+        )
+    if floor:
+        fms = [x * 1000 for x in floor]
+        extra.append(
+            f"| all {n} answer once, nothing changed (the polling's own cost) "
+            f"| {statistics.median(fms):.2f} | {pct(fms, 0.99):.2f} | {max(fms):.2f} | |"
         )
     return "\n".join(
         [
@@ -452,12 +466,353 @@ async def memory(args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+# -- fleet ---------------------------------------------------------------------------------
+
+# What each fleet resolver holds: a pool of one (no lookup lane), opened on first use,
+# small caches, the default liveness interval (5 s: a LISTEN ping or Redis ping, and the
+# relay's heartbeat). Their invalidation path is the one under test, not their capacity.
+LEAN = {
+    "unregistered_client_behavior": "reject",
+    "db_pool_min_size": 0,
+    "db_pool_max_size": 1,
+    "cache_max_entries": 1000,
+    "token_cache_max_entries": 1000,
+    "invalidation_liveness_seconds": 5,
+}
+
+
+async def start_fleet(procs: list[ResolverProcess], http: aiohttp.ClientSession) -> None:
+    """Start resolver processes ten at a time (two cores: a whole fleet at once thrashes).
+
+    A port picked free can be taken, by the time its process binds it, by another
+    process's outgoing connection: such a resolver exits, and is started on another port.
+    """
+    for i in range(0, len(procs), 10):
+        batch = procs[i : i + 10]
+        await asyncio.gather(*(p.start(timeout=180) for p in batch))
+        for _ in range(3):
+
+            async def settled(batch: list[ResolverProcess] = batch) -> bool:
+                for p in batch:
+                    if p.alive() and (await p.readiness(http))["ready"] is not True:
+                        return False
+                return True
+
+            with contextlib.suppress(aiohttp.ClientError):
+                await wait_until(settled, timeout=180, what="a batch of resolvers settled")
+            lost = [p for p in batch if not p.alive() and "already in use" in p.output()]
+            for p in lost:
+                p.port = free_port()
+            await asyncio.gather(*(p.start(timeout=180) for p in lost))
+    await wait_ready(http, procs, timeout=180)
+
+
+async def connections(conn: asyncpg.Connection) -> dict[str, int]:
+    """The server's client backends by application_name (this benchmark's own left out)."""
+    rows = await conn.fetch(
+        "SELECT application_name, count(*) AS n FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND application_name <> 'bench' "
+        "GROUP BY 1 ORDER BY 1"
+    )
+    return {r["application_name"] or "(none)": r["n"] for r in rows}
+
+
+async def observation_floor(procs: list[ResolverProcess], token: str, rounds: int) -> list[float]:
+    """Time for every resolver to answer one check when nothing changed: the polling's own
+    cost, which every latency below includes (on 2 cores, N answers are served in turn)."""
+    polls = [Poller(p.port, token) for p in procs]
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        await asyncio.gather(*(p.status() for p in polls))
+        out.append(time.perf_counter() - t0)
+    for p in polls:
+        p.close()
+    return out
+
+
+async def fleet(args: argparse.Namespace) -> str:
+    """N resolver processes on one PostgreSQL, each LISTENing; then the same N behind
+    PgBouncer (transaction mode) on the Redis channel fed by one relay; then the relay dies."""
+    key = SigningKey(ISS, alg="ES256")
+    n = args.fleet_resolvers
+    token = key.sign({"sub": "alice"}, ttl=7200)
+    out: list[str] = []
+    with throwaway_postgres(max_connections=2 * n + 50) as pg:
+        url = await migrated(pg)
+        await map_many(url, ["alice"])
+        conn = await asyncpg.connect(url, server_settings={"application_name": "bench"})
+
+        async def flip(active: bool) -> None:
+            await conn.execute(
+                'UPDATE "LiteLLM_JWTKeyMapping" SET is_active = $1 WHERE id = $2',
+                active,
+                "m-alice",
+            )
+
+        try:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+                # 1. Every resolver LISTENs on PostgreSQL itself.
+                procs = [resolver(key, url, **LEAN) for _ in range(n)]
+                try:
+                    await start_fleet(procs, http)
+                    answers = await asyncio.gather(
+                        *(check_token(http, p.url, token) for p in procs)
+                    )
+                    assert all(a.status == 200 for a in answers)
+                    rss = [rss_kib(p.proc.pid) for p in procs if p.proc is not None]
+                    floor = await observation_floor(procs, token, 20)
+                    # A plain LISTEN next to the fleet: PostgreSQL's part of the fan-out.
+                    heard: list[float] = []
+                    listener = await asyncpg.connect(
+                        url, server_settings={"application_name": "bench"}
+                    )
+                    await listener.add_listener(
+                        CHANNEL, lambda *_: heard.append(time.perf_counter())
+                    )
+                    starts: list[float] = []
+                    each, whole = await flip_latencies(
+                        http, procs, token, flip, args.fleet_samples, starts
+                    )
+                    await listener.close()
+                    notify = [next(h for h in heard if h >= t0) - t0 for t0 in starts]
+                    direct = await connections(conn)
+                    await flip(False)
+                    ev_each, ev_whole = await eviction_latencies(
+                        http, procs, flip, args.fleet_samples
+                    )
+                finally:
+                    for p in procs:
+                        p.stop()
+                out += [
+                    f"{n} resolver processes, each LISTENing on PostgreSQL "
+                    f"(RSS median {statistics.median(rss) / 1024:.0f} MiB, "
+                    f"total {sum(rss) / 1024 / 1024:.1f} GiB):",
+                    "",
+                    "Database change → message applied (evicted) in every resolver:",
+                    "",
+                    latency_table(ev_each, ev_whole, n, target_ms=50),
+                    "",
+                    "Database change → every resolver answers differently (the "
+                    "`--only invalidation` method: includes the lookup after the eviction, "
+                    f"and {n} answers served on 2 cores):",
+                    "",
+                    latency_table(each, whole, n, target_ms=50, notify=notify, floor=floor),
+                    "",
+                    "PostgreSQL connections (pg_stat_activity, client backends): "
+                    + ", ".join(f"`{k}` {v}" for k, v in direct.items())
+                    + f"; {sum(direct.values())} in all, "
+                    f"{sum(direct.values()) / n:.2f} per resolver",
+                    "",
+                ]
+                await flip(True)
+
+                # 2. Behind PgBouncer: Redis alone, fed by one relay that LISTENs directly.
+                async with PgBouncer(pg.port, pool_size=args.pool) as bouncer, RedisServer() as rd:
+                    relay = resolver(key, url, redis_url=rd.url, invalidation_relay=True, **LEAN)
+                    pooled = bouncer.url_for("postgres")
+                    behind = {**LEAN, "db_statement_cache_size": 0, "invalidation_listen": False,
+                              "redis_url": rd.url}  # fmt: skip
+                    procs = [resolver(key, pooled, **behind) for _ in range(n)]
+                    try:
+                        await relay.start()
+                        await wait_ready(http, [relay])
+                        await start_fleet(procs, http)
+                        answers = await asyncio.gather(
+                            *(check_token(http, p.url, token) for p in procs)
+                        )
+                        assert all(a.status == 200 for a in answers)
+                        floor = await observation_floor(procs, token, 20)
+                        async with redis_listener(rd.url) as heard:
+                            each, whole = await flip_latencies(
+                                http, procs, token, flip, args.fleet_samples, starts
+                            )
+                        relayed = [next(h for h in heard if h >= t0) - t0 for t0 in starts]
+                        server = await connections(conn)
+                        await flip(False)
+                        ev_each, ev_whole = await eviction_latencies(
+                            http, procs, flip, args.fleet_samples
+                        )
+                        pools = [p for p in bouncer.show("POOLS") if p["database"] == "postgres"]
+                        clients = sum(int(p["cl_active"]) + int(p["cl_waiting"]) for p in pools)
+                        servers = sum(
+                            int(p[c]) for p in pools for c in ("sv_active", "sv_idle", "sv_used")
+                        )
+                        # 3. The relay dies (Redis stays up); then a mapping is revoked.
+                        # Every resolver must have applied the activation before caching
+                        # the allow: a late message would evict it, and the next check would
+                        # read the revocation from the database, not wait for the timeout.
+                        counts = await asyncio.gather(*(applied(http, p) for p in procs))
+                        await flip(True)
+                        for p, (count, _) in zip(procs, counts, strict=True):
+
+                            async def landed(p: ResolverProcess = p, count: float = count) -> bool:
+                                return (await applied(http, p))[0] > count
+
+                            await wait_until(landed, timeout=30, what="the activation applied")
+                        warm = await asyncio.gather(
+                            *(check_token(http, p.url, token) for p in procs)
+                        )
+                        assert all(a.status == 200 for a in warm)
+                        relay.kill()
+                        killed = time.perf_counter()
+                        await flip(False)
+                        stale = await refused_after(procs, token, killed)
+                        reasons = await asyncio.gather(
+                            *(check_token(http, p.url, token) for p in procs)
+                        )
+                        assert {a.reason for a in reasons} == {"database_unavailable"}
+                    finally:
+                        relay.stop()
+                        for p in procs:
+                            p.stop()
+                out += [
+                    f"The same {n} behind PgBouncer {bouncer_version()} (transaction mode, "
+                    f"default_pool_size {args.pool}), `invalidation_listen: false`, "
+                    "`db_statement_cache_size: 0`, Redis channel fed by one relay process.",
+                    "",
+                    "Database change → message applied (evicted) in every resolver:",
+                    "",
+                    latency_table(ev_each, ev_whole, n, target_ms=50),
+                    "",
+                    "Database change → every resolver answers differently:",
+                    "",
+                    latency_table(
+                        each, whole, n, target_ms=50, notify=relayed, floor=floor
+                    ).replace(
+                        "NOTIFY at a plain LISTEN (PostgreSQL's part)",
+                        "message at a plain Redis subscriber (PostgreSQL + relay)",
+                    ),
+                    "",
+                    "PostgreSQL connections (pg_stat_activity, client backends): "
+                    + ", ".join(f"`{k}` {v}" for k, v in server.items())
+                    + f"; {sum(server.values())} in all (the relay's two included). PgBouncer: "
+                    f"{clients} client connections, {servers} server connections.",
+                    "",
+                    f"Relay killed (SIGKILL), then the mapping revoked: all {n} resolvers refused "
+                    f"the revoked mapping (503 `database_unavailable`, suspended) "
+                    f"{min(stale):.2f} s (first) / {statistics.median(stale):.2f} s (median) / "
+                    f"{max(stale):.2f} s (last) "
+                    "after the kill; bound: `invalidation_relay_timeout_seconds` (15 s) after "
+                    "the last heartbeat (one every `invalidation_liveness_seconds`, 5 s), "
+                    "plus one poll.",
+                ]
+        finally:
+            await conn.close()
+    return "\n".join(out)
+
+
+APPLIED = "jwtkeymap_invalidation_last_applied_timestamp_seconds"
+RECEIVED = "jwtkeymap_invalidations_received_total"
+
+
+async def applied(http: aiohttp.ClientSession, proc: ResolverProcess) -> tuple[float, float]:
+    """(messages received, Unix time the last was applied), from one /metrics scrape."""
+    async with http.get(f"{proc.url}/metrics") as resp:
+        text = await resp.text()
+    count, at = 0.0, 0.0
+    for line in text.splitlines():
+        if line.startswith(RECEIVED):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(APPLIED):
+            at = float(line.rsplit(" ", 1)[1])
+    return count, at
+
+
+async def eviction_latencies(
+    http: aiohttp.ClientSession,
+    procs: list[ResolverProcess],
+    flip: Callable[[bool], Awaitable[None]],
+    samples: int,
+) -> tuple[list[float], list[float]]:
+    """Flip the mapping ``samples`` times; per change, the time from issuing it to each
+    resolver having applied its message (the resolver's own timestamp, read afterwards
+    from /metrics, so observing costs the fleet nothing while the message travels).
+    The mapping must be inactive when called (the first change activates it)."""
+    each: list[float] = []
+    fleet: list[float] = []
+    await asyncio.sleep(0.5)  # a change made just before has landed everywhere
+    before = [c for c, _ in await asyncio.gather(*(applied(http, p) for p in procs))]
+    for i in range(samples):
+        t0 = time.time()
+        await flip(i % 2 == 0)
+        await asyncio.sleep(0.25)  # let the message land before scraping 100 processes
+        seen: list[float] = []
+        for j, p in enumerate(procs):
+
+            async def landed(p: ResolverProcess = p, j: int = j) -> tuple[float, float] | None:
+                count, at = await applied(http, p)
+                return (count, at) if count > before[j] else None
+
+            count, at = await wait_until(landed, timeout=30, what="the message applied")
+            before[j] = count
+            seen.append(at - t0)
+        each.extend(seen)
+        fleet.append(max(seen))
+    return each, fleet
+
+
+@contextlib.asynccontextmanager
+async def redis_listener(url: str) -> AsyncIterator[list[float]]:
+    """A plain subscriber to the invalidation channel: the times its messages arrive."""
+    import redis.asyncio as aioredis
+
+    heard: list[float] = []
+    client = aioredis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    await pubsub.subscribe(CHANNEL)
+
+    async def receive() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "message":
+                heard.append(time.perf_counter())
+
+    task = asyncio.create_task(receive())
+    try:
+        yield heard
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def refused_after(procs: list[ResolverProcess], token: str, since: float) -> list[float]:
+    """Seconds from ``since`` until each resolver stops allowing ``token`` (polled every 0.1 s)."""
+    polls = [Poller(p.port, token) for p in procs]
+
+    async def refused(poller: Poller) -> float:
+        async def now_refused() -> bool:
+            return await poller.status() != 200
+
+        await wait_until(now_refused, timeout=60, interval=0.1, what="a refusal")
+        return time.perf_counter() - since
+
+    try:
+        return list(await asyncio.gather(*(refused(p) for p in polls)))
+    finally:
+        for p in polls:
+            p.close()
+
+
+def bouncer_version() -> str:
+    """The installed PgBouncer's version number."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    first = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return first.split()[1] if first else "?"
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "ceiling": ceiling,
     "flood": flood,
     "invalidation": invalidation,
     "controlplane": controlplane,
     "memory": memory,
+    "fleet": fleet,
 }
 
 
@@ -471,6 +826,9 @@ def main() -> None:
     parser.add_argument("--cr-samples", type=int, default=50, help="CR flips")
     parser.add_argument("--entries", type=int, default=100_000, help="memory: cached mappings")
     parser.add_argument("--resolvers", type=int, default=4, help="invalidation: processes")
+    parser.add_argument("--fleet-resolvers", type=int, default=100, help="fleet: processes")
+    parser.add_argument("--fleet-samples", type=int, default=100, help="fleet: database flips")
+    parser.add_argument("--pool", type=int, default=10, help="fleet: PgBouncer pool size")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     args = parser.parse_args()
     for name in args.only:

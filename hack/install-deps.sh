@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the demo use, only those missing.
-# Debian/Ubuntu: PostgreSQL, Redis, nginx, etcd and wrk from the distribution, and what
+# Debian/Ubuntu: PostgreSQL, Redis, PgBouncer, nginx, etcd and wrk from the distribution, and what
 # hack/node/images.sh builds container images with (podman, debootstrap, gcc, libc6-dev).
 set -euo pipefail
 
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)

@@ -364,6 +364,82 @@ class RedisServer(ChildProcess):
         await asyncio.to_thread(self.stop)
 
 
+class PgBouncer(ChildProcess):
+    """Debian's pgbouncer in front of a PostgreSQL server, transaction pooling, trust auth.
+
+    Every database name is passed through to the server (``*``); ``pool_size`` server
+    connections per database and user, however many clients connect.
+    """
+
+    name = "pgbouncer"
+
+    def __init__(self, server_port: int, *, pool_size: int = 10) -> None:
+        super().__init__()
+        self.server_port = server_port
+        self.pool_size = pool_size
+        self.port = free_port()
+
+    def url_for(self, database: str) -> str:
+        """URL of ``database`` through the pooler."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def config(self) -> str:
+        """pgbouncer.ini: transaction pooling, no session state kept between clients."""
+        lines = [
+            "[databases]",
+            f"* = host=127.0.0.1 port={self.server_port}",
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = trust",
+            f"auth_file = {self.dir / 'users.txt'}",
+            "pool_mode = transaction",
+            f"default_pool_size = {self.pool_size}",
+            "max_client_conn = 5000",
+            "max_db_connections = 0",
+            "server_reset_query =",
+            "ignore_startup_parameters = extra_float_digits",
+            "admin_users = postgres",
+            "logfile =",
+        ]
+        if os.geteuid() == 0:
+            # It refuses to run as root; given ``user``, it drops to that user itself.
+            lines.append("user = postgres")
+        return "\n".join(lines) + "\n"
+
+    async def start(self) -> None:
+        """Start (or restart on the same port)."""
+        (self.dir / "users.txt").write_text('"postgres" ""\n')
+        (self.dir / "pgbouncer.ini").write_text(self.config())
+        self.dir.chmod(0o755)
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        self._spawn([binary, str(self.dir / "pgbouncer.ini")])
+        await self._wait_port(self.port)
+
+    def show(self, what: str) -> list[dict[str, str]]:
+        """Rows of the admin console's ``SHOW <what>`` (pools, clients, servers, stats).
+
+        Through psql: the console speaks only the simple query protocol, and asyncpg's
+        row-returning calls use the extended one.
+        """
+        out = subprocess.run(
+            [shutil.which("psql") or "psql", "-X", "-A", "-F", "\t", "-P", "footer=off",
+             "-d", self.url_for("pgbouncer"), "-c", f"SHOW {what}"],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        header, *rows = out.stdout.splitlines()
+        names = header.split("\t")
+        return [dict(zip(names, row.split("\t"), strict=True)) for row in rows]
+
+    async def __aenter__(self) -> PgBouncer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
 def trusting_resolver(key: SigningKey, database_url: str, **extra: Any) -> ResolverProcess:
     """A resolver process trusting ``key``'s issuer, with long TTLs (only invalidation evicts)
     and quick reconnects (recovery is observed in seconds); ``extra`` overrides."""

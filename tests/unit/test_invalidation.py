@@ -9,6 +9,7 @@ from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.invalidation.channel import Backoff
 from jwtkeymap.core.invalidation.coherence import InvalidationBus
 from jwtkeymap.core.invalidation.messages import Invalidation, apply_message, parse_message
+from jwtkeymap.core.invalidation.redis import RedisChannel, heartbeat_channel
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.settings import load_settings
 
@@ -107,6 +108,30 @@ async def test_redis_only_channel_must_be_up():
     assert bus.connected and target.calls == ["resume"]
     bus.channel_down(redis)
     assert not bus.connected and target.calls == ["resume", "suspend"]
+
+
+def test_redis_alone_requires_the_relays_heartbeat_redis_beside_listen_does_not():
+    alone = InvalidationBus(
+        load_settings(
+            None,
+            database_url="postgresql://x@h/db",
+            redis_url="redis://h",
+            invalidation_listen=False,
+            invalidation_relay_timeout_seconds=7,
+        ),
+        Target(),
+    )
+    beside = InvalidationBus(
+        load_settings(None, database_url="postgresql://x@h/db", redis_url="redis://h"), Target()
+    )
+    [redis] = alone.sources
+    assert isinstance(redis, RedisChannel) and redis.relay_timeout == 7
+    redundant = beside.sources[1]
+    assert isinstance(redundant, RedisChannel) and redundant.relay_timeout == 0
+
+
+def test_heartbeats_go_next_to_the_channel():
+    assert heartbeat_channel("jwtkeymap_invalidate") == "jwtkeymap_invalidate:relay"
 
 
 async def test_malformed_message_flushes_and_is_counted():

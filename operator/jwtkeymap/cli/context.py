@@ -67,6 +67,7 @@ class Context:
             min_size=1,
             max_size=2,
             timeout=self.settings.db_timeout_seconds,
+            statement_cache_size=self.settings.db_statement_cache_size,
         )
 
     @contextlib.asynccontextmanager

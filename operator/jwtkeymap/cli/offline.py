@@ -81,7 +81,11 @@ async def _run(
     if not settings.database_url:
         raise click.UsageError("no database configured: pass --database-url")
     store = await Store.open(
-        settings.database_url, min_size=1, max_size=2, timeout=settings.db_timeout_seconds
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        timeout=settings.db_timeout_seconds,
+        statement_cache_size=settings.db_statement_cache_size,
     )
     evictor = LiteLLMCache(settings.redis_url) if settings.redis_url and not dry_run else None
     try:

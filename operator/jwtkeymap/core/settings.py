@@ -200,6 +200,10 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=4, ge=1)
     db_timeout_seconds: float = Field(default=5, gt=0)
+    # asyncpg's per-connection cache of named prepared statements. 0 behind PgBouncer in
+    # transaction mode before 1.21 (Debian bookworm ships 1.18): a named statement lives
+    # on one server connection, and the next transaction may run on another.
+    db_statement_cache_size: int = Field(default=100, ge=0)
     invalidation_channel: str = Field(default="jwtkeymap_invalidate", pattern=r"^[a-z_][a-z0-9_]*$")
     stale_while_disconnected_seconds: float = Field(default=0, ge=0)
     redis_url: str | None = Field(default=None, repr=False)
@@ -207,6 +211,11 @@ class Settings(BaseSettings):
     invalidation_listen: bool = True
     # Republish every PostgreSQL invalidation to Redis (run in one process per fleet).
     invalidation_relay: bool = False
+    # Redis alone (no LISTEN): the channel counts as up only while a relay's heartbeat
+    # (every relay's ``invalidation_liveness_seconds``) arrived within this many seconds,
+    # so a dead relay suspends the cache instead of leaving it stale. 0: trust Redis
+    # without a heartbeat (something other than a jwtkeymap relay publishes).
+    invalidation_relay_timeout_seconds: float = Field(default=15, ge=0)
     invalidation_liveness_seconds: float = Field(default=5, gt=0)
     invalidation_reconnect_max_seconds: float = Field(default=5, gt=0)
 

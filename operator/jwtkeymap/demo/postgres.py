@@ -64,9 +64,14 @@ class ThrowawayPostgres:
     """A private PostgreSQL server for one test session or one demo run."""
 
     def __init__(
-        self, *, port: int | None = None, listen: tuple[str, ...] = ("127.0.0.1",)
+        self,
+        *,
+        port: int | None = None,
+        listen: tuple[str, ...] = ("127.0.0.1",),
+        max_connections: int = 200,
     ) -> None:
         self.bindir = find_bindir()
+        self.max_connections = max_connections
         self.port = port or free_port()
         self.listen = listen
         self.user = _run_as_user()
@@ -107,7 +112,8 @@ class ThrowawayPostgres:
         """Start (or restart) the server on the same port and data."""
         opts = (
             f"-p {self.port} -k {self.root} -c listen_addresses={','.join(self.listen)} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            f"-c max_connections={self.max_connections}"
         )
         subprocess.run(
             self._cmd(
@@ -161,9 +167,9 @@ class ThrowawayPostgres:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+def throwaway_postgres(*, max_connections: int = 200) -> Iterator[ThrowawayPostgres]:
     """Start a private server for the duration of the block."""
-    pg = ThrowawayPostgres()
+    pg = ThrowawayPostgres(max_connections=max_connections)
     try:
         pg.init()
         pg.start()

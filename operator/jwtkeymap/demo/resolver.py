@@ -31,7 +31,7 @@ class ResolverProcess(ChildProcess):
         """Base URL of the resolver."""
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, *, timeout: float = 30) -> None:
         """Write the config, spawn, and wait until the port answers (ready or not)."""
         config = self.dir / "config.yaml"
         config.write_text(json.dumps(self.settings))  # JSON is YAML
@@ -40,7 +40,7 @@ class ResolverProcess(ChildProcess):
         if self.upstream:
             argv += ["--upstream", self.upstream]
         self._spawn(argv)
-        await self._wait_port(self.port, timeout=30)
+        await self._wait_port(self.port, timeout=timeout)
 
     async def readiness(self, session: Any) -> dict[str, Any]:
         """The /readyz body, with the HTTP ``status`` added."""

@@ -212,6 +212,11 @@ class _ServiceCollector(Collector):
             "1 while this invalidation channel is connected.",
             labels=["channel"],
         )
+        applied = GaugeMetricFamily(
+            "jwtkeymap_invalidation_last_applied_timestamp_seconds",
+            "Unix time the last invalidation message was applied (0: none yet).",
+        )
+        applied.add_metric([], bus.stats.last_applied)
         for (channel, kind), value in sorted(bus.stats.received.items()):
             received.add_metric([channel, kind], value)
         evicted.add_metric([], bus.stats.evicted)
@@ -220,4 +225,4 @@ class _ServiceCollector(Collector):
         connected.add_metric([], 1 if bus.connected else 0)
         for source in bus.sources:
             channel_up.add_metric([source.name], 1 if source.connected else 0)
-        yield from (received, evicted, disconnects, connected, channel_up)
+        yield from (received, evicted, disconnects, connected, channel_up, applied)

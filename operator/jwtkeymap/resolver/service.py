@@ -108,7 +108,7 @@ class Service:
                 else None
             ),
             engine=engine,
-            bus=InvalidationBus(settings, engine),
+            bus=InvalidationBus(settings, engine, clock=clock),
             signer=signer,
         )
         await service._start()
@@ -351,6 +351,7 @@ async def _open_store(settings: Settings, metrics: Metrics) -> Store:
         "max_size": settings.db_pool_max_size,
         "timeout": settings.db_timeout_seconds,
         "observe": metrics.observe_query,
+        "statement_cache_size": settings.db_statement_cache_size,
     }
     try:
         return await Store.open(

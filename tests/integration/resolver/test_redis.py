@@ -37,6 +37,7 @@ async def test_redis_only_channel_invalidates_and_fails_closed(
             unregistered_client_behavior="reject",
             positive_ttl_seconds=3600,
             invalidation_listen=False,  # as behind PgBouncer in transaction mode
+            invalidation_relay_timeout_seconds=0,  # this test publishes, no relay
             redis_url=redis_server.url,
             invalidation_liveness_seconds=0.5,
             invalidation_reconnect_max_seconds=0.2,

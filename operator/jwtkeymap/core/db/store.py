@@ -70,8 +70,14 @@ class Store:
         max_size: int = 4,
         timeout: float = 5.0,
         observe: QueryObserver | None = None,
+        statement_cache_size: int = 100,
     ) -> Store:
-        """Create the pool. With ``min_size=0`` this succeeds even while the database is down."""
+        """Create the pool. With ``min_size=0`` this succeeds even while the database is down.
+
+        ``statement_cache_size=0`` behind a pooler that hands each transaction any server
+        connection (PgBouncer in transaction mode): asyncpg then prepares every statement
+        unnamed, in the same round trip as its execution.
+        """
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -80,6 +86,7 @@ class Store:
                 reset=_noop_reset,
                 timeout=timeout,
                 command_timeout=timeout,
+                statement_cache_size=statement_cache_size,
                 server_settings={"timezone": "UTC", "application_name": "jwtkeymap"},
             )
         except Exception as exc:

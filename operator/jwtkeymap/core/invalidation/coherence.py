@@ -1,12 +1,13 @@
 """Coherence: trust the cache only while the channels can see every change.
 
 Each process LISTENs on PostgreSQL (Redis is then a redundant second path), or
-else subscribes to Redis alone. When the channels stop seeing every change
-(which includes any database outage) the policy engine is suspended (cache
-cleared, 503s for anything that needs the database) and the channels reconnect
-with backoff; once they are back the engine resumes from an empty cache, so no
-message lost in the gap can matter. A message that cannot be read might have
-named anything: it flushes the cache.
+else subscribes to Redis alone, where a relay that stopped beating counts as a
+lost channel (Redis up but nobody feeding it is as blind as Redis down). When
+the channels stop seeing every change (which includes any database outage) the
+policy engine is suspended (cache cleared, 503s for anything that needs the
+database) and the channels reconnect with backoff; once they are back the
+engine resumes from an empty cache, so no message lost in the gap can matter. A
+message that cannot be read might have named anything: it flushes the cache.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from typing import Any, Protocol
 
 from jwtkeymap.core.cache import MappingCache
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.invalidation.channel import Callbacks, Channel
 from jwtkeymap.core.invalidation.messages import Invalidation, apply_message, parse_message
 from jwtkeymap.core.invalidation.postgres import PostgresChannel
@@ -47,6 +49,9 @@ class BusStats:
     received: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     evicted: int = 0
     disconnects: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Unix time the last message was applied: when a fleet last heard anything, and how
+    # long after a change each process had evicted (bench/fleet.py --only fleet).
+    last_applied: float = 0.0
 
     def count(self, channel: str, kind: str) -> None:
         """Count one received message."""
@@ -56,8 +61,11 @@ class BusStats:
 class InvalidationBus:
     """Listen for invalidations on PostgreSQL and/or Redis and keep ``target`` coherent."""
 
-    def __init__(self, settings: Settings, target: CoherentCache) -> None:
+    def __init__(
+        self, settings: Settings, target: CoherentCache, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.target = target
+        self._clock = clock
         self.stats = BusStats()
         self.sources: list[Channel] = []
         callbacks = Callbacks(
@@ -69,10 +77,18 @@ class InvalidationBus:
             "liveness_seconds": settings.invalidation_liveness_seconds,
             "reconnect_max_seconds": settings.invalidation_reconnect_max_seconds,
         }
-        if settings.database_url and settings.invalidation_listen:
+        listen = bool(settings.database_url and settings.invalidation_listen)
+        if listen:
+            assert settings.database_url
             self.sources.append(PostgresChannel(callbacks, url=settings.database_url, **common))
         if settings.redis_url:
-            self.sources.append(RedisChannel(callbacks, url=settings.redis_url, **common))
+            # Alone, Redis is only as good as the relay feeding it: require its heartbeat.
+            relay_timeout = 0 if listen else settings.invalidation_relay_timeout_seconds
+            self.sources.append(
+                RedisChannel(
+                    callbacks, url=settings.redis_url, relay_timeout=relay_timeout, **common
+                )
+            )
         self._relay: Relay | None = None
         if settings.invalidation_relay:
             if settings.redis_url and len(self.sources) == 2:
@@ -87,6 +103,7 @@ class InvalidationBus:
                 )
         if settings.database_url and not self.sources:
             log.warning("no invalidation channel: a cached mapping may be stale for up to its TTL")
+        self._beat_seconds = settings.invalidation_liveness_seconds
         self._coherent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -122,6 +139,8 @@ class InvalidationBus:
         self.target.suspend()
         for source in self.sources:
             self._tasks.append(asyncio.create_task(source.run(), name=f"bus-{source.name}"))
+        if self._relay is not None:
+            self._tasks.append(asyncio.create_task(self._beat(), name="bus-relay-heartbeat"))
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the channels; return whether they are up."""
@@ -138,6 +157,15 @@ class InvalidationBus:
         self._tasks.clear()
         if self._relay is not None:
             await self._relay.close()
+
+    async def _beat(self) -> None:
+        """Send the relay's heartbeat while its LISTEN is up (it relays nothing otherwise)."""
+        assert self._relay is not None
+        listen = self.sources[0]
+        while True:
+            if listen.connected:
+                self._relay.beat()
+            await asyncio.sleep(self._beat_seconds)
 
     # -- what the channels report ------------------------------------------------------
 
@@ -185,6 +213,7 @@ class InvalidationBus:
         else:
             self.stats.count(channel.name, message.kind)
             self.stats.evicted += apply_message(self.target.cache, message)
+        self.stats.last_applied = self._clock.now().timestamp()
         if self._relay is not None and channel.name == PostgresChannel.name:
             self._relay.publish(payload.decode() if isinstance(payload, bytes) else payload)
 
