@@ -60,6 +60,7 @@ class Runtime:
             min_size=0,
             max_size=settings.db_pool_max_size,
             timeout=settings.db_timeout_seconds,
+            statement_cache_size=settings.db_statement_cache_size,
         )
         litellm = LiteLLMCache(settings.redis_url) if settings.redis_url else None
         try:
