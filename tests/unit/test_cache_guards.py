@@ -251,3 +251,28 @@ def test_a_global_row_evicts_the_claim_under_every_issuer_ever_cached(
     assert cache.invalidate("https://elsewhere", "sub", "u") == 0
     assert cache.invalidate("", "sub", "u") == 3
     assert len(cache) == 1 and cache.invalidate("", "sub", "other") == 1
+
+
+def test_cached_entries_hold_the_issuers_own_scope_string(cache: MappingCache) -> None:
+    issuer = "https://i"
+    a, b = MappingIdentity(issuer, "sub", "a"), MappingIdentity(issuer, "sub", "b")
+    fresh = "".join(["https://", "i"])  # equal to the issuer, another object (as read from a row)
+    cache.put(a, Mapped("m1", fresh, KeyIdentity("d" * 64)))
+    cache.put(b, Inactive("m2", "".join(["https://", "i"])))
+    first, second = cache.get(a), cache.get(b)
+    assert (
+        isinstance(first, Mapped) and first.scope is issuer and first.key == KeyIdentity("d" * 64)
+    )
+    assert isinstance(second, Inactive) and second.scope is issuer and second.mapping_id == "m2"
+    # An entry that already holds the shared scope keeps it, and still gets the shared key.
+    c = MappingIdentity(issuer, "sub", "c")
+    cache.put(c, Mapped("m3", issuer, KeyIdentity("d" * 64)))
+    third = cache.get(c)
+    assert isinstance(third, Mapped) and third.key is first.key and third.scope is issuer
+
+
+def test_only_mapped_entries_are_in_the_key_index(cache: MappingCache) -> None:
+    cache.put(A, UNMAPPED)
+    cache.put(MappingIdentity("https://a", "sub", "v"), Inactive("m", ""))
+    cache.put(MappingIdentity("https://a", "sub", "w"), mapped(KEY))
+    assert list(cache._by_key) == [KEY.fingerprint]
