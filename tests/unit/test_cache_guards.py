@@ -276,3 +276,15 @@ def test_only_mapped_entries_are_in_the_key_index(cache: MappingCache) -> None:
     cache.put(MappingIdentity("https://a", "sub", "v"), Inactive("m", ""))
     cache.put(MappingIdentity("https://a", "sub", "w"), mapped(KEY))
     assert list(cache._by_key) == [KEY.fingerprint]
+
+
+def test_a_key_left_with_one_entry_holds_it_bare_again(cache: MappingCache) -> None:
+    a, b = MappingIdentity("https://i", "sub", "a"), MappingIdentity("https://i", "sub", "b")
+    cache.put(a, mapped(KEY))
+    assert cache._by_key == {KEY.fingerprint: a}
+    cache.put(b, mapped(KEY))
+    assert cache._by_key == {KEY.fingerprint: {a, b}}
+    cache.invalidate("https://i", "sub", "a")
+    assert cache._by_key == {KEY.fingerprint: b}
+    cache.invalidate("https://i", "sub", "b")
+    assert cache._by_key == {}
