@@ -194,3 +194,15 @@ def test_assertion_settings() -> None:
     assert on.issuer == "jwtkeymap"
     with pytest.raises(ConfigError, match=r"assertion\.ttl_seconds"):
         load_settings(None, assertion={"enabled": True, "ttl_seconds": 301})
+
+
+def test_assertions_past_reuse_are_dropped_not_kept_for_every_client_seen() -> None:
+    clock = ManualClock()
+    signer = AssertionSigner([SigningKey.generate()], ttl_seconds=30, clock=clock)
+    for n in range(5):
+        signer.assertion("mapped", KeyIdentity(f"{n:064x}"), WHO)
+    assert len(signer._issued) == 5
+    clock.advance(21)  # past reuse (20 s) and past the sweep interval (10 s)
+    kept = signer.assertion("mapped", KEY, WHO)
+    assert list(signer._issued) == [("mapped", KEY, WHO)]
+    assert signer.assertion("mapped", KEY, WHO) is kept and signer.signed == 6

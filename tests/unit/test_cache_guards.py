@@ -204,5 +204,87 @@ def test_the_indexes_stay_as_small_as_the_cache(clock: ManualClock) -> None:
         key = KeyIdentity(token_hash=f"{n:064x}")
         small.put(MappingIdentity(f"https://{n % 3}", "sub", str(n)), Mapped("m", "", key))
     assert len(small) == 2
-    assert sum(len(issuers) for issuers in small._by_claim.values()) == 2
-    assert sum(len(ids) for ids in small._by_key.values()) == 2
+    # The key index holds exactly the live entries (a bare identity for a key one maps to);
+    # issuers are held once each, whatever the number of entries seen.
+    indexed = [ids if isinstance(ids, set) else {ids} for ids in small._by_key.values()]
+    assert set().union(*indexed) == set(small._lru.keys())
+    assert sum(len(ids) for ids in indexed) == 2
+    assert sorted(small._issuers) == ["https://0", "https://1", "https://2"]
+
+
+def test_entries_mapping_to_an_equal_key_share_one_key_identity(cache: MappingCache) -> None:
+    # One KeyIdentity per key, not per client: the resolver caches one entry per client.
+    a, b = MappingIdentity("https://i", "sub", "a"), MappingIdentity("https://i", "sub", "b")
+    copy = KeyIdentity(token_hash="c" * 64, team_id="t")
+    cache.put(a, Mapped("m1", "https://i", copy))
+    cache.put(b, Mapped("m2", "".join(["https://", "i"]), KeyIdentity("c" * 64, team_id="t")))
+    first, second = cache.get(a), cache.get(b)
+    assert isinstance(first, Mapped) and isinstance(second, Mapped)
+    assert second.key is first.key and second.scope is a.issuer
+    assert (second.mapping_id, second.key) == ("m2", copy)
+    # A key that differs in any field (here: blocked) is its own object.
+    cache.put(b, Mapped("m2", "", KeyIdentity("c" * 64, team_id="t", blocked=True)))
+    third = cache.get(b)
+    assert isinstance(third, Mapped) and third.key.blocked and third.key is not first.key
+
+
+def test_the_key_index_follows_one_entry_then_many_then_one(cache: MappingCache) -> None:
+    a, b, c = (MappingIdentity("https://i", "sub", v) for v in "abc")
+    for who in (a, b, c):
+        cache.put(who, mapped(KEY))
+    assert cache.invalidate("https://i", "sub", "a") == 1
+    assert cache.invalidate("https://i", "sub", "b") == 1
+    cache.put(b, mapped(OTHER_KEY))
+    assert cache.invalidate_key(KEY.fingerprint) == 1  # c only: b maps elsewhere now
+    assert cache.get(c) is None and cache.get(b) == mapped(OTHER_KEY)
+    assert cache.invalidate_key(KEY.fingerprint) == 0
+    assert cache.invalidate_key(OTHER_KEY.fingerprint) == 1 and len(cache) == 0
+
+
+def test_a_global_row_evicts_the_claim_under_every_issuer_ever_cached(
+    cache: MappingCache,
+) -> None:
+    issuers = [f"https://{n}" for n in range(3)]
+    for iss in issuers:
+        cache.put(MappingIdentity(iss, "sub", "u"), UNMAPPED)
+    cache.put(MappingIdentity(issuers[0], "sub", "other"), UNMAPPED)
+    assert cache.invalidate("https://elsewhere", "sub", "u") == 0
+    assert cache.invalidate("", "sub", "u") == 3
+    assert len(cache) == 1 and cache.invalidate("", "sub", "other") == 1
+
+
+def test_cached_entries_hold_the_issuers_own_scope_string(cache: MappingCache) -> None:
+    issuer = "https://i"
+    a, b = MappingIdentity(issuer, "sub", "a"), MappingIdentity(issuer, "sub", "b")
+    fresh = "".join(["https://", "i"])  # equal to the issuer, another object (as read from a row)
+    cache.put(a, Mapped("m1", fresh, KeyIdentity("d" * 64)))
+    cache.put(b, Inactive("m2", "".join(["https://", "i"])))
+    first, second = cache.get(a), cache.get(b)
+    assert (
+        isinstance(first, Mapped) and first.scope is issuer and first.key == KeyIdentity("d" * 64)
+    )
+    assert isinstance(second, Inactive) and second.scope is issuer and second.mapping_id == "m2"
+    # An entry that already holds the shared scope keeps it, and still gets the shared key.
+    c = MappingIdentity(issuer, "sub", "c")
+    cache.put(c, Mapped("m3", issuer, KeyIdentity("d" * 64)))
+    third = cache.get(c)
+    assert isinstance(third, Mapped) and third.key is first.key and third.scope is issuer
+
+
+def test_only_mapped_entries_are_in_the_key_index(cache: MappingCache) -> None:
+    cache.put(A, UNMAPPED)
+    cache.put(MappingIdentity("https://a", "sub", "v"), Inactive("m", ""))
+    cache.put(MappingIdentity("https://a", "sub", "w"), mapped(KEY))
+    assert list(cache._by_key) == [KEY.fingerprint]
+
+
+def test_a_key_left_with_one_entry_holds_it_bare_again(cache: MappingCache) -> None:
+    a, b = MappingIdentity("https://i", "sub", "a"), MappingIdentity("https://i", "sub", "b")
+    cache.put(a, mapped(KEY))
+    assert cache._by_key == {KEY.fingerprint: a}
+    cache.put(b, mapped(KEY))
+    assert cache._by_key == {KEY.fingerprint: {a, b}}
+    cache.invalidate("https://i", "sub", "a")
+    assert cache._by_key == {KEY.fingerprint: b}
+    cache.invalidate("https://i", "sub", "b")
+    assert cache._by_key == {}

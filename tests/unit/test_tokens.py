@@ -12,8 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jwtkeymap.core.clock import ManualClock
 from jwtkeymap.core.errors import IdentityProviderUnavailable, InvalidToken
+from jwtkeymap.core.policy import claims_read
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.core.tokens import MAX_RETRY_SECONDS, TokenVerifier, parse_unverified
+from jwtkeymap.core.tokens import (
+    MAX_RETRY_SECONDS,
+    KeptClaims,
+    TokenVerifier,
+    parse_unverified,
+)
 from jwtkeymap.demo.signing import SigningKey
 from support.tokens import b64url, hostile_tokens
 
@@ -352,3 +358,42 @@ async def test_typ_allow_list_per_issuer(key: SigningKey) -> None:
             await v.verify(key.sign({"sub": "b"}, headers=headers))
     # Without the setting any typ is accepted, as before.
     assert await verifier(key).verify(key.sign({"sub": "c"}, headers={"typ": "JWT"}))
+
+
+def test_the_claims_a_decision_reads_are_the_top_of_each_configured_path() -> None:
+    assert claims_read(load_settings(None)) == {"sub"}
+    settings = load_settings(
+        None,
+        claim_field="realm.client\\.id",
+        admin={"claim": "roles", "value": "admin"},
+        auto_register={"team_id_claim": "org.team", "user_id_claim": None, "org_id_claim": "o"},
+    )
+    assert claims_read(settings) == {"realm", "roles", "org", "o"}
+
+
+async def test_a_verifier_told_which_claims_are_read_keeps_only_those(key: SigningKey) -> None:
+    settings = load_settings(
+        None,
+        issuers=[{"issuer": ISS, "public_keys": [key.public_pem], "audience": "litellm"}],
+        claim_field="realm.user",
+    )
+    v = TokenVerifier(settings, keep_claims=["realm", "sub", "absent"])
+    token = key.sign({"realm": {"user": "u", "x": 1}, "sub": "s", "email": "e@example.com"})
+    first = await v.verify(token)
+    assert dict(first.claims) == {"realm": {"user": "u", "x": 1}, "sub": "s"}
+    assert first.expires_at == parse_unverified(token)[1]["exp"]
+    again = await v.verify(token)
+    assert again is first and v.cache.stats.hits == 1
+    # Without keep_claims every claim stays (what `jwtkeymap resolve` shows).
+    assert set((await TokenVerifier(settings).verify(token)).claims) >= {"email", "aud", "exp"}
+
+
+def test_kept_claims_read_like_the_claims_they_keep() -> None:
+    claims = {"sub": "s", "team": None, "n": 0, "email": "e@example.com"}
+    kept = KeptClaims(("absent", "n", "sub", "team"), claims)
+    assert dict(kept) == {"n": 0, "sub": "s", "team": None} and len(kept) == 3
+    assert kept["n"] == 0 and kept.get("team", "default") is None
+    assert "absent" not in kept and "email" not in kept and kept.get("email") is None
+    with pytest.raises(KeyError):
+        kept["absent"]
+    assert kept == {"n": 0, "sub": "s", "team": None} and "e@example.com" not in repr(kept)

@@ -232,6 +232,7 @@ class AssertionSigner:
         self._clock = clock
         self._max = max_entries
         self._issued: dict[tuple[object, ...], tuple[str, float]] = {}
+        self._next_sweep = 0.0
         self.signed = 0
         self.replace_keys(keys)
 
@@ -263,10 +264,19 @@ class AssertionSigner:
         if issued is not None and now < issued[1]:
             return issued[0]
         token = self._sign(_claims(decision, key, identity), now)
-        if cache_key not in self._issued and len(self._issued) >= self._max:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        self._issued.pop(cache_key, None)  # re-inserted last: the order is that of the deadlines
+        if len(self._issued) >= self._max:
             del self._issued[next(iter(self._issued))]
         self._issued[cache_key] = (token, math.floor(now) + self.ttl - self._margin)
         return token
+
+    def _sweep(self, now: float) -> None:
+        """Drop the assertions past reuse, once per margin: a client seen once is not kept
+        for as long as the resolver runs (each assertion is hundreds of bytes)."""
+        self._issued = {k: item for k, item in self._issued.items() if now < item[1]}
+        self._next_sweep = now + self._margin
 
     def _sign(self, claims: dict[str, Any], now: float) -> str:
         signer = self._keys[0]

@@ -81,6 +81,11 @@ class LRUCache(Generic[K, V]):
             self._remove(oldest)
             self.stats.evictions += 1
 
+    def peek(self, key: K) -> V | None:
+        """Return the value stored for ``key``, live or not, without touching its recency."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
     def pop(self, key: K) -> V | None:
         """Remove ``key``; return its value if it was present."""
         item = self._data.get(key)
@@ -140,6 +145,12 @@ class MappingCache:
     Invalidations bump a generation counter; a load that started before an
     invalidation still answers its waiters but is not stored, so a row that
     changed during the query can never be cached stale.
+
+    Memory per entry is kept small (a resolver caches one entry per client):
+    entries that map to an equal key share one ``KeyIdentity``, the issuer is
+    held once, and the only index is by key, holding a bare identity for a key
+    that one entry maps to. An identity is found again from its row's issuer,
+    claim name and value, so it needs no index of its own.
     """
 
     def __init__(
@@ -154,8 +165,10 @@ class MappingCache:
         self._lru.on_remove = self._unindex
         self.positive_ttl = positive_ttl
         self.negative_ttl = negative_ttl
-        self._by_claim: dict[tuple[str, str], set[str]] = {}
-        self._by_key: dict[str, set[MappingIdentity]] = {}
+        # Every issuer an entry was ever stored under (the trusted issuers: a handful),
+        # each held once; a global invalidation evicts the claim under each of them.
+        self._issuers: dict[str, str] = {}
+        self._by_key: dict[str, MappingIdentity | set[MappingIdentity]] = {}
         self._flights: dict[MappingIdentity, asyncio.Future[Entry]] = {}
         self.generation = 0
 
@@ -174,15 +187,35 @@ class MappingCache:
     def put(self, identity: MappingIdentity, entry: Entry) -> None:
         """Cache ``entry`` with the TTL of its kind."""
         ttl = self.positive_ttl if isinstance(entry, Mapped) else self.negative_ttl
+        self._issuers.setdefault(identity.issuer, identity.issuer)
         # Computed first: an entry is stored only if it can also be indexed (and evicted).
         key_fingerprint = entry.key.fingerprint if isinstance(entry, Mapped) else None
-        self._lru.put(identity, entry, ttl)
-        if identity in self._lru:
-            self._by_claim.setdefault((identity.claim_name, identity.claim_value), set()).add(
-                identity.issuer
-            )
-            if key_fingerprint is not None:
-                self._by_key.setdefault(key_fingerprint, set()).add(identity)
+        self._lru.put(identity, self._compact(entry, key_fingerprint), ttl)
+        if key_fingerprint is not None and identity in self._lru:
+            held = self._by_key.get(key_fingerprint)
+            if held is None or held == identity:
+                self._by_key[key_fingerprint] = identity
+            elif isinstance(held, set):
+                held.add(identity)
+            else:
+                self._by_key[key_fingerprint] = {held, identity}
+
+    def _compact(self, entry: Entry, key_fingerprint: str | None) -> Entry:
+        """``entry`` holding the scope string and the ``KeyIdentity`` already cached, if equal."""
+        if isinstance(entry, Unmapped):
+            return entry
+        scope = self._issuers.get(entry.scope, entry.scope)
+        if isinstance(entry, Inactive):
+            return entry if scope is entry.scope else Inactive(entry.mapping_id, scope)
+        key = entry.key
+        held = self._by_key.get(key_fingerprint) if key_fingerprint is not None else None
+        if held is not None:
+            other = self._lru.peek(next(iter(held)) if isinstance(held, set) else held)
+            if isinstance(other, Mapped) and other.key == key:
+                key = other.key
+        if scope is entry.scope and key is entry.key:
+            return entry
+        return Mapped(entry.mapping_id, scope, key)
 
     async def get_or_load(
         self, identity: MappingIdentity, load: Callable[[], Awaitable[Entry]]
@@ -238,10 +271,9 @@ class MappingCache:
         change evicts the claim under every issuer.
         """
         self.generation += 1
-        issuers = self._by_claim.get((claim_name, claim_value), set())
-        targets = list(issuers) if issuer == "" else [issuer] if issuer in issuers else []
+        issuers = list(self._issuers) if issuer == "" else [issuer]
         removed = 0
-        for iss in targets:
+        for iss in issuers:
             if self._lru.pop(MappingIdentity(iss, claim_name, claim_value)) is not None:
                 removed += 1
         self._lru.stats.invalidations += removed
@@ -250,8 +282,10 @@ class MappingCache:
     def invalidate_key(self, key_fingerprint: str) -> int:
         """Evict every entry that maps to the key with this fingerprint."""
         self.generation += 1
+        held = self._by_key.get(key_fingerprint)
+        identities = list(held) if isinstance(held, set) else [] if held is None else [held]
         removed = 0
-        for identity in list(self._by_key.get(key_fingerprint, ())):
+        for identity in identities:
             if self._lru.pop(identity) is not None:
                 removed += 1
         self._lru.stats.invalidations += removed
@@ -262,21 +296,17 @@ class MappingCache:
         self.generation += 1
         count = len(self._lru)
         self._lru.clear()
-        self._by_claim.clear()
         self._by_key.clear()
         self._lru.stats.invalidations += count
 
     def _unindex(self, identity: MappingIdentity, entry: Entry) -> None:
-        claim = (identity.claim_name, identity.claim_value)
-        issuers = self._by_claim.get(claim)
-        if issuers is not None:
-            issuers.discard(identity.issuer)
-            if not issuers:
-                del self._by_claim[claim]
-        if isinstance(entry, Mapped):
-            fp = entry.key.fingerprint
-            ids = self._by_key.get(fp)
-            if ids is not None:
-                ids.discard(identity)
-                if not ids:
-                    del self._by_key[fp]
+        if not isinstance(entry, Mapped):
+            return
+        fp = entry.key.fingerprint
+        held = self._by_key.get(fp)
+        if isinstance(held, set):
+            held.discard(identity)
+            if len(held) == 1:
+                self._by_key[fp] = next(iter(held))
+        elif held == identity:
+            del self._by_key[fp]

@@ -115,6 +115,20 @@ class _TeamRequired(Exception):
 ADMIN = Decision(Verdict.ADMIN)
 
 
+def claims_read(settings: Settings) -> frozenset[str]:
+    """The top-level claims a decision can read: the mapping claim, the admin rule's and
+    auto-registration's (a verified-token cache needs to keep no others)."""
+    ar = settings.auto_register
+    paths = (
+        settings.claim_field,
+        settings.admin.claim if settings.admin is not None else None,
+        ar.team_id_claim,
+        ar.user_id_claim,
+        ar.org_id_claim,
+    )
+    return frozenset(claimlib.split_path(path)[0] for path in paths if path)
+
+
 class PolicyEngine:
     """Resolve verified claims to a decision, with caching and auto-registration."""
 

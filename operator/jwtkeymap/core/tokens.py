@@ -4,7 +4,10 @@ A token is parsed once: the header and payload segments are decoded here to
 pick the issuer and key, and ``jwt.decode`` then verifies the signature and the
 registered claims. Verified tokens are cached by sha256(token) until the
 earlier of their ``exp`` and the cache TTL, so the hot path costs a hash and a
-dictionary lookup instead of an RSA verification. A cached token is bound to
+dictionary lookup instead of an RSA verification. A verifier told which claims
+its caller reads (``keep_claims``) keeps only those: a resolver caches one token
+per client, and the registered claims it has already checked are most of a
+payload's bytes. A cached token is bound to
 the thumbprint of the key that verified it: once the issuer stops publishing
 that key material (even behind the same ``kid``), the entry no longer answers.
 
@@ -22,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -58,6 +61,40 @@ class VerifiedToken:
     claims: Mapping[str, Any]
     expires_at: float
     key_thumbprint: bytes | None = None
+
+
+_ABSENT: Final = object()
+
+
+class KeptClaims(Mapping[str, Any]):
+    """The claims of a token that its reader needs, read-only.
+
+    The names are one tuple shared by every token of a verifier; a token holds
+    only its values. Half the size of a dict, which counts in a cache that holds
+    a token per client.
+    """
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: tuple[str, ...], claims: Mapping[str, Any]) -> None:
+        self._names = names
+        self._values = tuple(claims.get(name, _ABSENT) for name in names)
+
+    def __getitem__(self, name: str) -> Any:
+        for known, value in zip(self._names, self._values, strict=True):
+            if known == name and value is not _ABSENT:
+                return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        pairs = zip(self._names, self._values, strict=True)
+        return (name for name, value in pairs if value is not _ABSENT)
+
+    def __len__(self) -> int:
+        return sum(value is not _ABSENT for value in self._values)
+
+    def __repr__(self) -> str:
+        return f"KeptClaims({dict(self)!r})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -304,8 +341,11 @@ class TokenVerifier:
         *,
         session: aiohttp.ClientSession | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        keep_claims: Collection[str] | None = None,
     ) -> None:
         self._clock = clock
+        # The top-level claims a verified token keeps (None: all of them).
+        self._keep = tuple(sorted(keep_claims)) if keep_claims is not None else None
         self._issuers = {i.issuer: i for i in settings.issuers}
         self._keysets = {
             i.issuer: KeySet(
@@ -378,7 +418,7 @@ class TokenVerifier:
         exp = claims["exp"]
         verified = VerifiedToken(
             issuer=issuer.issuer,
-            claims=claims,
+            claims=claims if self._keep is None else KeptClaims(self._keep, claims),
             expires_at=float(exp),
             key_thumbprint=used.thumbprint,
         )

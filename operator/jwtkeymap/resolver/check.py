@@ -50,6 +50,10 @@ IDENTITY_HEADERS: Final = (
     ASSERTION_HEADER,
 )
 
+# Each value of the removal header, held once: a remembered answer per client would
+# otherwise keep its own copy of one of a few dozen strings.
+_REMOVALS: dict[str, str] = {}
+
 RETRY_AFTER_SECONDS: Final = "1"
 _WWW_AUTHENTICATE: Final = 'Bearer error="invalid_token"'
 
@@ -139,7 +143,8 @@ def allow(
     if strip_authorization:
         remove.append("authorization")
     if remove:
-        headers[REMOVE_HEADER] = ", ".join(remove)
+        value = ", ".join(remove)
+        headers[REMOVE_HEADER] = _REMOVALS.setdefault(value, value)
     return Answer(200, headers, decision=decision.outcome.value)
 
 

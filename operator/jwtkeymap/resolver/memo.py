@@ -15,6 +15,9 @@ from jwtkeymap.core.cache import CacheStats
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.resolver.check import Answer
 
+# How often expired entries are swept out (each lives a second at most).
+SWEEP_SECONDS = 1.0
+
 
 class AnswerMemo:
     """Bounded map of sha256(Authorization) → (answer, cache generation, deadline)."""
@@ -23,6 +26,7 @@ class AnswerMemo:
         self._max = max_entries
         self._monotonic = clock.monotonic
         self._data: dict[bytes, tuple[Answer, int, float]] = {}
+        self._next_sweep = self._monotonic() + SWEEP_SECONDS
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -43,11 +47,20 @@ class AnswerMemo:
         """Keep ``answer`` for ``ttl`` seconds (nothing when ``ttl`` is not positive)."""
         if ttl <= 0:
             return
+        now = self._monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
         if digest not in self._data and len(self._data) >= self._max:
             # Entries live a second at most: dropping the oldest insertion is enough.
             del self._data[next(iter(self._data))]
             self.stats.evictions += 1
-        self._data[digest] = (answer, generation, self._monotonic() + ttl)
+        self._data[digest] = (answer, generation, now + ttl)
+
+    def _sweep(self, now: float) -> None:
+        # Rebuilt rather than deleted from: the new dict is compact, and the cost is
+        # one pass over a second of entries, once a second.
+        self._data = {k: item for k, item in self._data.items() if item[2] > now}
+        self._next_sweep = now + SWEEP_SECONDS
 
     def clear(self) -> None:
         """Forget everything (a signing key was withdrawn)."""

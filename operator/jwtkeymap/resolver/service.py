@@ -28,7 +28,7 @@ from jwtkeymap.core.errors import (
     JwtKeyMapError,
 )
 from jwtkeymap.core.invalidation.coherence import InvalidationBus
-from jwtkeymap.core.policy import Decision, PolicyEngine, Verdict
+from jwtkeymap.core.policy import Decision, PolicyEngine, Verdict, claims_read
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.core.tokens import TokenVerifier, VerifiedToken
 from jwtkeymap.core.userinfo import UserinfoClient
@@ -101,7 +101,9 @@ class Service:
             metrics=metrics,
             session=session,
             store=store,
-            verifier=TokenVerifier(settings, session=session, clock=clock),
+            verifier=TokenVerifier(
+                settings, session=session, clock=clock, keep_claims=claims_read(settings)
+            ),
             userinfo=(
                 UserinfoClient(settings, session=session, clock=clock)
                 if settings.oidc_userinfo_url

@@ -38,6 +38,14 @@ def test_keyless_allow_removes_every_key_header(decision):
     assert result.identity == {"x-jwtkeymap-decision": decision.outcome.value}
 
 
+def test_answers_share_one_removal_value_each():
+    # A remembered answer per client must not carry its own copy of this string.
+    one = check.answer(Decision(Verdict.MAPPED, key=KEY))
+    two = check.answer(Decision(Verdict.MAPPED, key=KeyIdentity("b" * 64, team_id="u", org_id="p")))
+    name = "x-envoy-auth-headers-to-remove"
+    assert one.headers[name] is two.headers[name]
+
+
 def test_strip_authorization_adds_it_to_the_removal_list():
     result = check.answer(Decision(Verdict.MAPPED, key=KEY), strip_authorization=True)
     assert "authorization" in result.headers["x-envoy-auth-headers-to-remove"].split(", ")

@@ -43,3 +43,19 @@ def test_bounded_by_dropping_the_oldest():
     assert memo.stats.evictions == 1
     memo.clear()
     assert len(memo) == 0
+
+
+def test_expired_entries_are_swept_out_within_a_second():
+    # The memo holds about a second of traffic, not every client seen since the start.
+    clock = ManualClock()
+    memo = AnswerMemo(100, clock)
+    for n in range(10):
+        memo.remember(b"old%d" % n, A, 0, 0.5)
+    clock.advance(0.6)
+    memo.remember(b"live", B, 0, 1.0)
+    assert len(memo) == 11  # no sweep before a second has passed
+    clock.advance(0.4)
+    memo.remember(b"new", A, 0, 1.0)
+    assert len(memo) == 2
+    assert memo.recall(b"live", 0) is B and memo.recall(b"new", 0) is A
+    assert memo.stats.evictions == 0
