@@ -71,7 +71,8 @@ class InjectionDefaults(_Values):
     resources: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
-            # ~330 MiB with every default cache full (100k clients): bench/RESULTS.md.
+            # ~170 MiB with every default cache full (100k clients), ~260 MiB at worst with
+            # assertions on: bench/RESULTS.md. The limit leaves room for bursts.
             "limits": {"memory": "512Mi"},
         }
     )
