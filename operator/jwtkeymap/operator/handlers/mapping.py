@@ -28,6 +28,7 @@ from jwtkeymap.operator.resource import (
     RELEASED_ANNOTATION,
     RESYNC_ANNOTATION,
     SECRET_VERSION_ANNOTATION,
+    MappingSpec,
     SpecError,
     identity_of,
     parse_spec,
@@ -60,9 +61,11 @@ async def reconcile(
     """Create, update, resume: reconcile the resource and record its Ready condition."""
     runtime = runtime_of(memo)
     ns = namespace or ""
-    remember(runtime, spec, meta, ns)
+    parsed = remember(runtime, spec, meta, ns)
     resuming = reason == kopf.Reason.RESUME
-    verdict = await attempt(runtime, spec, meta, ns, tenancy=tenancy_of(kwargs), resuming=resuming)
+    verdict = await attempt(
+        runtime, spec, meta, ns, tenancy=tenancy_of(kwargs), resuming=resuming, parsed=parsed
+    )
     uid = str(meta["uid"])
     runtime.registry.synced(
         uid, k8s_owner(uid), verdict.digest,
@@ -77,19 +80,25 @@ async def reconcile(
         raise kopf.PermanentError(verdict.condition.message)
 
 
-def remember(runtime: Runtime, spec: Mapping[str, Any], meta: Mapping[str, Any], ns: str) -> None:
-    """Record the resource in the registry: its identity and the Secret it reads."""
+def remember(
+    runtime: Runtime, spec: Mapping[str, Any], meta: Mapping[str, Any], ns: str
+) -> MappingSpec | None:
+    """Record the resource in the registry (its identity, the Secret it reads); its parsed spec."""
     secret_ref = (spec.get("key") or {}).get("secretRef") or {}
+    parsed: MappingSpec | None = None
+    identity = None
     try:
-        identity = identity_of(parse_spec(spec), runtime.settings)
+        parsed = parse_spec(spec)
+        identity = identity_of(parsed, runtime.settings)
     except SpecError:
-        identity = None
+        pass  # attempt() reports it
     runtime.registry.remember(
         str(meta["uid"]), ns, str(meta["name"]),
         identity=identity,
         secret=secret_ref.get("name") or None,
         secret_seen=(meta.get("annotations") or {}).get(SECRET_VERSION_ANNOTATION),
     )  # fmt: skip
+    return parsed
 
 
 async def release(

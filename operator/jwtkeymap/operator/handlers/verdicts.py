@@ -122,13 +122,15 @@ async def attempt(
     *,
     tenancy: Tenancy,
     resuming: bool = False,
+    parsed: MappingSpec | None = None,
 ) -> Verdict:
     """Reconcile one resource and classify the result; never raises for expected failures.
 
-    A resume first looks for its row in the resumes' shared bulk read (``Resync``).
+    ``parsed`` is ``spec_body`` already parsed, if the caller has it. A resume first
+    looks for its row in the resumes' shared bulk read (``Resync``).
     """
     try:
-        spec = parse_spec(spec_body)
+        spec = parsed if parsed is not None else parse_spec(spec_body)
         # Before the Secret is read: a namespace learns nothing through a denied mapping.
         identity = identity_of(spec, runtime.settings)
         admission = tenancy.admit(namespace, identity)
