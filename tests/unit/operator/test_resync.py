@@ -148,6 +148,8 @@ async def test_drift_check_retries_the_unsynced_but_not_an_invalid_spec() -> Non
     registry.synced("u1", "k8s:u1", None)
     registry.remember("u2", "a", "broken", identity=None, secret=None, secret_seen=None)
     registry.synced("u2", "k8s:u2", None, retry=False)
+    # Remembered but with no verdict yet: its reconcile is still running.
+    registry.remember("u3", "a", "busy", identity=BOB, secret=None, secret_seen=None)
     kube = Annotations()
     resync = Resync(Reads({}), registry, kube, interval=60)  # type: ignore[arg-type]
     assert await resync.check() == 1

@@ -41,7 +41,9 @@ class Known:
     secret_seen: str | None = None  # that Secret's version it last saw (annotation)
     digest: str | None = None  # the row its last reconcile wanted, when it was synced
     owner: str = ""
-    retry: bool = True  # not synced, and a later check may succeed (not an invalid spec)
+    # Not synced, and a later check may succeed (not an invalid spec). False until a
+    # handler has given its verdict: a reconcile in flight is not the drift check's to redo.
+    retry: bool = False
 
 
 class MappingRegistry:
