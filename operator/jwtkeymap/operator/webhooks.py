@@ -112,9 +112,8 @@ async def validate(
         # Finalizers, annotations, a deletion: never blocked, or a resource denied after it
         # was stored (a policy narrowed, a webhook not yet called) could not even be deleted.
         return
-    claim_value = (spec.get("claim") or {}).get("value")
     taken, tenancy = await read_indexes(
-        runtime_of(memo).kube, namespace or "", config, claim_value=claim_value
+        runtime_of(memo).kube, namespace or "", config, claim_value=claim_value_of(spec)
     )
     check(
         spec,
@@ -128,7 +127,7 @@ async def validate(
 
 
 async def read_indexes(
-    kube: Kube, namespace: str, settings: Settings, *, claim_value: object = None
+    kube: Kube, namespace: str, settings: Settings, *, claim_value: str | None = None
 ) -> tuple[Mapping[IdentityKey, Iterable[IdentityHolder]], Tenancy]:
     """What the operator's indexes hold for one review, read fresh from the API.
 
@@ -149,6 +148,16 @@ async def read_indexes(
             f"cannot check the tenancy policies now ({exc}); retry", code=503
         ) from None
     return indexed(policies, namespace, labels, mappings, settings)
+
+
+def claim_value_of(spec: Mapping[str, Any]) -> str | None:
+    """The spec's claim value when the spec has the shape to hold one (check() judges it)."""
+    try:
+        claim = spec.get("claim")
+        value = claim.get("value") if isinstance(claim, Mapping) else None
+    except TypeError:  # kopf's view of a spec that is not an object
+        return None
+    return value if isinstance(value, str) else None
 
 
 def escape_field(value: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.operator.handlers.indexes import Tenancy
 from jwtkeymap.operator.tenancy import parse_policy
-from jwtkeymap.operator.webhooks import check, escape_field, spec_unchanged
+from jwtkeymap.operator.webhooks import check, claim_value_of, escape_field, spec_unchanged
 
 HASH = "b" * 64
 
@@ -122,3 +122,22 @@ def test_an_update_that_keeps_the_spec_is_never_judged_again() -> None:
 )
 def test_field_selector_values_are_escaped(value: str, escaped: str) -> None:
     assert escape_field(value) == escaped
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [
+        ({"claim": {"name": "email", "value": "a@example.com"}}, "a@example.com"),
+        ({"claim": "email"}, None),
+        ({"claim": {"value": 42}}, None),
+        ({"claim": None}, None),
+        ({}, None),
+    ],
+)
+def test_claim_value_of_any_spec_shape(spec: dict[str, Any], value: str | None) -> None:
+    assert claim_value_of(spec) == value
+
+
+def test_claim_value_of_a_kopf_view_of_a_list_spec() -> None:
+    view = kopf.Spec({"spec": []})  # what kopf hands over for a spec that is a list
+    assert claim_value_of(view) is None
