@@ -280,12 +280,12 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     )
     create_seconds = time.monotonic() - started
     create_requests = requests_between(requests_before, api_requests(plane), count)
-    # kopf records "handled" in an annotation, patched separately from the status: let
-    # every object get it before stopping, or the restart would redo those creations.
+    # kopf's record of "handled" (status.lastHandled) comes with the Ready condition in one
+    # status patch; checked anyway, or the restart would redo the creations it lacks.
     await wait_until(
         lambda: _all_handled(plane, namespace, count),
         timeout=600,
-        what="kopf's last-handled annotation on every resource",
+        what="kopf's record of the handled state on every resource",
         interval=1,
     )
     assert first.runtime is not None and first.runtime.reconciler is not None
@@ -396,8 +396,7 @@ async def _discoverable(plane: ControlPlane, namespace: str) -> bool:
 async def _all_handled(plane: ControlPlane, namespace: str, count: int) -> bool:
     done = await plane.akubectl("get", "jkm", "-n", namespace, "-o", "json", timeout=120)
     items = json.loads(done.stdout)["items"]
-    marker = "kopf.zalando.org/last-handled-configuration"
-    return sum(1 for i in items if marker in i["metadata"].get("annotations", {})) >= count
+    return sum(1 for i in items if "lastHandled" in i.get("status", {})) >= count
 
 
 async def _all_ready(plane: ControlPlane, namespace: str, count: int) -> bool:

@@ -71,6 +71,16 @@ class Cluster:
             return None
         return dict(json.loads(done.stdout))
 
+    async def patch(
+        self, namespace: str, name: str, patch: dict[str, Any], *, subresource: str = ""
+    ) -> None:
+        """A merge patch of a JWTKeyMapping (or of its ``subresource``)."""
+        extra = [f"--subresource={subresource}"] if subresource else []
+        done = await self.plane.akubectl(
+            "patch", "jkm", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch), *extra
+        )
+        assert done.returncode == 0, done.stderr
+
     async def ready(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Ready condition, if any."""
         obj = await self.get(namespace, name)

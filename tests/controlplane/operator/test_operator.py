@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import kopf
 import pytest
 from harness import ControlPlane, apoll
 from operator_kit import Cluster, StartOperator, add_key, rows
@@ -18,6 +19,7 @@ from jwtkeymap.core.db import schema
 from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR
 from jwtkeymap.demo.postgres import ThrowawayPostgres
+from jwtkeymap.operator.handlers.handled import LEGACY_ANNOTATION
 
 pytestmark = pytest.mark.controlplane
 
@@ -459,6 +461,58 @@ async def test_changes_after_a_restart_are_handled(
         return [r["jwt_claim_value"] for r in await rows(db)] == ["leo@new.example.com"]
 
     await apoll(moved, message="the change to be reconciled")
+
+
+async def test_an_older_operators_record_is_taken_over_without_a_write(
+    cluster: Cluster,
+    namespace: str,
+    start_operator: StartOperator,
+    database_url: str,
+    db: asyncpg.Connection,
+) -> None:
+    """Upgrade: kopf's old annotation record counts as handled, and goes at the next change."""
+    token = await add_key(db, "sk-mo")
+    first = await start_operator([namespace], database_url)
+    await cluster.apply_mapping(namespace, "mo", spec("mo@example.com", key=by_hash(token)))
+    synced = await cluster.wait_reason(namespace, "mo", "Synced")
+    await first.stop()
+    assert "lastHandled" in synced["status"]
+    assert LEGACY_ANNOTATION not in (synced["metadata"].get("annotations") or {})
+    # Make it what an older operator left: kopf's essence in an annotation, no status record.
+    legacy = kopf.AnnotationsDiffBaseStorage().build(body=kopf.Body(synced))
+    await cluster.patch(
+        namespace, "mo",
+        {"metadata": {"annotations": {LEGACY_ANNOTATION: json.dumps(legacy)}}},
+    )  # fmt: skip
+    await cluster.patch(namespace, "mo", {"status": {"lastHandled": None}}, subresource="status")
+    before = await cluster.get(namespace, "mo")
+    assert before is not None and "lastHandled" not in before["status"]
+    xmin = await db.fetchval('SELECT xmin::text FROM "LiteLLM_JWTKeyMapping"')
+
+    second = await start_operator([namespace], database_url)
+
+    async def resumed() -> bool:
+        return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
+
+    await apoll(resumed, message="the resume handler to reconcile")
+    after = await cluster.get(namespace, "mo")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert await db.fetchval('SELECT xmin::text FROM "LiteLLM_JWTKeyMapping"') == xmin
+
+    await cluster.apply_mapping(namespace, "mo", spec("mo@new.example.com", key=by_hash(token)))
+
+    async def moved() -> dict[str, Any] | None:
+        obj = await cluster.get(namespace, "mo")
+        if [r["jwt_claim_value"] for r in await rows(db)] != ["mo@new.example.com"]:
+            return None
+        if obj is None or "lastHandled" not in obj["status"]:
+            return None
+        return obj
+
+    moved_obj = await apoll(moved, message="the change handled and recorded in the status")
+    assert LEGACY_ANNOTATION not in (moved_obj["metadata"].get("annotations") or {})
+    assert token not in json.dumps(moved_obj["status"])
 
 
 async def test_examples_are_valid_for_the_crd(controlplane: ControlPlane, cluster: Cluster) -> None:

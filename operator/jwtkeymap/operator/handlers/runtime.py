@@ -21,6 +21,7 @@ from jwtkeymap.core.errors import JwtKeyMapError
 from jwtkeymap.core.litellm import LiteLLMCache
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR, Reconciler
 from jwtkeymap.core.settings import Settings
+from jwtkeymap.operator.handlers.handled import HandledDigest
 from jwtkeymap.operator.handlers.registry import MappingRegistry
 from jwtkeymap.operator.handlers.resync import Resync
 from jwtkeymap.operator.kube import Kube
@@ -118,6 +119,8 @@ async def configure(
     if kopf_logger.getEffectiveLevel() < logging.INFO:
         kopf_logger.setLevel(logging.INFO)
     settings.persistence.finalizer = FINALIZER
+    # kopf's record of what it handled rides on our status patch (see handlers.handled).
+    settings.persistence.diffbase_storage = HandledDigest()
     # Our own Events (kopf.event, not subject to this level) mark transitions;
     # kopf's per-handler INFO chatter would drown them.
     settings.posting.level = logging.WARNING
