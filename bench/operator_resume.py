@@ -19,7 +19,9 @@ if sys.path and sys.path[0].rstrip("/").endswith("bench"):
 import argparse
 import asyncio
 import json
+import os
 import re
+import resource
 import statistics
 import time
 import uuid
@@ -212,6 +214,27 @@ def rss_mib() -> float:
     return 0.0
 
 
+def cpu_seconds(plane: ControlPlane) -> dict[str, float]:
+    """CPU time (user + system) so far of the operator (this process), the API server, etcd
+    and every kubectl this process ran: a per-resource cost that a busy machine does not
+    inflate the way it does wall time."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {"operator": of(os.getpid())}
+    used.update({name: of(pid) for name, pid in plane.pids.items()})
+    used["kubectl"] = children.ru_utime + children.ru_stime
+    return used
+
+
+def cpu_per_resource(before: dict[str, float], after: dict[str, float], count: int) -> str:
+    return ", ".join(f"{name} {(after[name] - before[name]) / count * 1000:.2f}" for name in before)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -256,6 +279,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     await first.start()
     rss_before = rss_mib()
     requests_before = api_requests(plane)
+    cpu_before = cpu_seconds(plane)
     started = time.monotonic()
     # kubectl creates the items one POST at a time: allow ~50 ms each on a busy machine.
     created = await plane.akubectl(
@@ -280,6 +304,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     )
     create_seconds = time.monotonic() - started
     create_requests = requests_between(requests_before, api_requests(plane), count)
+    create_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane), count)
     # kopf's record of "handled" (status.lastHandled) comes with the Ready condition in one
     # status patch; checked anyway, or the restart would redo the creations it lacks.
     await wait_until(
@@ -297,6 +322,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     rows.append(("  per resource", f"{create_seconds / count * 1000:.1f} ms"))
     rows.append(("  kubectl create returned (all submitted) after", f"{submitted_seconds:.1f} s"))
     rows.append(("  API writes per resource (incl. kubectl's create)", create_requests))
+    rows.append(("  CPU per resource, ms", create_cpu))
     rows.append(("  RSS of the benchmark + operator process", f"{rss_mib():.0f} MiB "
                  f"({rss_mib() - rss_before:+.0f} MiB over the create)"))  # fmt: skip
 
@@ -305,6 +331,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     xmin_before = await conn.fetchval('SELECT max(xmin::text::bigint) FROM "LiteLLM_JWTKeyMapping"')
     second = Operator(plane, namespace, url)
     requests_before = api_requests(plane)
+    cpu_before = cpu_seconds(plane)
     started = time.monotonic()
     await second.start()
     assert second.runtime is not None
@@ -316,6 +343,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     await wait_until(resumed, timeout=1800, what="every resource resumed")
     resume_seconds = time.monotonic() - started
     resume_requests = requests_between(requests_before, api_requests(plane), count)
+    resume_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane), count)
     ready_after = await ready_count(plane, namespace)
     after = await snapshot(plane, namespace)
     touched_names = [
@@ -332,6 +360,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     )
     rows.append(("  database writes on resume", f"{operator_writes() - first_writes:.0f}"))
     rows.append(("  API writes on resume, per resource", resume_requests))
+    rows.append(("  CPU per resource, ms", resume_cpu))
     rows.append(
         ("  mapping rows rewritten (xmin moved)", "no" if xmin_after == xmin_before else "YES")
     )
