@@ -34,6 +34,7 @@ from prometheus_client import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "controlplane"))
+sys.path.insert(1, str(REPO / "tests"))
 
 from harness import ControlPlane  # noqa: E402
 
@@ -46,7 +47,9 @@ from jwtkeymap.demo.postgres import ThrowawayPostgres  # noqa: E402
 from jwtkeymap.operator.handlers.runtime import Runtime, runtime_of  # noqa: E402
 from jwtkeymap.operator.handlers.wiring import register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
+from support.modules import load_by_path  # noqa: E402
 
+manifest_list = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests").manifest_list
 CHANNEL = "jwtkeymap_invalidate"
 
 
@@ -72,23 +75,6 @@ def install_tenancy(plane: ControlPlane, namespace: str, claim: str) -> None:
         },
     }
     plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
-
-
-def manifest_list(namespace: str, count: int, tokens: list[str]) -> str:
-    items = [
-        {
-            "apiVersion": "jwtkeymap.io/v1alpha1",
-            "kind": "JWTKeyMapping",
-            "metadata": {"name": f"user-{i:05d}", "namespace": namespace},
-            "spec": {
-                "issuer": "*",
-                "claim": {"name": "email", "value": f"user-{i:05d}@bench.example"},
-                "key": {"hash": tokens[i]},
-            },
-        }
-        for i in range(count)
-    ]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
 async def ready_count(plane: ControlPlane, namespace: str) -> int:

@@ -37,6 +37,7 @@ from prometheus_client import REGISTRY
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "controlplane"))
+sys.path.insert(1, str(REPO / "tests"))
 
 from harness import ControlPlane  # noqa: E402
 
@@ -50,7 +51,9 @@ from jwtkeymap.operator.handlers.secrets import SECRETS  # noqa: E402
 from jwtkeymap.operator.handlers.wiring import register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from jwtkeymap.operator.resource import WATCHED_LABEL  # noqa: E402
+from support.modules import load_by_path  # noqa: E402
 
+manifests = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests")
 MODES = ("all", "selected")
 EVENTS = "jwtkeymap_operator_secret_events_total"
 TOKEN_ENV = "JWTKEYMAP_BENCH_API_TOKEN"
@@ -274,19 +277,8 @@ async def run(plane: ControlPlane, url: str, args: argparse.Namespace) -> None:
         secret(namespace, f"key-{i:04d}", base64.b64encode(k.encode()).decode(), labelled)
         for i, k in enumerate(keys)
     ]
-    mappings = [
-        {
-            "apiVersion": "jwtkeymap.io/v1alpha1",
-            "kind": "JWTKeyMapping",
-            "metadata": {"name": f"user-{i:04d}", "namespace": namespace},
-            "spec": {
-                "issuer": "*",
-                "claim": {"name": "email", "value": f"user-{i:04d}@bench.example"},
-                "key": {"secretRef": {"name": f"key-{i:04d}", "key": "apiKey"}},
-            },
-        }
-        for i in range(args.mapped)
-    ]
+    refs = [{"secretRef": {"name": f"key-{i:04d}", "key": "apiKey"}} for i in range(args.mapped)]
+    mappings = manifests.mappings(namespace, refs)
     await apply_list(plane, mapped + mappings)
     took = time.monotonic() - started
     print(f"created {args.unrelated} + {args.mapped} Secrets in {took:.0f} s", file=sys.stderr)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio import client, config
@@ -23,6 +23,8 @@ from jwtkeymap.operator.awaited import AwaitedSecrets
 from jwtkeymap.operator.resource import GROUP, PLURAL, VERSION, WATCHED_LABEL
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,25 @@ class KubeUnavailable(JwtKeyMapError):
     """The Kubernetes API failed transiently (retry)."""
 
 
+async def _api_call(
+    what: str, call: Awaitable[_T], *, none_on: Collection[int] = (404,)
+) -> _T | None:
+    """Await one API call: None if it answers a status in ``none_on``, else its result.
+
+    The one place that knows the client's exceptions: any other failure, a lost
+    connection or an HTTP error status, becomes :class:`KubeUnavailable` naming ``what``
+    was being done (never the response body, which may echo a Secret).
+    """
+    try:
+        return await call
+    except aiohttp.ClientError as exc:
+        raise KubeUnavailable(f"{what}: {exc}") from None
+    except ApiException as exc:
+        if exc.status in none_on:
+            return None
+        raise KubeUnavailable(f"{what}: HTTP {exc.status}") from None
+
+
 class Kube:
     """A thin async client for Secrets and JWTKeyMapping metadata."""
 
@@ -81,15 +102,12 @@ class Kube:
         here without it is labelled first, and its next rotation is seen; a missing one
         is awaited (:attr:`awaited`) until it appears.
         """
-        try:
-            secret: Any = await self._core.read_namespaced_secret(name, namespace)
-        except aiohttp.ClientError as exc:
-            raise KubeUnavailable(f"reading Secret {namespace}/{name}: {exc}") from None
-        except ApiException as exc:
-            if exc.status == 404:
-                self.awaited.add(namespace, name)
-                return None
-            raise KubeUnavailable(f"reading Secret {namespace}/{name}: HTTP {exc.status}") from None
+        secret: Any = await _api_call(
+            f"reading Secret {namespace}/{name}", self._core.read_namespaced_secret(name, namespace)
+        )
+        if secret is None:
+            self.awaited.add(namespace, name)
+            return None
         if (secret.metadata.labels or {}).get(WATCHED_LABEL) != "true":
             try:
                 labelled = await self._label_secret(namespace, name)
@@ -110,18 +128,12 @@ class Kube:
 
     async def _label_secret(self, namespace: str, name: str) -> Any:
         patch = {"metadata": {"labels": {WATCHED_LABEL: "true"}}}
-        try:
-            return await self._core.patch_namespaced_secret(  # type: ignore[call-arg]
+        return await _api_call(
+            f"labelling Secret {namespace}/{name}",
+            self._core.patch_namespaced_secret(  # type: ignore[call-arg]
                 name, namespace, patch, _content_type="application/merge-patch+json"
-            )
-        except aiohttp.ClientError as exc:
-            raise KubeUnavailable(f"labelling Secret {namespace}/{name}: {exc}") from None
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeUnavailable(
-                f"labelling Secret {namespace}/{name}: HTTP {exc.status}"
-            ) from None
+            ),
+        )
 
     async def list_cluster_objects(
         self, plural: str, *, field_selector: str | None = None
@@ -131,40 +143,35 @@ class Kube:
         An API server that cannot select on that field (before Kubernetes 1.31) answers
         400: then every object is listed and the caller filters, as it would anyway.
         """
-        try:
-            if field_selector:
-                found: Any = await self._custom.list_cluster_custom_object(
-                    GROUP, VERSION, plural, field_selector=field_selector
-                )
-            else:
-                found = await self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
-        except aiohttp.ClientError as exc:
-            raise KubeUnavailable(f"listing {plural}: {exc}") from None
-        except ApiException as exc:
-            if exc.status == 400 and field_selector:
-                log.info("this API server cannot select %s by a field; listing all", plural)
-                return await self.list_cluster_objects(plural)
-            raise KubeUnavailable(f"listing {plural}: HTTP {exc.status}") from None
+        listing = (
+            self._custom.list_cluster_custom_object(
+                GROUP, VERSION, plural, field_selector=field_selector
+            )
+            if field_selector
+            else self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+        )
+        found: Any = await _api_call(
+            f"listing {plural}", listing, none_on=(400,) if field_selector else ()
+        )
+        if found is None:
+            log.info("this API server cannot select %s by a field; listing all", plural)
+            return await self.list_cluster_objects(plural)
         return list(found.get("items") or [])
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None:
         """A namespace's labels, or None if it does not exist."""
-        try:
-            namespace: Any = await self._core.read_namespace(name)
-        except aiohttp.ClientError as exc:
-            raise KubeUnavailable(f"reading namespace {name}: {exc}") from None
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeUnavailable(f"reading namespace {name}: HTTP {exc.status}") from None
-        return dict(namespace.metadata.labels or {})
+        namespace: Any = await _api_call(
+            f"reading namespace {name}", self._core.read_namespace(name)
+        )
+        return None if namespace is None else dict(namespace.metadata.labels or {})
 
     async def annotate_mapping(
         self, namespace: str, name: str, annotations: Mapping[str, str]
     ) -> bool:
         """Merge ``annotations`` into a JWTKeyMapping; False if it is gone."""
-        try:
-            await self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
+        patched = await _api_call(
+            f"annotating {PLURAL}/{namespace}/{name}",
+            self._custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
                 GROUP,
                 VERSION,
                 namespace,
@@ -172,13 +179,6 @@ class Kube:
                 name,
                 {"metadata": {"annotations": dict(annotations)}},
                 _content_type="application/merge-patch+json",
-            )
-        except aiohttp.ClientError as exc:
-            raise KubeUnavailable(f"annotating {PLURAL}/{namespace}/{name}: {exc}") from None
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise KubeUnavailable(
-                f"annotating {PLURAL}/{namespace}/{name}: HTTP {exc.status}"
-            ) from None
-        return True
+            ),
+        )
+        return patched is not None
