@@ -77,6 +77,15 @@ def install_tenancy(plane: ControlPlane, namespace: str, claim: str) -> None:
     plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
 
 
+def install_finalizer_policy(plane: ControlPlane) -> None:
+    """The chart's MutatingAdmissionPolicy: the API server puts the finalizer on at creation."""
+    rendered = plane.helm(
+        "template", "bench", str(REPO / "charts" / "jwtkeymap"),
+        "--show-only", "templates/finalizerpolicy.yaml", check=True,
+    )  # fmt: skip
+    plane.kubectl("apply", "-f", "-", input=rendered.stdout, check=True)
+
+
 async def ready_count(plane: ControlPlane, namespace: str) -> int:
     done = await plane.akubectl(
         "get", "jkm", "-n", namespace, "-o",
@@ -254,6 +263,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace, check=True)
     install_tenancy(plane, namespace, "email")
+    install_finalizer_policy(plane)
     await wait_until(
         lambda: _discoverable(plane, namespace), timeout=30, what="jwtkeymappings served"
     )

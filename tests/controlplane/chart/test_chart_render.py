@@ -16,6 +16,7 @@ from cryptography import x509
 from harness import REPO_ROOT, Binaries
 
 from jwtkeymap.operator import webhooks
+from jwtkeymap.operator.resource import FINALIZER, GROUP, PLURAL
 from jwtkeymap.operator.sidecar import webhook
 from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, load_defaults
 from jwtkeymap.operator.sidecar.plan import INJECT_LABEL
@@ -81,6 +82,8 @@ def test_default_objects(render: Render) -> None:
         "ClusterKopfPeering",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
     }
     assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
@@ -315,6 +318,28 @@ def test_secret_label_policy_binds_the_operator_only(
     assert "ValidatingAdmissionPolicy" not in kinds(
         [d for d in yaml.safe_load_all(old.stdout) if d]
     )
+
+
+def test_finalizer_policy_puts_the_operators_finalizer_on_creation_only(
+    render: Render, run_helm: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    policy = find(render(), "MutatingAdmissionPolicy")
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Ignore"  # the operator adds it otherwise
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
+        [GROUP], [PLURAL], ["CREATE"]
+    )  # fmt: skip
+    [mutation] = spec["mutations"]
+    assert mutation["jsonPatch"]["expression"].count(f'"{FINALIZER}"') == 2
+    assert f'"{FINALIZER}"' in spec["matchConditions"][0]["expression"]
+    binding = find(render(), "MutatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"]}
+    # Off on request, and before 1.36 (no v1 MutatingAdmissionPolicy there).
+    assert "MutatingAdmissionPolicy" not in kinds(render(sets={"finalizerPolicy.enabled": "false"}))
+    old = run_helm("template", "r", str(CHART), "--kube-version", "1.35.2")
+    assert old.returncode == 0, old.stderr
+    assert "MutatingAdmissionPolicy" not in kinds([d for d in yaml.safe_load_all(old.stdout) if d])
 
 
 def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Render) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import kopf
 import pytest
-from harness import ControlPlane, apoll
+from harness import REPO_ROOT, ControlPlane, apoll
 from operator_kit import Cluster, StartOperator, add_key, rows
 from prometheus_client import REGISTRY
 
@@ -20,6 +20,7 @@ from jwtkeymap.core.keys import fingerprint, hash_key
 from jwtkeymap.core.reconcile.writer import OPERATOR_ACTOR
 from jwtkeymap.demo.postgres import ThrowawayPostgres
 from jwtkeymap.operator.handlers.handled import LEGACY_ANNOTATION
+from jwtkeymap.operator.resource import FINALIZER
 
 pytestmark = pytest.mark.controlplane
 
@@ -513,6 +514,68 @@ async def test_an_older_operators_record_is_taken_over_without_a_write(
     moved_obj = await apoll(moved, message="the change handled and recorded in the status")
     assert LEGACY_ANNOTATION not in (moved_obj["metadata"].get("annotations") or {})
     assert token not in json.dumps(moved_obj["status"])
+
+
+async def test_a_finalizer_put_on_by_the_api_server_is_not_patched_again(
+    controlplane: ControlPlane,
+    cluster: Cluster,
+    namespace: str,
+    start_operator: StartOperator,
+    database_url: str,
+    db: asyncpg.Connection,
+) -> None:
+    """The chart's MutatingAdmissionPolicy: the operator never writes the resource itself."""
+    rendered = controlplane.helm(
+        "template", "t", str(REPO_ROOT / "charts" / "jwtkeymap"),
+        "--show-only", "templates/finalizerpolicy.yaml", check=True,
+    )  # fmt: skip
+    applied = await controlplane.akubectl("apply", "-f", "-", input=rendered.stdout)
+    assert applied.returncode == 0, applied.stderr
+    try:
+        probe = json.dumps(
+            {"apiVersion": "jwtkeymap.io/v1alpha1", "kind": "JWTKeyMapping",
+             "metadata": {"name": "probe", "namespace": namespace},
+             "spec": spec("probe@example.com", key=by_hash("0" * 64))}
+        )  # fmt: skip
+
+        async def policy_loaded() -> bool:  # the API server loads policies a moment later
+            done = await controlplane.akubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe
+            )
+            assert done.returncode == 0, done.stderr
+            return FINALIZER in (json.loads(done.stdout)["metadata"].get("finalizers") or [])
+
+        await apoll(policy_loaded, message="the finalizer policy to be loaded")
+        token = await add_key(db, "sk-nia")
+        # Created while no operator runs: the finalizer is there already.
+        await cluster.apply_mapping(namespace, "nia", spec("nia@example.com", key=by_hash(token)))
+        created = await cluster.get(namespace, "nia")
+        assert created is not None and created["metadata"]["finalizers"] == [FINALIZER]
+
+        await start_operator([namespace], database_url)
+        await cluster.wait_reason(namespace, "nia", "Synced")
+        done = await controlplane.akubectl(
+            "get", "jkm", "nia", "-n", namespace, "-o", "json", "--show-managed-fields"
+        )
+        assert done.returncode == 0, done.stderr
+        synced = json.loads(done.stdout)
+        writers = {
+            (m["manager"], m.get("subresource", "")) for m in synced["metadata"]["managedFields"]
+        }
+        # The operator wrote the status only; the resource itself is as kubectl created it.
+        assert {manager for manager, sub in writers if not sub} == {"kubectl-client-side-apply"}
+        assert synced["metadata"]["finalizers"] == [FINALIZER]
+        assert [r["jwt_claim_value"] for r in await rows(db)] == ["nia@example.com"]
+
+        # Deletion still goes through the finalizer: the row first, then the resource.
+        deleted = await controlplane.akubectl("delete", "jkm", "nia", "-n", namespace)
+        assert deleted.returncode == 0, deleted.stderr
+        assert await cluster.get(namespace, "nia") is None
+        assert await rows(db) == []
+    finally:
+        removed = await controlplane.akubectl("delete", "--ignore-not-found", "-f", "-",
+                                              input=rendered.stdout)  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
 
 
 async def test_examples_are_valid_for_the_crd(controlplane: ControlPlane, cluster: Cluster) -> None:

@@ -110,3 +110,14 @@ def test_the_status_record_wins_over_a_leftover_annotation() -> None:
 def test_never_handled_is_none() -> None:
     assert STORAGE.fetch(body=kopf.Body(resource())) is None
     assert compact({}) == compact({"metadata": {"annotations": {}, "labels": {}}})
+
+
+def test_the_quick_essence_is_kopfs_own() -> None:
+    """build() skips kopf's deep copy; its digest must be that of kopf's own essence."""
+    body = resource(metadata__labels={}, extra={"top": [1, 2]})
+    body["metadata"]["annotations"]["jwtkeymap.io/adopt"] = "true"
+    untouched = copy.deepcopy(body)
+    kopfs = kopf.AnnotationsDiffBaseStorage().build(body=kopf.Body(copy.deepcopy(body)))
+    assert build(body) == compact(kopfs)
+    assert body == untouched  # read, never changed
+    assert build(resource()) == STORAGE.build(body=kopf.Body(resource()), extra_fields=["spec.x"])

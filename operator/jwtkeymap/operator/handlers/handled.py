@@ -33,6 +33,8 @@ FIELD: Final = "lastHandled"
 # What kopf (every version since 1.x, with v1 keys) stored before; read on upgrade.
 LEGACY_ANNOTATION: Final = "kopf.zalando.org/last-handled-configuration"
 _KOPF_PREFIX: Final = "kopf.zalando.org/"
+_LAST_APPLIED: Final = "kubectl.kubernetes.io/last-applied-configuration"
+_NOT_ESSENCE: Final = frozenset({"apiVersion", "kind", "metadata", "status"})
 
 
 class HandledDigest(kopf.DiffBaseStorage):
@@ -44,7 +46,19 @@ class HandledDigest(kopf.DiffBaseStorage):
         body: kopf.Body,
         extra_fields: Iterable[Any] | None = None,
     ) -> kopf.BodyEssence:
-        return compact(super().build(body=body, extra_fields=extra_fields))
+        if extra_fields:  # no handler of ours asks for any: kopf's own way then
+            return compact(super().build(body=body, extra_fields=extra_fields))
+        # kopf's essence without its deep copy of the whole body (status and managedFields
+        # included) on every event: compact() only reads, and keeps nothing of the body.
+        essence: dict[str, Any] = {k: v for k, v in body.items() if k not in _NOT_ESSENCE}
+        meta = body.get("metadata") or {}
+        essence["metadata"] = {
+            "labels": meta.get("labels"),
+            "annotations": {
+                k: v for k, v in (meta.get("annotations") or {}).items() if k != _LAST_APPLIED
+            },
+        }
+        return compact(essence)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         recorded = (body.get("status") or {}).get(FIELD)
