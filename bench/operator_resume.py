@@ -18,6 +18,7 @@ if sys.path and sys.path[0].rstrip("/").endswith("bench"):
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -209,19 +210,34 @@ def rss_mib() -> float:
     return 0.0
 
 
-def cpu_seconds(plane: ControlPlane) -> dict[str, float]:
-    """CPU time (user + system) so far of the operator (this process), the API server, etcd
-    and every kubectl this process ran: a per-resource cost that a busy machine does not
-    inflate the way it does wall time."""
+def cpu_seconds(plane: ControlPlane, pg: ThrowawayPostgres) -> dict[str, float]:
+    """CPU time (user + system) so far of the operator (this process), the API server, etcd,
+    PostgreSQL (the postmaster, its live backends and those it has reaped) and every kubectl
+    this process ran: a per-resource cost that a busy machine does not inflate the way it
+    does wall time."""
     tick = os.sysconf("SC_CLK_TCK")
 
-    def of(pid: int) -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / tick
+    def stat(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+    def of(pid: int, *, reaped: bool = False) -> float:
+        fields = stat(pid)
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])
+        return ticks / tick
 
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = {"operator": of(os.getpid())}
     used.update({name: of(pid) for name, pid in plane.pids.items()})
+    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    backends = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int(stat(int(entry.name))[1]) == postmaster:
+                    backends += of(int(entry.name))
+    used["postgres"] = of(postmaster, reaped=True) + backends
     used["kubectl"] = children.ru_utime + children.ru_stime
     return used
 
@@ -275,7 +291,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     await first.start()
     rss_before = rss_mib()
     requests_before = api_requests(plane)
-    cpu_before = cpu_seconds(plane)
+    cpu_before = cpu_seconds(plane, pg)
     started = time.monotonic()
     # kubectl creates the items one POST at a time: allow ~50 ms each on a busy machine.
     created = await plane.akubectl(
@@ -300,7 +316,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     )
     create_seconds = time.monotonic() - started
     create_requests = requests_between(requests_before, api_requests(plane), count)
-    create_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane), count)
+    create_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane, pg), count)
     # kopf's record of "handled" (status.lastHandled) comes with the Ready condition in one
     # status patch; checked anyway, or the restart would redo the creations it lacks.
     await wait_until(
@@ -327,7 +343,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     xmin_before = await conn.fetchval('SELECT max(xmin::text::bigint) FROM "LiteLLM_JWTKeyMapping"')
     second = Operator(plane, namespace, url)
     requests_before = api_requests(plane)
-    cpu_before = cpu_seconds(plane)
+    cpu_before = cpu_seconds(plane, pg)
     started = time.monotonic()
     await second.start()
     assert second.runtime is not None
@@ -339,7 +355,7 @@ async def run(plane: ControlPlane, pg: ThrowawayPostgres, count: int, samples: i
     await wait_until(resumed, timeout=1800, what="every resource resumed")
     resume_seconds = time.monotonic() - started
     resume_requests = requests_between(requests_before, api_requests(plane), count)
-    resume_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane), count)
+    resume_cpu = cpu_per_resource(cpu_before, cpu_seconds(plane, pg), count)
     ready_after = await ready_count(plane, namespace)
     after = await snapshot(plane, namespace)
     touched_names = [

@@ -15,6 +15,7 @@ another tenant's resource.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Final, Literal
@@ -117,8 +118,13 @@ def selects(selector: NamespaceSelector, labels: Mapping[str, str]) -> bool:
 
 def value_matches(pattern: str, value: str) -> bool:
     """Whether ``value`` matches ``pattern``, where ``*`` stands for any text (even none)."""
-    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
-    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+    return _compiled(pattern).fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    """A policy's value pattern as a regular expression (policies are few, checks many)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), flags=re.DOTALL)
 
 
 def _allows(spec: PolicySpec, scope: str, identity: MappingIdentity) -> bool:

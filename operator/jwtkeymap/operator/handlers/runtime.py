@@ -121,6 +121,11 @@ async def configure(
     settings.persistence.finalizer = FINALIZER
     # kopf's record of what it handled rides on our status patch (see handlers.handled).
     settings.persistence.diffbase_storage = HandledDigest()
+    # kopf's default also reads a progress record in status.kopf, which this CRD's status
+    # schema never keeps: the annotations alone, read and purged on every event (as before).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix="kopf.zalando.org", v1=True, touch_key="touch-dummy"
+    )
     # Our own Events (kopf.event, not subject to this level) mark transitions;
     # kopf's per-handler INFO chatter would drown them.
     settings.posting.level = logging.WARNING
