@@ -257,8 +257,14 @@ async def find(
         "ORDER BY r.mine DESC, r.created_at, r.id"
     )
     records = await conn.fetch(sql, owner, token_hash, *args)
-    owned = [mapping_row(r) for r in records if r["mine"] is True]
-    here = [mapping_row(r) for r in records if r["mine"] is False]
+    rows: dict[str, MappingRow] = {}  # our row at the identity comes twice: parsed once
+    owned: list[MappingRow] = []
+    here: list[MappingRow] = []
+    for record in records:
+        if record["mine"] is None:  # no row at all: the record says only whether the key exists
+            continue
+        row = rows.get(record["id"]) or rows.setdefault(record["id"], mapping_row(record))
+        (owned if record["mine"] else here).append(row)
     return Found(owned, here[0] if here else None, bool(records[0]["key_exists"]))
 
 
