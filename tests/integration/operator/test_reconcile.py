@@ -420,6 +420,34 @@ async def test_unchanged_takes_no_lock(
         await blocker.close()
 
 
+async def test_a_write_waits_for_the_row_lock_and_decides_on_what_it_then_finds(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, database_url: str
+) -> None:
+    token, other = await new_key(store), await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    blocker = await asyncpg.connect(database_url)
+    try:
+        deleting = blocker.transaction()
+        await deleting.start()
+        await blocker.execute('DELETE FROM "LiteLLM_JWTKeyMapping"')
+        # The plain read still sees the row (the delete is not committed) and plans an update.
+        update = asyncio.ensure_future(reconciler.apply(desired(ALICE, other)))
+        async with asyncio.timeout(5):
+            while not await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jwtkeymap' "
+                "AND wait_event_type = 'Lock' AND datname = current_database()"
+            ):
+                assert not update.done(), "the write did not wait for the row lock"
+        await deleting.commit()
+        # Granted the lock, it finds no row any more: it creates one, never updates nothing.
+        result = await update
+    finally:
+        await blocker.close()
+    assert result.outcome is ReconcileOutcome.CREATED
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == other
+    assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
+
+
 async def test_an_auto_registered_row_is_owned_and_adopted_only_where_allowed(
     store: Store, reconciler: Reconciler, db: asyncpg.Connection
 ) -> None:
