@@ -509,7 +509,7 @@ async def counted(database_url: str) -> AsyncIterator[tuple[Store, Statements]]:
 
 
 async def test_round_trips_per_reconcile(counted: tuple[Store, Statements]) -> None:
-    """Creation, no-op and conflict take no transaction; an update locks and writes once."""
+    """Creation, no-op, conflict and deletion take no transaction; an update locks, writes once."""
     store, statements = counted
     reconciler = Reconciler(store)
     token, other = await new_key(store), await new_key(store)
@@ -533,3 +533,6 @@ async def test_round_trips_per_reconcile(counted: tuple[Store, Statements]) -> N
     planned, sent = await statements.of(reconciler.apply(bob, dry_run=True))
     assert planned.outcome is ReconcileOutcome.CREATED
     assert sent == ["read", "BEGIN", "locked read", "WITH", "ROLLBACK"]
+
+    deleted, sent = await statements.of(reconciler.delete("k8s:uid-1"))
+    assert (deleted.outcome, sent) == (ReconcileOutcome.DELETED, ["DELETE"])

@@ -160,6 +160,21 @@ async def delete(conn: asyncpg.Connection, mapping_id: str) -> bool:
     return deleted is not None
 
 
+async def delete_owned(conn: asyncpg.Connection, owner: str, *, scoped: bool) -> list[MappingRow]:
+    """Delete every row ``owner`` holds in one statement (their owner rows go with them).
+
+    Return the rows deleted, oldest first: the statement locks each row as it deletes it,
+    so a row a concurrent writer removed first is not reported.
+    """
+    rows = await conn.fetch(
+        f"DELETE FROM {MAPPING_TABLE} m USING {OWNER_TABLE} o "
+        f"WHERE o.mapping_id = m.id AND o.owner = $1 "
+        f"RETURNING {MAPPING_COLUMNS}, {issuer_column(scoped)}",
+        owner,
+    )
+    return sorted((mapping_row(r) for r in rows), key=lambda row: (row.created_at, row.id))
+
+
 async def get(conn: asyncpg.Connection, mapping_id: str, *, scoped: bool) -> MappingRow | None:
     """Read one mapping by id."""
     row = await conn.fetchrow(select_mappings(scoped) + "WHERE m.id = $1", mapping_id)

@@ -175,13 +175,13 @@ class Reconciler:
         later declaration can adopt them explicitly.
         """
         scoped = (await self._store.schema_info()).issuer_scoped
-        async with self._store.connection("delete mapping") as conn, conn.transaction():
-            owned = await mappings.owned_by(conn, owner, scoped=scoped, lock=True)
+        async with self._store.connection("delete mapping") as conn:
             if retain:
-                await mappings.release(conn, owner)
+                async with conn.transaction():
+                    owned = await mappings.owned_by(conn, owner, scoped=scoped, lock=True)
+                    await mappings.release(conn, owner)
             else:
-                for row in owned:
-                    await mappings.delete(conn, row.id)
+                owned = await mappings.delete_owned(conn, owner, scoped=scoped)
         if not retain:
             MAPPING_WRITES.labels(actor=self._actor).inc(len(owned))
         gone = ReconcileOutcome.RETAINED if retain else ReconcileOutcome.DELETED
