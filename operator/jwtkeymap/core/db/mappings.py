@@ -193,7 +193,21 @@ async def owned_by(
     conn: asyncpg.Connection, owner: str, *, scoped: bool, lock: bool = False
 ) -> list[MappingRow]:
     """Every row recorded as ``owner``'s, oldest first."""
-    return await _fetch(conn, "WHERE o.owner = $1", [owner], scoped=scoped, lock=lock)
+    return [mapping_row(r) for r in await conn.fetch(_owned(scoped, lock=lock), owner)]
+
+
+def _owned(scoped: bool, *, lock: bool) -> str:
+    """The rows of the owner ``$1``, oldest first, each fetched by its id from its owner row.
+
+    A LATERAL with LIMIT is a lookup the planner cannot turn back into a join: as a join,
+    the plan PostgreSQL caches while the tables are small scans the whole mapping table,
+    and keeps scanning it for every reconcile until the next ANALYZE.
+    """
+    return (
+        f"SELECT {MAPPING_COLUMNS}, {issuer_column(scoped)} FROM {OWNER_TABLE} o "
+        f"CROSS JOIN LATERAL (SELECT * FROM {MAPPING_TABLE} x WHERE x.id = o.mapping_id "
+        f"LIMIT 1{' FOR UPDATE' if lock else ''}) m WHERE o.owner = $1{_ORDER}"
+    )
 
 
 async def owned_under(conn: asyncpg.Connection, prefix: str, *, scoped: bool) -> list[MappingRow]:
@@ -264,7 +278,7 @@ async def find(
     """
     where, args = identity_where(identity, scoped, first=3)
     sql = (
-        f"WITH owned AS ({_select('WHERE o.owner = $1', scoped=scoped, lock=lock)}), "
+        f"WITH owned AS ({_owned(scoped, lock=lock)}), "
         f"here AS ({_select(f'WHERE {where}', scoped=scoped, lock=lock)}) "
         f"SELECT k.key_exists, r.* FROM (SELECT EXISTS (SELECT 1 FROM {TOKEN_TABLE} "
         "WHERE token = $2) AS key_exists) k LEFT JOIN (SELECT true AS mine, * FROM owned "
