@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import TypeVar
 
 import asyncpg
 import pytest
+from asyncpg.connection import LoggedQuery
 from prometheus_client import REGISTRY
 
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
-from jwtkeymap.core.db.store import Store
+from jwtkeymap.core.db.store import Store, _noop_reset
 from jwtkeymap.core.errors import DatabaseUnavailable, SchemaError
 from jwtkeymap.core.owners import AUTO_REGISTERED
 from jwtkeymap.core.reconcile.desired import Adoptable, DesiredMapping, ReconcileOutcome
@@ -23,6 +25,8 @@ CHANNEL = "jwtkeymap_invalidate"
 ALICE = MappingIdentity("", "email", "alice@example.com")
 ALICE_SCOPED = MappingIdentity("https://idp.example.com", "email", "alice@example.com")
 BOB = MappingIdentity("", "email", "bob@example.com")
+
+T = TypeVar("T")
 
 
 def mapping_writes(actor: str) -> float:
@@ -416,6 +420,34 @@ async def test_unchanged_takes_no_lock(
         await blocker.close()
 
 
+async def test_a_write_waits_for_the_row_lock_and_decides_on_what_it_then_finds(
+    store: Store, reconciler: Reconciler, db: asyncpg.Connection, database_url: str
+) -> None:
+    token, other = await new_key(store), await new_key(store)
+    await reconciler.apply(desired(ALICE, token))
+    blocker = await asyncpg.connect(database_url)
+    try:
+        deleting = blocker.transaction()
+        await deleting.start()
+        await blocker.execute('DELETE FROM "LiteLLM_JWTKeyMapping"')
+        # The plain read still sees the row (the delete is not committed) and plans an update.
+        update = asyncio.ensure_future(reconciler.apply(desired(ALICE, other)))
+        async with asyncio.timeout(5):
+            while not await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'jwtkeymap' "
+                "AND wait_event_type = 'Lock' AND datname = current_database()"
+            ):
+                assert not update.done(), "the write did not wait for the row lock"
+        await deleting.commit()
+        # Granted the lock, it finds no row any more: it creates one, never updates nothing.
+        result = await update
+    finally:
+        await blocker.close()
+    assert result.outcome is ReconcileOutcome.CREATED
+    assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == other
+    assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
+
+
 async def test_an_auto_registered_row_is_owned_and_adopted_only_where_allowed(
     store: Store, reconciler: Reconciler, db: asyncpg.Connection
 ) -> None:
@@ -436,3 +468,71 @@ async def test_an_auto_registered_row_is_owned_and_adopted_only_where_allowed(
     assert adopted.outcome is ReconcileOutcome.ADOPTED
     assert await db.fetchval("SELECT owner FROM jwtkeymap_mapping_owner") == "k8s:uid-1"
     assert await db.fetchval('SELECT token FROM "LiteLLM_JWTKeyMapping"') == token
+
+
+class Statements:
+    """What a store's connections send, one label per statement, through asyncpg's query logger."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, record: LoggedQuery) -> None:
+        query = record.query
+        if "WITH owned AS" in query:
+            self.seen.append("locked read" if "FOR UPDATE" in query else "read")
+        else:
+            self.seen.append(query.split(maxsplit=1)[0].rstrip(";"))
+
+    async def of(self, work: Awaitable[T]) -> tuple[T, list[str]]:
+        """Run ``work`` and return what it sent."""
+        self.seen = []
+        done = await work
+        # asyncpg hands each record to the logger with call_soon: one pass of the loop delivers all.
+        await asyncio.sleep(0)
+        return done, self.seen
+
+
+@pytest.fixture
+async def counted(database_url: str) -> AsyncIterator[tuple[Store, Statements]]:
+    statements = Statements()
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(statements)
+
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=1, reset=_noop_reset, init=log_queries
+    )
+    store = Store(pool)
+    await store.schema_info()  # the first checkout inspects the schema
+    yield store, statements
+    await store.close()
+
+
+async def test_round_trips_per_reconcile(counted: tuple[Store, Statements]) -> None:
+    """Creation, no-op, conflict and deletion take no transaction; an update locks, writes once."""
+    store, statements = counted
+    reconciler = Reconciler(store)
+    token, other = await new_key(store), await new_key(store)
+
+    created, sent = await statements.of(reconciler.apply(desired(ALICE, token)))
+    assert created.outcome is ReconcileOutcome.CREATED
+    assert sent == ["read", "WITH"]  # the row and its owner in one statement
+
+    unchanged, sent = await statements.of(reconciler.apply(desired(ALICE, token)))
+    assert (unchanged.outcome, sent) == (ReconcileOutcome.UNCHANGED, ["read"])
+
+    updated, sent = await statements.of(reconciler.apply(desired(ALICE, other)))
+    assert updated.outcome is ReconcileOutcome.UPDATED
+    assert sent == ["read", "BEGIN", "locked read", "WITH", "COMMIT"]
+
+    rival = desired(ALICE, other, owner="k8s:uid-2", ref="team-b/alice")
+    refused, sent = await statements.of(reconciler.apply(rival))
+    assert (refused.outcome, sent) == (ReconcileOutcome.CONFLICT, ["read"])
+
+    bob = desired(BOB, token, owner="k8s:uid-3", ref="team-b/bob")
+    planned, sent = await statements.of(reconciler.apply(bob, dry_run=True))
+    assert planned.outcome is ReconcileOutcome.CREATED
+    assert sent == ["read", "BEGIN", "locked read", "WITH", "ROLLBACK"]
+
+    deleted, sent = await statements.of(reconciler.delete("k8s:uid-1"))
+    assert (deleted.outcome, sent) == (ReconcileOutcome.DELETED, ["DELETE"])

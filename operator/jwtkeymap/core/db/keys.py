@@ -83,11 +83,3 @@ async def insert_key(
     return KeyIdentity(
         token_hash=token_hash, team_id=spec.team_id, user_id=spec.user_id, org_id=spec.org_id
     )
-
-
-async def key_exists(conn: asyncpg.Connection, token_hash: str) -> bool:
-    """Tell whether a key with this hash exists."""
-    found = await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM {TOKEN_TABLE} WHERE token = $1)", token_hash
-    )
-    return bool(found)

@@ -42,6 +42,15 @@ class Content:
     active: bool = True
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who manages a mapping row: the owner id, its human name, and the digest it declared."""
+
+    owner: str
+    ref: str
+    digest: str
+
+
 # The content columns: $2…$6, then the actor as $7, then the issuer as $8 when scoped.
 _COLUMNS: Final = ("jwt_claim_name", "jwt_claim_value", "token", "description", "is_active")
 
@@ -71,8 +80,12 @@ async def insert(
     scoped: bool,
     actor: str,
     if_absent: bool = False,
+    owned: Ownership | None = None,
 ) -> str | None:
-    """INSERT one mapping row; return its id (None when ``if_absent`` and it was taken)."""
+    """INSERT one mapping row, and its owner if ``owned``, in one statement; return its id.
+
+    None when ``if_absent`` and the identity was taken (then no owner is recorded either).
+    """
     columns, values = _columns(content, actor, scoped)
     sql = (
         f"INSERT INTO {MAPPING_TABLE} (id, {', '.join(columns)}, created_by, updated_by, "
@@ -80,18 +93,51 @@ async def insert(
     )
     if if_absent:
         sql += " ON CONFLICT DO NOTHING"
-    value = await conn.fetchval(sql + " RETURNING id", str(uuid.uuid4()), *values)
+    sql, values = _with_owner(sql, values, owned)
+    if owned is None:
+        sql += " RETURNING id"
+    value = await conn.fetchval(sql, str(uuid.uuid4()), *values)
     return None if value is None else str(value)
 
 
 async def update(
-    conn: asyncpg.Connection, mapping_id: str, content: Content, *, scoped: bool, actor: str
+    conn: asyncpg.Connection,
+    mapping_id: str,
+    content: Content,
+    *,
+    scoped: bool,
+    actor: str,
+    owned: Ownership | None = None,
 ) -> None:
-    """Rewrite one mapping row in place (identity included: one statement, no gap)."""
+    """Rewrite one mapping row in place (identity included: one statement, no gap).
+
+    With ``owned``, the same statement records the row's owner.
+    """
     columns, values = _columns(content, actor, scoped)
     sets = ", ".join(f"{name} = {param}" for name, param in columns.items())
     sql = f"UPDATE {MAPPING_TABLE} SET {sets}, updated_by = $7, updated_at = now() WHERE id = $1"
+    sql, values = _with_owner(sql, values, owned)
     await conn.execute(sql, mapping_id, *values)
+
+
+def _with_owner(writes: str, values: list[Any], owned: Ownership | None) -> tuple[str, list[Any]]:
+    """Chain an owner upsert to a write of mapping rows: one round trip, not two."""
+    if owned is None:
+        return writes, values
+    first = len(values) + 2  # $1 is the mapping id, the values follow
+    upsert = _upsert_owner("SELECT id FROM written", first)
+    sql = f"WITH written AS ({writes} RETURNING id) {upsert}"
+    return sql, [*values, owned.owner, owned.ref, owned.digest]
+
+
+def _upsert_owner(ids: str, first: int) -> str:
+    """Record an owner (``$first`` onwards: owner, ref, digest) for each id ``ids`` selects."""
+    return (
+        f"INSERT INTO {OWNER_TABLE} (mapping_id, owner, ref, spec_digest, updated_at) "
+        f"SELECT id, ${first}::text, ${first + 1}::text, ${first + 2}::text, now() FROM ({ids}) i "
+        "ON CONFLICT (mapping_id) DO UPDATE SET owner = EXCLUDED.owner, ref = EXCLUDED.ref, "
+        "spec_digest = EXCLUDED.spec_digest, updated_at = now() RETURNING mapping_id"
+    )
 
 
 async def set_active(conn: asyncpg.Connection, mapping_id: str, active: bool, actor: str) -> bool:
@@ -114,6 +160,21 @@ async def delete(conn: asyncpg.Connection, mapping_id: str) -> bool:
     return deleted is not None
 
 
+async def delete_owned(conn: asyncpg.Connection, owner: str, *, scoped: bool) -> list[MappingRow]:
+    """Delete every row ``owner`` holds in one statement (their owner rows go with them).
+
+    Return the rows deleted, oldest first: the statement locks each row as it deletes it,
+    so a row a concurrent writer removed first is not reported.
+    """
+    rows = await conn.fetch(
+        f"DELETE FROM {MAPPING_TABLE} m USING {OWNER_TABLE} o "
+        f"WHERE o.mapping_id = m.id AND o.owner = $1 "
+        f"RETURNING {MAPPING_COLUMNS}, {issuer_column(scoped)}",
+        owner,
+    )
+    return sorted((mapping_row(r) for r in rows), key=lambda row: (row.created_at, row.id))
+
+
 async def get(conn: asyncpg.Connection, mapping_id: str, *, scoped: bool) -> MappingRow | None:
     """Read one mapping by id."""
     row = await conn.fetchrow(select_mappings(scoped) + "WHERE m.id = $1", mapping_id)
@@ -132,7 +193,21 @@ async def owned_by(
     conn: asyncpg.Connection, owner: str, *, scoped: bool, lock: bool = False
 ) -> list[MappingRow]:
     """Every row recorded as ``owner``'s, oldest first."""
-    return await _fetch(conn, "WHERE o.owner = $1", [owner], scoped=scoped, lock=lock)
+    return [mapping_row(r) for r in await conn.fetch(_owned(scoped, lock=lock), owner)]
+
+
+def _owned(scoped: bool, *, lock: bool) -> str:
+    """The rows of the owner ``$1``, oldest first, each fetched by its id from its owner row.
+
+    A LATERAL with LIMIT is a lookup the planner cannot turn back into a join: as a join,
+    the plan PostgreSQL caches while the tables are small scans the whole mapping table,
+    and keeps scanning it for every reconcile until the next ANALYZE.
+    """
+    return (
+        f"SELECT {MAPPING_COLUMNS}, {issuer_column(scoped)} FROM {OWNER_TABLE} o "
+        f"CROSS JOIN LATERAL (SELECT * FROM {MAPPING_TABLE} x WHERE x.id = o.mapping_id "
+        f"LIMIT 1{' FOR UPDATE' if lock else ''}) m WHERE o.owner = $1{_ORDER}"
+    )
 
 
 async def owned_under(conn: asyncpg.Connection, prefix: str, *, scoped: bool) -> list[MappingRow]:
@@ -157,8 +232,13 @@ async def page(
 async def _fetch(
     conn: asyncpg.Connection, where: str, args: Sequence[Any], *, scoped: bool, lock: bool
 ) -> list[MappingRow]:
-    sql = select_mappings(scoped) + where + _ORDER + (" FOR UPDATE OF m" if lock else "")
+    sql = _select(where, scoped=scoped, lock=lock)
     return [mapping_row(r) for r in await conn.fetch(sql, *args)]
+
+
+def _select(where: str, *, scoped: bool, lock: bool) -> str:
+    """Mapping rows with their owners, oldest first; locked ``FOR UPDATE`` with ``lock``."""
+    return select_mappings(scoped) + where + _ORDER + (" FOR UPDATE OF m" if lock else "")
 
 
 def _settled_select(scoped: bool, owner_match: str) -> str:
@@ -172,25 +252,55 @@ def _settled_select(scoped: bool, owner_match: str) -> str:
     )
 
 
-async def settled(
-    conn: asyncpg.Connection, identity: MappingIdentity, owner: str, *, scoped: bool
-) -> tuple[MappingRow, bool, int] | None:
-    """``owner``'s row at this identity, whether its key exists, and how many rows it owns.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Found:
+    """What one reconcile decides from: the owner's rows, the row at the identity, the key."""
 
-    One plain read (no transaction, no lock): the resync's "already as desired?" check.
+    owned: list[MappingRow]
+    at_identity: MappingRow | None
+    key_exists: bool
+
+
+async def find(
+    conn: asyncpg.Connection,
+    identity: MappingIdentity,
+    owner: str,
+    token_hash: str,
+    *,
+    scoped: bool,
+    lock: bool,
+) -> Found:
+    """Read, in one statement, ``owner``'s rows, the row at ``identity`` and whether the key exists.
+
+    With ``lock`` both sets of rows are locked ``FOR UPDATE`` as :func:`owned_by` and
+    :func:`at_identity` lock them (one locking read each, so each rechecks its own
+    condition against a row a concurrent writer changed); without it, one snapshot.
     """
-    where, args = identity_where(identity, scoped)
-    sql = _settled_select(scoped, f"= ${len(args) + 1}") + f"WHERE {where}"
-    row = await conn.fetchrow(sql, *args, owner)
-    if row is None:
-        return None
-    return mapping_row(row), bool(row["key_exists"]), int(row["owned"])
+    where, args = identity_where(identity, scoped, first=3)
+    sql = (
+        f"WITH owned AS ({_owned(scoped, lock=lock)}), "
+        f"here AS ({_select(f'WHERE {where}', scoped=scoped, lock=lock)}) "
+        f"SELECT k.key_exists, r.* FROM (SELECT EXISTS (SELECT 1 FROM {TOKEN_TABLE} "
+        "WHERE token = $2) AS key_exists) k LEFT JOIN (SELECT true AS mine, * FROM owned "
+        "UNION ALL SELECT false, * FROM here) r ON true "
+        "ORDER BY r.mine DESC, r.created_at, r.id"
+    )
+    records = await conn.fetch(sql, owner, token_hash, *args)
+    rows: dict[str, MappingRow] = {}  # our row at the identity comes twice: parsed once
+    owned: list[MappingRow] = []
+    here: list[MappingRow] = []
+    for record in records:
+        if record["mine"] is None:  # no row at all: the record says only whether the key exists
+            continue
+        row = rows.get(record["id"]) or rows.setdefault(record["id"], mapping_row(record))
+        (owned if record["mine"] else here).append(row)
+    return Found(owned, here[0] if here else None, bool(records[0]["key_exists"]))
 
 
 async def settled_under(
     conn: asyncpg.Connection, prefix: str, *, scoped: bool
 ) -> list[tuple[MappingRow, bool, int]]:
-    """:func:`settled` for every row owned under ``prefix``, in one read (a resync's)."""
+    """Each row owned under ``prefix``, whether its key exists, how many rows its owner holds."""
     rows = await conn.fetch(_settled_select(scoped, "LIKE $1") + _ORDER, _like(prefix))
     return [(mapping_row(r), bool(r["key_exists"]), int(r["owned"])) for r in rows]
 
@@ -200,20 +310,10 @@ def _like(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-async def set_owner(
-    conn: asyncpg.Connection, mapping_id: str, owner: str, ref: str, digest: str
-) -> None:
-    """Record ``owner`` as the manager of a row (replacing any previous owner)."""
-    await conn.execute(
-        f"INSERT INTO {OWNER_TABLE} (mapping_id, owner, ref, spec_digest, updated_at) "
-        "VALUES ($1, $2, $3, $4, now()) ON CONFLICT (mapping_id) DO UPDATE SET "
-        "owner = EXCLUDED.owner, ref = EXCLUDED.ref, spec_digest = EXCLUDED.spec_digest, "
-        "updated_at = now()",
-        mapping_id,
-        owner,
-        ref,
-        digest,
-    )
+async def set_owner(conn: asyncpg.Connection, mapping_id: str, owned: Ownership) -> None:
+    """Record the manager of a row (replacing any previous owner)."""
+    sql = _upsert_owner("SELECT $1::text AS id", 2)
+    await conn.execute(sql, mapping_id, owned.owner, owned.ref, owned.digest)
 
 
 async def release(conn: asyncpg.Connection, owner: str) -> None:

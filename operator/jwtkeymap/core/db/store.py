@@ -115,10 +115,15 @@ class Store:
         return self._schema.issuer_scoped
 
     async def schema_info(self) -> schema.SchemaInfo:
-        """Describe the database (issuer column present, LiteLLM-owned)."""
-        async with self.connection("inspect schema"):
-            assert self._schema is not None
-            return self._schema
+        """Describe the database (issuer column present, LiteLLM-owned).
+
+        Read on the pool's first checkout and kept: later calls cost no checkout at all,
+        which matters to a reconcile that asks once per mapping.
+        """
+        if self._schema is None:
+            async with self.connection("inspect schema"):
+                pass
+        return self._info()
 
     async def ping(self) -> None:
         """Raise DatabaseUnavailable unless a trivial query succeeds."""
@@ -166,20 +171,18 @@ class Store:
                     key = await keys.insert_key(
                         conn, generate_key(), spec, actor=AUTO_REGISTER_ACTOR, timeout=self._timeout
                     )
+                    # Owned, so that a JWTKeyMapping takes it over only where a policy says so.
+                    digest = spec_digest(identity, key.token_hash, description, True)
                     mapping_id = await mappings.insert(
                         conn,
                         mappings.Content(identity, key.token_hash, description),
                         scoped=self.scoped,
                         actor=AUTO_REGISTER_ACTOR,
                         if_absent=True,
+                        owned=mappings.Ownership(AUTO_REGISTERED, AUTO_REGISTERED, digest),
                     )
                     if mapping_id is None:
                         raise _LostRace
-                    # Owned, so that a JWTKeyMapping takes it over only where a policy says so.
-                    digest = spec_digest(identity, key.token_hash, description, True)
-                    await mappings.set_owner(
-                        conn, mapping_id, AUTO_REGISTERED, AUTO_REGISTERED, digest
-                    )
                     return Mapped(mapping_id=mapping_id, scope=identity.issuer, key=key), True
             except _LostRace:
                 pass

@@ -65,6 +65,11 @@ class Plan:
         """How many mapping rows the plan writes (for the writes metric)."""
         return len(self.drop) + (self.write is not Write.NONE)
 
+    @property
+    def writes_nothing(self) -> bool:
+        """Whether applying the plan leaves the database as it is (no row, no owner)."""
+        return self.statements == 0 and not self.take_ownership
+
 
 def adoptable(row: MappingRow) -> Adoptable | None:
     """Which kind of adoptable row this is; None when another declaration owns it."""

@@ -4,13 +4,18 @@
   deletes rows recorded as its own. A row with no owner was made by someone else
   (LiteLLM's API, psql, auto-registration) and is taken over only on request
   (``adopt``).
-* Nothing changed means nothing written: the live row is compared with the
-  desired one by one plain read (no transaction, no row lock) before anything
-  that could fire the NOTIFY triggers, so a restart, a resync or a timer costs
-  one query per mapping.
-* Otherwise the rows are read under row locks, ``plan`` decides, and the plan is
-  applied in the same transaction. A plan that cannot reach the desired state
-  (conflict, missing key) writes nothing.
+* Nothing to write means nothing locked: one plain read (no transaction, no row
+  lock) finds the owner's rows, the row at the identity and whether the key
+  exists, and ``plan`` decides from it. An unchanged mapping, a conflict or a
+  missing key cost that one statement, so a restart, a resync or a timer never
+  queues behind a writer nor fires the NOTIFY triggers.
+* A creation (that read found no row at all) is one more statement: the row and
+  its owner inserted together. There is no row a lock could hold; the unique
+  identity index and the key's foreign key catch a concurrent writer, and a
+  clash is read again and reported as a conflict.
+* Anything else is re-read under row locks, planned again, and applied in the
+  same transaction. A plan that cannot reach the desired state (conflict,
+  missing key) writes nothing.
 * The invalidation triggers fire inside that transaction, so an identity change
   announces both identities on commit.
 """
@@ -26,7 +31,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from jwtkeymap.core.claims import MappingIdentity
-from jwtkeymap.core.db import keys, mappings, schema
+from jwtkeymap.core.db import mappings, schema
 from jwtkeymap.core.db.store import Store
 from jwtkeymap.core.errors import MappingConflict
 from jwtkeymap.core.keys import fingerprint
@@ -106,40 +111,59 @@ class Reconciler:
         schema.require_scope(info, want.identity)
         scoped = info.issuer_scoped
         async with self._store.connection("reconcile mapping") as conn:
-            found = await mappings.settled(conn, want.identity, want.owner, scoped=scoped)
-            if found is not None and Settled(*found).holds(want.digest()):
-                return result(want, ReconcileOutcome.UNCHANGED, mapping_id=found[0].id)
-            try:
-                async with conn.transaction():
-                    decided = await self._write(conn, want, scoped=scoped)
-                    if dry_run:
-                        raise _DryRun
-            except _DryRun:
-                return decided.result
+            seen = await self._decide(conn, want, scoped=scoped, lock=False)
+            if seen.writes_nothing:
+                return seen.result
+            if seen.write is Write.INSERT and not dry_run:
+                # No row exists, so none can be locked: the insert is its own transaction.
+                decided = await self._write(conn, seen, want, scoped=scoped)
+            else:
+                try:
+                    async with conn.transaction():
+                        locked = await self._decide(conn, want, scoped=scoped, lock=True)
+                        decided = await self._write(conn, locked, want, scoped=scoped)
+                        if dry_run:
+                            raise _DryRun
+                except _DryRun:
+                    return decided.result
         MAPPING_WRITES.labels(actor=self._actor).inc(decided.statements)
         return decided.result
 
-    async def _write(self, conn: asyncpg.Connection, want: DesiredMapping, *, scoped: bool) -> Plan:
-        """Read the rows under lock, plan, and apply the plan on ``conn``."""
-        owned = await mappings.owned_by(conn, want.owner, scoped=scoped, lock=True)
-        at = await mappings.at_identity(conn, want.identity, scoped=scoped, lock=True)
-        target = at[0] if at else None
-        decided = plan(owned, target, await keys.key_exists(conn, want.token_hash), want)
+    @staticmethod
+    async def _decide(
+        conn: asyncpg.Connection, want: DesiredMapping, *, scoped: bool, lock: bool
+    ) -> Plan:
+        """Read what ``want`` depends on in one statement (locked with ``lock``) and plan."""
+        found = await mappings.find(
+            conn, want.identity, want.owner, want.token_hash, scoped=scoped, lock=lock
+        )
+        return plan(found.owned, found.at_identity, found.key_exists, want)
+
+    async def _write(
+        self, conn: asyncpg.Connection, decided: Plan, want: DesiredMapping, *, scoped: bool
+    ) -> Plan:
+        """Apply ``decided`` on ``conn``: the row and its owner in one statement."""
         for stale in decided.drop:
             await mappings.delete(conn, stale)
-        row_id = decided.row_id
         content = mappings.Content(want.identity, want.token_hash, want.description, want.active)
+        owned = mappings.Ownership(want.owner, want.ref, want.digest())
+        ownership = owned if decided.take_ownership else None
         if decided.write is Write.INSERT:
-            row_id = await mappings.insert(conn, content, scoped=scoped, actor=self._actor)
-            decided = dataclasses.replace(
+            row_id = await mappings.insert(
+                conn, content, scoped=scoped, actor=self._actor, owned=ownership
+            )
+            return dataclasses.replace(
                 decided, result=dataclasses.replace(decided.result, mapping_id=row_id)
             )
-        elif decided.write is Write.UPDATE:
+        row_id = decided.row_id
+        if decided.write is Write.UPDATE:
             assert row_id is not None
-            await mappings.update(conn, row_id, content, scoped=scoped, actor=self._actor)
-        if decided.take_ownership:
+            await mappings.update(
+                conn, row_id, content, scoped=scoped, actor=self._actor, owned=ownership
+            )
+        elif decided.take_ownership:
             assert row_id is not None
-            await mappings.set_owner(conn, row_id, want.owner, want.ref, want.digest())
+            await mappings.set_owner(conn, row_id, owned)
         return decided
 
     # -- delete ------------------------------------------------------------------------
@@ -151,13 +175,13 @@ class Reconciler:
         later declaration can adopt them explicitly.
         """
         scoped = (await self._store.schema_info()).issuer_scoped
-        async with self._store.connection("delete mapping") as conn, conn.transaction():
-            owned = await mappings.owned_by(conn, owner, scoped=scoped, lock=True)
+        async with self._store.connection("delete mapping") as conn:
             if retain:
-                await mappings.release(conn, owner)
+                async with conn.transaction():
+                    owned = await mappings.owned_by(conn, owner, scoped=scoped, lock=True)
+                    await mappings.release(conn, owner)
             else:
-                for row in owned:
-                    await mappings.delete(conn, row.id)
+                owned = await mappings.delete_owned(conn, owner, scoped=scoped)
         if not retain:
             MAPPING_WRITES.labels(actor=self._actor).inc(len(owned))
         gone = ReconcileOutcome.RETAINED if retain else ReconcileOutcome.DELETED
