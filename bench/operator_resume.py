@@ -4,15 +4,15 @@ Runs everything locally: the test control plane (kube-apiserver + etcd, see
 tests/controlplane/harness.py), a throwaway PostgreSQL, and the operator's kopf
 handlers in this process. Prints a small table; figures, not pass/fail.
 
-    .venv/bin/python bench/operator.py --count 1000 --samples 100
+    .venv/bin/python -P bench/operator_resume.py --count 1000 --samples 100
 """
 
 from __future__ import annotations
 
 import sys
 
-# Run as a script, this file's folder comes first on sys.path, and its name would then
-# shadow the standard library's `operator` (imported by nearly everything): drop it.
+# Run as a script, this file's folder comes first on sys.path; bench modules are loaded
+# by path instead (support.modules.load_by_path), so none of them can shadow a library.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
     del sys.path[0]
 
@@ -50,7 +50,8 @@ from jwtkeymap.operator.handlers.wiring import register  # noqa: E402
 from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from support.modules import load_by_path  # noqa: E402
 
-manifest_list = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests").manifest_list
+MANIFESTS = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests")
+manifest_list = MANIFESTS.manifest_list
 CHANNEL = "jwtkeymap_invalidate"
 
 
@@ -65,16 +66,7 @@ def install_tenancy(plane: ControlPlane, namespace: str, claim: str) -> None:
     crd = "jwtkeymappingpolicies.jwtkeymap.io"
     plane.kubectl("apply", "-f", str(REPO / "crds" / f"{crd}.yaml"), check=True)
     plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}", check=True)
-    policy = {
-        "apiVersion": "jwtkeymap.io/v1alpha1",
-        "kind": "JWTKeyMappingPolicy",
-        "metadata": {"name": f"bench-{namespace}"},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "issuers": ["*"],
-            "claims": [{"name": claim, "values": ["*"]}],
-        },
-    }
+    policy = MANIFESTS.open_policy(namespace, claim)
     plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sys
 
-# Run as a script, this file's folder comes first on sys.path, and its name would then
-# shadow the standard library's `operator` (imported by nearly everything): drop it.
+# Run as a script, this file's folder comes first on sys.path; bench modules are loaded
+# by path instead (support.modules.load_by_path), so none of them can shadow a library.
 if sys.path and sys.path[0].rstrip("/").endswith("bench"):
     del sys.path[0]
 
@@ -253,16 +253,7 @@ async def run(plane: ControlPlane, url: str, args: argparse.Namespace) -> None:
         plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}.jwtkeymap.io", check=True)
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", namespace, check=True)
-    policy = {
-        "apiVersion": "jwtkeymap.io/v1alpha1",
-        "kind": "JWTKeyMappingPolicy",
-        "metadata": {"name": f"bench-{namespace}"},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            "issuers": ["*"],
-            "claims": [{"name": "email", "values": ["*"]}],
-        },
-    }
+    policy = manifests.open_policy(namespace, "email")
     plane.kubectl("apply", "-f", "-", input=json.dumps(policy), check=True)
 
     started = time.monotonic()
