@@ -57,6 +57,11 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Bodies up to this size (with a Content-Length) are read whole before they are passed on,
 # requests and responses alike; larger or chunked ones are streamed.
 BUFFERED_BODY_MAX: Final = 64 * 1024
+# An idle upstream connection is not reused after this long. An upstream closes its idle
+# connections after its own keep-alive timeout (uvicorn's, hence LiteLLM's, is 5 s); a
+# request sent on one as it closes fails (a 502 here, the POST is not retried), so the
+# pool lets them go first.
+UPSTREAM_IDLE_SECONDS: Final = 4.0
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session", aiohttp.ClientSession)
 
@@ -114,7 +119,9 @@ def add_proxy_routes(
 
     async def session_ctx(_app: web.Application) -> AsyncIterator[None]:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(
+                limit=0, enable_cleanup_closed=True, keepalive_timeout=UPSTREAM_IDLE_SECONDS
+            ),
             # LLM streams last minutes: bound the connect, not the response.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
