@@ -84,9 +84,11 @@ class EchoUpstream:
         self.app.router.add_route("*", "/{tail:.*}", self._echo)
 
     def _record(self, request: web.Request, **extra: Any) -> dict[str, Any]:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = {
             "method": request.method,
             "path": request.path_qs,
+            "peer": list(peer) if peer else None,
             "headers": [[k, v] for k, v in request.headers.items()],
             **extra,
         }

@@ -11,6 +11,7 @@ import pytest
 
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver import proxy as proxy_module
 from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
 
 SPOOFED = {
@@ -291,3 +292,25 @@ async def test_head_passes_the_length_without_a_body(
         assert resp.headers["Content-Length"] == "100"
         assert await resp.read() == b""
     assert echo.requests[-1]["method"] == "HEAD"
+
+
+async def test_an_idle_upstream_connection_is_not_reused(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key, monkeypatch
+):
+    # An upstream drops its idle connections after its keep-alive timeout (uvicorn: 5 s); a
+    # request sent on one as it closes would fail, so the resolver lets them go first.
+    monkeypatch.setattr(proxy_module, "UPSTREAM_IDLE_SECONDS", 0.2)
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+
+    async def upstream_peer() -> list[Any]:
+        async with http.get(f"{r.url}/x", headers=auth) as resp:
+            assert resp.status == 200
+        return echo.requests[-1]["peer"]
+
+    first = await upstream_peer()
+    assert await upstream_peer() == first  # back to back: the same connection
+    await asyncio.sleep(0.5)  # idleness is what is under test: nothing to poll for
+    assert await upstream_peer() != first
