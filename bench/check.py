@@ -76,11 +76,14 @@ def pinned(argv: list[str], cpu: int) -> list[str]:
 
 @contextlib.contextmanager
 def server(
-    argv: list[str], port: int, env: dict[str, str] | None = None
+    argv: list[str], port: int, env: dict[str, str] | None = None, *, cpu: int | None = 0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server process until the block ends; wait for /check to answer."""
+    """Run a server process (pinned to ``cpu`` unless None) until the block ends; wait for
+    /check to answer."""
     proc = subprocess.Popen(
-        pinned(argv, 0), env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL
+        argv if cpu is None else pinned(argv, cpu),
+        env={**os.environ, **(env or {})},
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30

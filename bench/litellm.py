@@ -17,6 +17,18 @@ at the same concurrency:
             resolver's key (re-signed every round): LiteLLM's side of the last hop without
             the resolver's, so the added latency splits into the hook's and the resolver's.
 
+At c=1 two more paths are interleaved with those three, a control for the resolver's hop:
+
+* trivial:           an aiohttp handler answering LiteLLM's completion (its body and
+                     headers, no work behind them), straight
+* resolver-trivial:  the same handler through a second resolver process, configured as
+                     the first
+
+so the hop's cost in front of LiteLLM can be told from its cost on this machine at the
+same moment: the requests are as far apart (LiteLLM's ~30 ms) and the CPUs as busy.
+No server process is pinned to a CPU: LiteLLM's main thread keeps one vCPU busy at c=1,
+and a resolver pinned beside it waits for it (bench/README.md).
+
 Throughput: wrk at ``--connections`` in rounds that interleave the paths; the ratio is the
 median of per-round ratios, and the CPU each process spent per request is read from
 /proc. Latency: one client at a time (c=1), the paths interleaved request by request in a
@@ -63,6 +75,26 @@ from jwtkeymap.demo.postgres import throwaway_postgres
 from jwtkeymap.demo.signing import SigningKey
 
 REPO = Path(__file__).resolve().parents[1]
+# A LiteLLM chat completion as the mock model answers it, with the headers LiteLLM sends.
+COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-6bdac4e9-18cf-4bf5-89b5-d273bfd1e870",
+        "created": 1796025365,
+        "model": "fake",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "index": 0,
+                "message": {"content": "hello from fake", "role": "assistant"},
+            }
+        ],
+        "usage": {"completion_tokens": 20, "prompt_tokens": 10, "total_tokens": 30},
+    }
+).encode()
+COMPLETION_HEADERS = {"Content-Type": "application/json"} | {
+    f"x-litellm-header-{i}": "0.0" * 10 for i in range(19)
+}
 ISS = "https://idp.litellm.bench"
 CHANNEL = "jwtkeymap_invalidate"
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}]}
@@ -76,6 +108,30 @@ from support.modules import load_by_path  # noqa: E402
 check = load_by_path(REPO / "bench" / "check.py", "bench_check")
 LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
 harness = load_by_path(LITELLM_TIER / "litellm_harness.py", "litellm_harness")
+
+
+def serve_completion(port: int) -> None:
+    """The control upstream: LiteLLM's completion and headers, written as uvicorn writes
+    them (the headers, then the body), with nothing behind them."""
+    from aiohttp import web
+
+    async def complete(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers=COMPLETION_HEADERS)
+        response.content_length = len(COMPLETION)
+        await response.prepare(request)
+        await response.write(COMPLETION)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", complete)
+    loop = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
 
 
 def post_script(path: Path, authorization: str, headers: dict[str, str]) -> Path:
@@ -179,7 +235,14 @@ def run(
         jwtkeymap = str(Path(sys.executable).parent / "jwtkeymap")
         argv = [jwtkeymap, "--config", str(config), "resolver",
                 "--listen", f"127.0.0.1:{port}", "--upstream", proxy.url]  # fmt: skip
-        resolver_pid = stack.enter_context(check.server(argv, port)).pid
+        resolver_pid = stack.enter_context(check.server(argv, port, cpu=None)).pid
+        trivial_port, control_port = free_port(), free_port()
+        argv = [sys.executable, "-P", __file__, "--serve-completion", str(trivial_port)]
+        stack.enter_context(check.server(argv, trivial_port, cpu=None))
+        trivial = f"http://127.0.0.1:{trivial_port}"
+        argv = [jwtkeymap, "--config", str(config), "resolver",
+                "--listen", f"127.0.0.1:{control_port}", "--upstream", trivial]  # fmt: skip
+        stack.enter_context(check.server(argv, control_port, cpu=None))
         token = idp.sign(sub="bench", ttl=7200)
         paths = {
             "direct": (f"{proxy.url}/chat/completions", f"Bearer {plaintext}"),
@@ -215,12 +278,19 @@ def run(
                 figures[name].append(got)
                 print(f"  round {r + 1}: {name}: {got['rps']:,.0f} req/s, "
                       f"p50 {got['p50'] / 1000:.2f} ms", file=sys.stderr)  # fmt: skip
-        latencies: dict[str, list[float]] = {name: [] for name in paths}
+        controls = {
+            "trivial": (f"{trivial}/chat/completions", f"Bearer {token}"),
+            "resolver-trivial": (
+                f"http://127.0.0.1:{control_port}/chat/completions",
+                f"Bearer {token}",
+            ),
+        }
+        latencies: dict[str, list[float]] = {name: [] for name in paths | controls}
         for start in range(0, pairs, 200):  # re-signed every 200 rounds, well within the TTL
             asserted = {HEADER: signer.assertion("mapped", key, identity)}
             targets = {
                 name: (target, {"Authorization": auth, **(asserted if name == "hook" else {})})
-                for name, (target, auth) in paths.items()
+                for name, (target, auth) in (paths | controls).items()
             }
             for name, got_latencies in asyncio.run(
                 paired(targets, min(200, pairs - start))
@@ -262,14 +332,16 @@ def summary(
         cells = " | ".join(f"{quantile(values, q) / 1000:.2f}" for q in (0.5, 0.9, 0.99))
         rows.append(f"| {name} | {cells} |")
 
-    def added(name: str, q: float) -> float:
-        return (quantile(latencies[name], q) - quantile(latencies["direct"], q)) / 1000
+    def added(name: str, q: float, over: str = "direct") -> float:
+        return (quantile(latencies[name], q) - quantile(latencies[over], q)) / 1000
 
     return "\n".join(rows) + (
         f"\n\nresolver path: {ratio:.2f}x the direct throughput at c={connections} "
         f"(target >= 0.95); at c=1 added p50 {added('resolver', 0.5):+.2f} ms "
         f"(target <= 0.5), added p99 {added('resolver', 0.99):+.2f} ms; of the p50, "
-        f"LiteLLM's hook (hook path against direct) {added('hook', 0.5):+.2f} ms"
+        f"LiteLLM's hook (hook path against direct) {added('hook', 0.5):+.2f} ms; the same "
+        f"hop in front of the trivial upstream, interleaved: added p50 "
+        f"{added('resolver-trivial', 0.5, 'trivial'):+.2f} ms"
     )
 
 
@@ -280,7 +352,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=600, help="c=1 requests per path")
+    parser.add_argument("--serve-completion", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_completion:
+        serve_completion(args.serve_completion)
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk not found: run `make deps` (Debian package wrk)")
     os.environ.pop("JWTKEYMAP_DATABASE_URL", None)

@@ -60,7 +60,9 @@ class EchoUpstream:
     ``/sse`` streams one event per ``release()`` so a test can prove that an
     event reached the client before the next one was even sent. ``/download``
     streams N bytes, ``/upload`` hashes a streamed body, ``/hold`` waits until
-    released.
+    released. ``/split`` sends its headers (with a Content-Length) and the first
+    ``first`` of its N bytes, then the rest once ``split_gate`` is set, as uvicorn
+    writes a response; ``/cut`` promises more body than it sends.
     """
 
     def __init__(self) -> None:
@@ -70,17 +72,23 @@ class EchoUpstream:
         self.hold = asyncio.Event()
         self.held = 0
         self.upload_progress = 0
+        self.split_gate = asyncio.Event()
+        self.split_started = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_route("*", "/sse", self._sse)
         self.app.router.add_get("/download", self._download)
         self.app.router.add_post("/upload", self._upload)
         self.app.router.add_route("*", "/hold", self._hold)
+        self.app.router.add_get("/split", self._split)
+        self.app.router.add_get("/cut", self._cut)
         self.app.router.add_route("*", "/{tail:.*}", self._echo)
 
     def _record(self, request: web.Request, **extra: Any) -> dict[str, Any]:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         seen = {
             "method": request.method,
             "path": request.path_qs,
+            "peer": list(peer) if peer else None,
             "headers": [[k, v] for k, v in request.headers.items()],
             **extra,
         }
@@ -112,12 +120,40 @@ class EchoUpstream:
         resp.content_length = size
         await resp.prepare(request)
         chunk = b"x" * 65536
-        left = size
+        left = 0 if request.method == "HEAD" else size  # a HEAD answer has the length alone
         while left:
             part = chunk[: min(left, len(chunk))]
             await resp.write(part)
             left -= len(part)
         await resp.write_eof()
+        return resp
+
+    async def _split(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        size, first = int(request.query["bytes"]), int(request.query.get("first", "0"))
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.headers["X-Upstream-Cost"] = "0.01"
+        resp.headers.add("Set-Cookie", "a=1")
+        resp.headers.add("Set-Cookie", "b=2")
+        resp.headers["Keep-Alive"] = "timeout=5"  # hop-by-hop: never passed on
+        resp.content_length = size
+        await resp.prepare(request)  # a StreamResponse sends its headers at once
+        if first:
+            await resp.write(b"x" * first)
+        self.split_started.set()
+        await self.split_gate.wait()
+        await resp.write(b"x" * (size - first))
+        await resp.write_eof()
+        return resp
+
+    async def _cut(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 100
+        await resp.prepare(request)
+        await resp.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.close()  # 90 bytes short
         return resp
 
     async def _upload(self, request: web.Request) -> web.Response:

@@ -10,6 +10,9 @@
 * Bodies are streamed both ways, chunk by chunk: an LLM's Server-Sent Events
   reach the client as the upstream sends them. Responses are passed through
   byte for byte (no decompression), so ``Content-Length`` stays true.
+* A small body with a ``Content-Length`` (a chat completion, either way) is read
+  whole and sent with its headers in one write instead: streamed, each piece
+  costs a write on this hop and a wake-up of the peer.
 """
 
 from __future__ import annotations
@@ -51,9 +54,14 @@ HOP_BY_HOP: Final = frozenset(
 # Set by us (Host from the upstream URL) or meaningless on the next hop.
 _REQUEST_DROP: Final = HOP_BY_HOP | {"host", "expect"}
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-# Request bodies up to this size (with a Content-Length) are read whole before they are
-# forwarded; larger or chunked ones are streamed.
+# Bodies up to this size (with a Content-Length) are read whole before they are passed on,
+# requests and responses alike; larger or chunked ones are streamed.
 BUFFERED_BODY_MAX: Final = 64 * 1024
+# An idle upstream connection is not reused after this long. An upstream closes its idle
+# connections after its own keep-alive timeout (uvicorn's, hence LiteLLM's, is 5 s); a
+# request sent on one as it closes fails (a 502 here, the POST is not retried), so the
+# pool lets them go first.
+UPSTREAM_IDLE_SECONDS: Final = 4.0
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session", aiohttp.ClientSession)
 
@@ -111,7 +119,9 @@ def add_proxy_routes(
 
     async def session_ctx(_app: web.Application) -> AsyncIterator[None]:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            connector=aiohttp.TCPConnector(
+                limit=0, enable_cleanup_closed=True, keepalive_timeout=UPSTREAM_IDLE_SECONDS
+            ),
             # LLM streams last minutes: bound the connect, not the response.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
@@ -209,9 +219,14 @@ async def forward(
     async with upstream:
         if metrics is not None:
             metrics.upstream.labels(f"{upstream.status // 100}xx").inc()
+        headers = downstream_response_headers(upstream.headers)
+        bodiless = upstream.status in _NO_BODY_STATUSES or request.method == "HEAD"
+        length = upstream.content_length
+        if not bodiless and length is not None and length <= BUFFERED_BODY_MAX:
+            return await _whole_response(upstream, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(downstream_response_headers(upstream.headers))
-        if upstream.status in _NO_BODY_STATUSES or request.method == "HEAD":
+        response.headers.extend(headers)
+        if bodiless:
             await response.prepare(request)
             await response.write_eof()
             return response
@@ -230,3 +245,20 @@ async def forward(
                 if request.transport is not None:
                     request.transport.close()
         return response
+
+
+async def _whole_response(
+    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
+) -> web.Response:
+    """The upstream's small response, read whole: the client gets its headers and body in
+    one write. A StreamResponse sends the headers as soon as they are known and each piece
+    of the body after them; an upstream such as uvicorn writes its headers and its body
+    separately, so that would cost a write here and a wake-up of the client per piece."""
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # Nothing is sent yet, so the client gets a clean 502 rather than a cut response.
+        log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+        failed = check.refuse(502, "upstream_unavailable", "the upstream response broke off")
+        return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
+    return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)

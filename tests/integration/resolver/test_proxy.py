@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import Any
+
+import pytest
 
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver import proxy as proxy_module
+from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
 
 SPOOFED = {
     "X-JWTKeyMap-Decision": "admin",
@@ -192,3 +197,120 @@ async def test_resolver_endpoints_are_not_proxied(
         async with http.get(r.url + path) as resp:
             assert resp.status in (200, 503)
     assert echo.requests == []
+
+
+async def _raw_get(port: int, target: str, token: str) -> tuple[asyncio.StreamReader, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+def _parse(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, headers, body
+
+
+async def test_small_response_reaches_the_client_whole_in_one_piece(
+    make_settings, database_url, start_resolver, upstream, map_claim, signing_key
+):
+    # The upstream sends its headers, then (once released) its body, as uvicorn does; the
+    # client gets nothing until the body is there, then all of it with the upstream's headers.
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    reader, writer = await _raw_get(r.port, "/split?bytes=300", signing_key.sign(sub="alice"))
+    try:
+        await asyncio.wait_for(echo.split_started.wait(), 10)
+        # The upstream's headers are on their way: none of them reaches the client alone.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.5)
+        echo.split_gate.set()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status, headers, body = _parse(raw)
+    assert status == "HTTP/1.1 200 OK"
+    assert body == b"x" * 300
+    assert headers["content-length"] == ["300"]
+    assert headers["content-type"] == ["application/json"]
+    assert headers["x-upstream-cost"] == ["0.01"]
+    assert headers["set-cookie"] == ["a=1", "b=2"]
+    assert "keep-alive" not in headers
+    assert "transfer-encoding" not in headers
+
+
+async def test_response_over_the_buffered_size_still_streams(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    size = BUFFERED_BODY_MAX + 1
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    async with http.get(f"{r.url}/split?bytes={size}&first=1024", headers=auth) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(size)
+        # The first KiB arrives while the upstream still holds the rest.
+        first = await asyncio.wait_for(resp.content.readexactly(1024), 10)
+        assert not echo.split_gate.is_set()
+        echo.split_gate.set()
+        rest = await asyncio.wait_for(resp.content.read(), 10)
+    assert first + rest == b"x" * size
+
+
+async def test_small_response_cut_short_by_the_upstream_is_502(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    async with http.get(f"{r.url}/cut", headers=auth) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["reason"] == "upstream_unavailable"
+    assert len(echo.requests) == 1
+
+
+async def test_head_passes_the_length_without_a_body(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
+):
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    async with http.head(f"{r.url}/download?bytes=100", headers=auth) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == "100"
+        assert await resp.read() == b""
+    assert echo.requests[-1]["method"] == "HEAD"
+
+
+async def test_an_idle_upstream_connection_is_not_reused(
+    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key, monkeypatch
+):
+    # An upstream drops its idle connections after its keep-alive timeout (uvicorn: 5 s); a
+    # request sent on one as it closes would fail, so the resolver lets them go first.
+    monkeypatch.setattr(proxy_module, "UPSTREAM_IDLE_SECONDS", 0.2)
+    echo, port = upstream
+    await map_claim("alice")
+    r = await proxy(make_settings, database_url, start_resolver, port)
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+
+    async def upstream_peer() -> list[Any]:
+        async with http.get(f"{r.url}/x", headers=auth) as resp:
+            assert resp.status == 200
+        return echo.requests[-1]["peer"]
+
+    first = await upstream_peer()
+    assert await upstream_peer() == first  # back to back: the same connection
+    await asyncio.sleep(0.5)  # idleness is what is under test: nothing to poll for
+    assert await upstream_peer() != first
