@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import kopf
 import pytest
 
 from jwtkeymap.core.settings import load_settings
-from jwtkeymap.operator.handlers.runtime import Runtime, database
+from jwtkeymap.operator.handlers.runtime import (
+    GC_THRESHOLDS,
+    Runtime,
+    collect_garbage_less_often,
+    database,
+)
 from jwtkeymap.operator.handlers.secrets import watch_referenced
 from jwtkeymap.operator.handlers.wiring import register
 from jwtkeymap.operator.sidecar.webhook import CONFIG_ENV
@@ -73,3 +80,20 @@ async def test_the_secret_watch_is_narrowed_on_the_server_before_the_runtime_ope
 
 async def test_the_probe_reports_starting_before_the_runtime_exists() -> None:
     assert await database(memo=kopf.Memo()) == "starting"
+
+
+@pytest.fixture
+def gc_thresholds() -> Iterator[None]:
+    saved = gc.get_threshold()
+    yield
+    gc.set_threshold(*saved)
+
+
+@pytest.mark.usefixtures("gc_thresholds")
+def test_the_collector_runs_less_often_and_is_never_made_to_run_more() -> None:
+    gc.set_threshold(700, 10, 10)  # CPython's default
+    collect_garbage_less_often()
+    assert gc.get_threshold() == GC_THRESHOLDS
+    gc.set_threshold(100_000, 5, 50)  # someone else's higher choice stays
+    collect_garbage_less_often()
+    assert gc.get_threshold() == (100_000, 20, 50)

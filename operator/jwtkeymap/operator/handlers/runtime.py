@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, cast
@@ -130,7 +131,21 @@ async def configure(
     # kopf's per-handler INFO chatter would drown them.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = settings.watching.server_timeout or 300
+    collect_garbage_less_often()
     memo[_MEMO_KEY] = await Runtime.open(config, connect_kube)
+
+
+# CPython's default (700, 10, 10) runs a young collection every 700 container allocations
+# and a full one, over every object alive, every 70,000: kopf keeps each resource's body,
+# and handles each event with hundreds of small dicts, so the full collections alone made a
+# restart of 4,000 resources cost 1.4x the CPU (bench/operator_resume.py), more as N grows.
+GC_THRESHOLDS: Final = (50_000, 20, 10)
+
+
+def collect_garbage_less_often() -> None:
+    """Raise the collector's thresholds for this process (never lower them)."""
+    current = gc.get_threshold()
+    gc.set_threshold(*(max(a, b) for a, b in zip(current, GC_THRESHOLDS, strict=True)))
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
