@@ -51,6 +51,7 @@ from jwtkeymap.operator.kube import Connection, Kube  # noqa: E402
 from support.modules import load_by_path  # noqa: E402
 
 MANIFESTS = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests")
+CHECK = load_by_path(REPO / "bench" / "check.py", "bench_check")
 manifest_list = MANIFESTS.manifest_list
 CHANNEL = "jwtkeymap_invalidate"
 
@@ -207,19 +208,8 @@ def cpu_seconds(plane: ControlPlane, pg: ThrowawayPostgres) -> dict[str, float]:
     PostgreSQL (the postmaster, its live backends and those it has reaped) and every kubectl
     this process ran: a per-resource cost that a busy machine does not inflate the way it
     does wall time."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def stat(pid: int) -> list[str]:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-    def of(pid: int, *, reaped: bool = False) -> float:
-        fields = stat(pid)
-        ticks = int(fields[11]) + int(fields[12])
-        if reaped:
-            ticks += int(fields[13]) + int(fields[14])
-        return ticks / tick
-
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    of = CHECK.cpu_seconds
     used = {"operator": of(os.getpid())}
     used.update({name: of(pid) for name, pid in plane.pids.items()})
     postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
@@ -227,7 +217,7 @@ def cpu_seconds(plane: ControlPlane, pg: ThrowawayPostgres) -> dict[str, float]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError, IndexError):
-                if int(stat(int(entry.name))[1]) == postmaster:
+                if int(CHECK.proc_stat(int(entry.name))[1]) == postmaster:
                     backends += of(int(entry.name))
     used["postgres"] = of(postmaster, reaped=True) + backends
     used["kubectl"] = children.ru_utime + children.ru_stime

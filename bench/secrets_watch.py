@@ -54,6 +54,7 @@ from jwtkeymap.operator.resource import WATCHED_LABEL  # noqa: E402
 from support.modules import load_by_path  # noqa: E402
 
 manifests = load_by_path(REPO / "bench" / "manifests.py", "bench_manifests")
+cpu_seconds = load_by_path(REPO / "bench" / "check.py", "bench_check").cpu_seconds
 MODES = ("all", "selected")
 EVENTS = "jwtkeymap_operator_secret_events_total"
 TOKEN_ENV = "JWTKEYMAP_BENCH_API_TOKEN"
@@ -120,12 +121,6 @@ def proc_status(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0])
     return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def secret(namespace: str, name: str, payload: str, labels: dict[str, str] | None = None) -> Any:
