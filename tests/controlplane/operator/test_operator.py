@@ -12,7 +12,7 @@ import asyncpg
 import kopf
 import pytest
 from harness import REPO_ROOT, ControlPlane, apoll
-from operator_kit import Cluster, StartOperator, add_key, rows
+from operator_kit import Cluster, RunningOperator, StartOperator, add_key, rows
 from prometheus_client import REGISTRY
 
 from jwtkeymap.core.db import schema
@@ -405,6 +405,16 @@ async def test_drift_is_repaired_after_a_manual_delete(
     await apoll(reactivated, timeout=15, message="is_active to be restored")
 
 
+async def resumed(operator: RunningOperator) -> None:
+    """Wait until a freshly started operator's resume handler has reconciled."""
+
+    async def reconciled() -> bool:
+        reconciler = operator.runtime.reconciler
+        return reconciler is not None and reconciler.reconciles > 0
+
+    await apoll(reconciled, message="the resume handler to reconcile")
+
+
 async def test_resume_writes_nothing(
     cluster: Cluster,
     namespace: str,
@@ -422,10 +432,7 @@ async def test_resume_writes_nothing(
     writes = REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", {"actor": OPERATOR_ACTOR})
     second = await start_operator([namespace], database_url)
 
-    async def resumed() -> bool:
-        return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
-
-    await apoll(resumed, message="the resume handler to reconcile")
+    await resumed(second)
     # The resume wrote no mapping row (the metric is process-wide: both operators count).
     assert (
         REGISTRY.get_sample_value("jwtkeymap_mapping_writes_total", {"actor": OPERATOR_ACTOR})
@@ -452,10 +459,7 @@ async def test_changes_after_a_restart_are_handled(
     await first.stop()
     second = await start_operator([namespace], database_url)
 
-    async def resumed() -> bool:
-        return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
-
-    await apoll(resumed, message="the resume handler to reconcile")
+    await resumed(second)
     await cluster.apply_mapping(namespace, "leo", spec("leo@new.example.com", key=by_hash(token)))
 
     async def moved() -> bool:
@@ -492,10 +496,7 @@ async def test_an_older_operators_record_is_taken_over_without_a_write(
 
     second = await start_operator([namespace], database_url)
 
-    async def resumed() -> bool:
-        return second.runtime.reconciler is not None and second.runtime.reconciler.reconciles > 0
-
-    await apoll(resumed, message="the resume handler to reconcile")
+    await resumed(second)
     after = await cluster.get(namespace, "mo")
     assert after is not None
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
