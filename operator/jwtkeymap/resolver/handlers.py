@@ -40,6 +40,14 @@ def is_check_path(path: str) -> bool:
     return path.startswith(CHECK_PATH) and (len(path) == n or path[n] == "/")
 
 
+def is_own_path(path: str) -> bool:
+    """Tell whether the application answers ``path`` itself rather than forward it."""
+    return path in _OWN_PATHS or is_check_path(path)
+
+
+_OWN_PATHS: frozenset[str] = frozenset({JWKS_PATH, "/healthz", "/readyz", "/metrics"})
+
+
 def _response(result: Answer) -> web.Response:
     return web.Response(status=result.status, body=result.body, headers=result.headers)
 

@@ -41,7 +41,7 @@ CHECK_KEEPALIVE_SECONDS: Final = 3630.0
 # Reverse-proxy mode faces clients directly.
 PROXY_KEEPALIVE_SECONDS: Final = 75.0
 
-_BUSY: Final = (
+BUSY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
     b"Connection: close\r\n\r\n"
 )
@@ -49,7 +49,7 @@ _TOO_LARGE: Final = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
     b"Connection: close\r\n\r\n"
 )
-_TIMEOUT: Final = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+TIMED_OUT: Final = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,7 +129,7 @@ class GuardedRequestHandler(RequestHandler):
         if len(self._manager.connections) >= self._limits.max_connections:
             self._refused = True
             writer = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-            writer.write(_BUSY)
+            writer.write(BUSY)
             writer.close()
             return
         super().connection_made(transport)
@@ -178,7 +178,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def _expire(self) -> None:
         self._head_timer = None
-        self._cut(_TIMEOUT)
+        self._cut(TIMED_OUT)
 
     def _cut(self, answer: bytes) -> None:
         # A status line only when no earlier request's response can be on the wire.

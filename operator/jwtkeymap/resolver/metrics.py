@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -64,12 +64,11 @@ class Metrics:
         self.check_seconds = _Histogram(_LATENCY_BUCKETS)
         # Database round trips of the policy engine, by operation (lookup, register).
         self.db_seconds: dict[str, _Histogram] = {}
-        self.upstream = Counter(
-            "jwtkeymap_upstream_responses",
-            "Reverse-proxy mode: upstream responses by status class (error: unreachable).",
-            ["status"],
-            registry=self.registry,
-        )
+        # Reverse-proxy mode: upstream answers by status class ("error": unreachable),
+        # requests the fast lane answered, connections it handed to the application.
+        self.upstream: dict[str, int] = {}
+        self.fast_lane = 0
+        self.handovers: dict[str, int] = {}
         self.registry.register(_CheckCollector(self))
 
     def count(self, decision: str, reason: str | None, seconds: float) -> None:
@@ -77,6 +76,15 @@ class Metrics:
         labels = (decision, reason or "")
         self.decisions[labels] = self.decisions.get(labels, 0) + 1
         self.check_seconds.observe(seconds)
+
+    def count_upstream(self, status: int | None) -> None:
+        """Count an upstream answer by its status class (``None``: unreachable)."""
+        label = "error" if status is None else _STATUS_CLASSES.get(status // 100, "other")
+        self.upstream[label] = self.upstream.get(label, 0) + 1
+
+    def count_handover(self, reason: str) -> None:
+        """Count a connection the fast lane handed to the application."""
+        self.handovers[reason] = self.handovers.get(reason, 0) + 1
 
     def observe_query(self, operation: str, seconds: float) -> None:
         """Record one database operation's latency (the store's query observer)."""
@@ -92,6 +100,9 @@ class Metrics:
     def render(self) -> bytes:
         """The exposition text."""
         return generate_latest(self.registry)
+
+
+_STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
 
 
 class _Histogram:
@@ -150,6 +161,31 @@ class _CheckCollector(Collector):
         for operation, histogram in sorted(self._metrics.db_seconds.items()):
             db.add_metric([operation], histogram.buckets(), histogram.sum)
         yield db
+        yield _counter(
+            "jwtkeymap_upstream_responses",
+            "Reverse-proxy mode: upstream responses by status class (error: unreachable).",
+            "status",
+            self._metrics.upstream,
+        )
+        yield CounterMetricFamily(
+            "jwtkeymap_proxy_fast_lane_requests",
+            "Reverse-proxy mode: requests answered by the fast lane.",
+            value=self._metrics.fast_lane,
+        )
+        yield _counter(
+            "jwtkeymap_proxy_handovers",
+            "Reverse-proxy mode: connections the fast lane handed to the application, by "
+            "the first request it did not take.",
+            "reason",
+            self._metrics.handovers,
+        )
+
+
+def _counter(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 class _ServiceCollector(Collector):

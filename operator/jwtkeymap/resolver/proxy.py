@@ -1,5 +1,9 @@
 """Reverse-proxy mode: check every request, then stream it to the upstream.
 
+The rules below hold for every request; this module is where the application applies
+them, to what the fast lane (``resolver/fastlane.py``) hands over, and holds the header
+rules both share. Requests go upstream through ``resolver/upstream.py``.
+
 * A denied request never reaches the upstream: the client gets the check's answer.
   ``Expect: 100-continue`` is answered only after the check allowed the request,
   so a client without a valid token never gets to send its body.
@@ -26,12 +30,12 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import HEADER_PREFIX, Answer
 from jwtkeymap.resolver.metrics import Metrics
+from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
 
 # The check for one request: the answer to its Authorization header.
 Checker = Callable[[web.Request], Awaitable[Answer]]
@@ -57,13 +61,20 @@ _NO_BODY_STATUSES: Final = frozenset({204, 304})
 # Bodies up to this size (with a Content-Length) are read whole before they are passed on,
 # requests and responses alike; larger or chunked ones are streamed.
 BUFFERED_BODY_MAX: Final = 64 * 1024
-# An idle upstream connection is not reused after this long. An upstream closes its idle
-# connections after its own keep-alive timeout (uvicorn's, hence LiteLLM's, is 5 s); a
-# request sent on one as it closes fails (a 502 here, the POST is not retried), so the
-# pool lets them go first.
-UPSTREAM_IDLE_SECONDS: Final = 4.0
 
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("proxy_session", aiohttp.ClientSession)
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream", Upstream)
+UNREACHABLE: Final = check.refuse(502, "upstream_unavailable", "the upstream is unreachable")
+BROKE_OFF: Final = check.refuse(502, "upstream_unavailable", "the upstream response broke off")
+
+
+def is_bodiless(status: int, method: str) -> bool:
+    """Tell whether a response has no body whatever its headers say (HEAD, 204, 304)."""
+    return status in _NO_BODY_STATUSES or method == "HEAD"
+
+
+def is_small(content_length: int | None) -> bool:
+    """Tell whether a body of this length is read whole before it is passed on."""
+    return content_length is not None and content_length <= BUFFERED_BODY_MAX
 
 
 def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
@@ -89,7 +100,7 @@ def upstream_request_headers(
     for name, value in incoming.items():
         low = name.lower()
         # "_" too: many upstream servers (every WSGI one) read x_jwtkeymap_… as x-jwtkeymap-….
-        if low in drop or low.replace("_", "-").startswith(HEADER_PREFIX):
+        if low in drop or (low[:1] == "x" and low[:12].replace("_", "-") == HEADER_PREFIX):
             continue
         out.add(name, value)
     for name, value in result.identity.items():
@@ -106,6 +117,8 @@ def upstream_request_headers(
 
 def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers without the hop-by-hop ones."""
+    if not any(name in incoming for name in HOP_BY_HOP):
+        return CIMultiDict(incoming)  # the common response: copied in C, nothing to drop
     drop = HOP_BY_HOP | _connection_listed(incoming)
     return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
 
@@ -115,23 +128,14 @@ def add_proxy_routes(
 ) -> None:
     """Route every other path through ``check_request`` to ``settings.upstream``."""
     assert settings.upstream
-    base = settings.upstream.rstrip("/")
+    # LLM streams last minutes: the connect is bounded, the response is not.
+    app[UPSTREAM] = upstream = Upstream(settings.upstream)
 
-    async def session_ctx(_app: web.Application) -> AsyncIterator[None]:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, enable_cleanup_closed=True, keepalive_timeout=UPSTREAM_IDLE_SECONDS
-            ),
-            # LLM streams last minutes: bound the connect, not the response.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-        )
-        app[SESSION] = session
+    async def upstream_ctx(_app: web.Application) -> AsyncIterator[None]:
         yield
-        await session.close()
+        await upstream.close()
 
-    app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(upstream_ctx)
 
     async def checked(request: web.Request) -> Answer:
         if not request.raw_path.startswith("/"):
@@ -156,12 +160,13 @@ def add_proxy_routes(
         result = await checked(request)
         if not result.allowed:
             return _response(result)
-        return await forward(request, result, request.app[SESSION], base, settings, metrics)
+        return await forward(request, result, upstream, settings, metrics)
 
     app.router.add_route("*", "/{tail:.*}", handle_proxy, expect_handler=expect_checked)
 
 
-_ANSWER: Final = "jwtkeymap.answer"
+_ANSWER: Final = web.RequestKey("jwtkeymap.answer", Answer)
+BODY_ENDED_EARLY: Final = check.refuse(400, "invalid_request", "the request body ended early")
 _NOT_ORIGIN_FORM: Final = check.refuse(
     400, "invalid_request", "JWT Key Mapping: the request target must be a path."
 )
@@ -174,10 +179,9 @@ def _response(result: Answer) -> web.Response:
 async def forward(
     request: web.Request,
     result: Answer,
-    session: aiohttp.ClientSession,
-    base: str,
+    pool: Upstream,
     settings: Settings,
-    metrics: Metrics | None = None,
+    metrics: Metrics,
 ) -> web.StreamResponse:
     """Send the allowed request upstream and stream the response back."""
     headers = upstream_request_headers(
@@ -187,7 +191,6 @@ async def forward(
         client=request.remote,
         scheme=request.scheme,
     )
-    url = URL(base + request.raw_path, encoded=True)
     body: bytes | AsyncIterator[bytes] | None = None
     if request.body_exists:
         length = request.content_length
@@ -197,68 +200,56 @@ async def forward(
             try:
                 body = await request.content.readexactly(length)
             except asyncio.IncompleteReadError:
-                failed = check.refuse(400, "invalid_request", "the request body ended early")
-                return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
+                return _response(BODY_ENDED_EARLY)
         else:
             body = request.content.iter_any()
     try:
-        upstream = await session.request(
-            request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            compress=None,
+        upstream = await pool.request(
+            request.method, request.raw_path, headers, body, content_length=request.content_length
         )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        log.warning("upstream unreachable", extra={"error": type(exc).__name__})
-        if metrics is not None:
-            metrics.upstream.labels("error").inc()
-        failed = check.refuse(502, "upstream_unavailable", "the upstream is unreachable")
-        return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
-    async with upstream:
-        if metrics is not None:
-            metrics.upstream.labels(f"{upstream.status // 100}xx").inc()
+    except UpstreamError as exc:
+        log.warning("upstream unreachable", extra={"error": str(exc)})
+        metrics.count_upstream(None)
+        return _response(UNREACHABLE)
+    try:
+        metrics.count_upstream(upstream.status)
         headers = downstream_response_headers(upstream.headers)
-        bodiless = upstream.status in _NO_BODY_STATUSES or request.method == "HEAD"
-        length = upstream.content_length
-        if not bodiless and length is not None and length <= BUFFERED_BODY_MAX:
+        bodiless = is_bodiless(upstream.status, request.method)
+        if not bodiless and is_small(upstream.content_length):
             return await _whole_response(upstream, headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(headers)
+        await response.prepare(request)
         if bodiless:
-            await response.prepare(request)
             await response.write_eof()
             return response
-        await response.prepare(request)
         try:
             # iter_any yields whatever has arrived: an SSE event is passed on at once.
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.payload.iter_any():
                 await response.write(chunk)
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.debug("client went away while streaming")
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             # The upstream broke mid-response: the status is sent, so cut the connection.
-            log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+            log.warning("upstream failed mid-response", extra={"error": str(exc)})
             with contextlib.suppress(Exception):
                 if request.transport is not None:
                     request.transport.close()
         return response
+    finally:
+        upstream.close()
 
 
-async def _whole_response(
-    upstream: aiohttp.ClientResponse, headers: CIMultiDict[str]
-) -> web.Response:
+async def _whole_response(upstream: UpstreamResponse, headers: CIMultiDict[str]) -> web.Response:
     """The upstream's small response, read whole: the client gets its headers and body in
     one write. A StreamResponse sends the headers as soon as they are known and each piece
     of the body after them; an upstream such as uvicorn writes its headers and its body
     separately, so that would cost a write here and a wake-up of the client per piece."""
     try:
         body = await upstream.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except UpstreamError as exc:
         # Nothing is sent yet, so the client gets a clean 502 rather than a cut response.
-        log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
-        failed = check.refuse(502, "upstream_unavailable", "the upstream response broke off")
-        return web.Response(status=failed.status, body=failed.body, headers=failed.headers)
+        log.warning("upstream failed mid-response", extra={"error": str(exc)})
+        return _response(BROKE_OFF)
     return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)

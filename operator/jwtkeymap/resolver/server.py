@@ -11,13 +11,21 @@ from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver.check import refuse
-from jwtkeymap.resolver.handlers import SERVICE, check_handler, create_app, is_check_path
+from jwtkeymap.resolver.fastlane import FastLaneServer, Lane
+from jwtkeymap.resolver.handlers import (
+    SERVICE,
+    check_handler,
+    create_app,
+    is_check_path,
+    is_own_path,
+)
 from jwtkeymap.resolver.limits import (
     GuardedRequestHandler,
     GuardedServer,
     Limits,
     oversized_field,
 )
+from jwtkeymap.resolver.proxy import UPSTREAM
 
 log = logging.getLogger("jwtkeymap.resolver")
 
@@ -64,13 +72,22 @@ class ResolverRunner(web.AppRunner):
                 return await handle_check(request)
             return await routed(request)
 
-        return GuardedServer(
-            dispatch,
-            limits=limits,
-            request_factory=server.request_factory,
-            handler_cancellation=server.handler_cancellation,
+        kwargs = {
+            "request_factory": server.request_factory,
+            "handler_cancellation": server.handler_cancellation,
             **server._kwargs,  # what the application built it with
+        }
+        if fast_check:
+            return GuardedServer(dispatch, limits=limits, **kwargs)
+        lane = Lane(
+            service=service,
+            upstream=self.app[UPSTREAM],
+            metrics=service.metrics,
+            limits=limits,
+            strip_authorization=service.settings.strip_authorization,
+            own_path=is_own_path,
         )
+        return FastLaneServer(dispatch, lane=lane, **kwargs)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

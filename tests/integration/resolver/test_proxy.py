@@ -11,7 +11,7 @@ import pytest
 
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.resolver import proxy as proxy_module
+from jwtkeymap.resolver import upstream as upstream_module
 from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
 
 SPOOFED = {
@@ -299,7 +299,7 @@ async def test_an_idle_upstream_connection_is_not_reused(
 ):
     # An upstream drops its idle connections after its keep-alive timeout (uvicorn: 5 s); a
     # request sent on one as it closes would fail, so the resolver lets them go first.
-    monkeypatch.setattr(proxy_module, "UPSTREAM_IDLE_SECONDS", 0.2)
+    monkeypatch.setattr(upstream_module, "UPSTREAM_IDLE_SECONDS", 0.2)
     echo, port = upstream
     await map_claim("alice")
     r = await proxy(make_settings, database_url, start_resolver, port)

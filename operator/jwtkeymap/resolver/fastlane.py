@@ -1,0 +1,436 @@
+"""Reverse-proxy mode's fast lane: the common request, forwarded below aiohttp's web server.
+
+Nearly every request a sidecar in front of an LLM gateway sees is alike: HTTP/1.1 on a
+kept-alive connection, a JSON body of a few KiB with a ``Content-Length``, a Bearer token
+the resolver has answered before. For that request aiohttp's web server (a request
+object, a response object, a stream writer, a handler task, the router) cost more CPU
+than the check and the forwarding together, and on a machine shared with the gateway
+that CPU is the latency the hop adds (bench/README.md, "Where the resolver's added
+latency goes").
+
+So each connection of the proxy's listener starts here. The request is read with aiohttp's
+own request parser (llhttp, the listener's line and field limits), checked by the same
+``Service`` call, forwarded with ``resolver.upstream`` and answered in one write when it
+is small. Anything else is handed, with every byte received since the last answered
+request, to the handler the listener would otherwise have used
+(``limits.GuardedRequestHandler``, then ``proxy``), which keeps the connection from then
+on and answers exactly as before. Handed over: a request that is not HTTP/1.1 keep-alive,
+is chunked, has an ``Expect`` or ``Upgrade`` header, a body over ``BUFFERED_BODY_MAX``,
+two ``Authorization`` headers, a head longer than one field may be, a path of the
+resolver's own (``/check``, ``/healthz``, ...) or one that is not a plain origin-form
+path (percent-escapes, dot segments, ``//``), pipelined requests, a parse error, and a
+head or body past the listener's caps.
+
+The lane keeps the listener's bounds: a head must be complete within the head timeout, an
+idle connection closes after the keep-alive, connections count against
+``max_connections``, and shutdown lets a request in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, Final
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.http_writer import HttpVersion11, _serialize_headers
+from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
+
+from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.limits import BUSY, TIMED_OUT, GuardedServer, Limits
+from jwtkeymap.resolver.metrics import Metrics
+from jwtkeymap.resolver.proxy import (
+    BROKE_OFF,
+    BUFFERED_BODY_MAX,
+    UNREACHABLE,
+    downstream_response_headers,
+    is_bodiless,
+    is_small,
+    upstream_request_headers,
+)
+from jwtkeymap.resolver.service import Service, header_digest
+from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
+
+log = logging.getLogger("jwtkeymap.resolver.proxy")
+
+# A path the router cannot read otherwise than as written: no percent-escape, no dot
+# segment, no empty segment (aiohttp normalizes those before it routes).
+_PLAIN_PATH: Final = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
+_READ_BUFFER_BYTES: Final = 2**16
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lane:
+    """What every connection of the lane shares."""
+
+    service: Service
+    upstream: Upstream
+    metrics: Metrics
+    limits: Limits
+    strip_authorization: bool
+    # Whether the application serves a path itself (the check, health, metrics, JWKS).
+    own_path: Callable[[str], bool]
+
+    def passes_on(self, message: RawRequestMessage, head_bytes: int) -> str | None:
+        """Why the lane leaves this request to the application, or None when it takes it."""
+        headers = message.headers
+        if message.version != HttpVersion11 or message.should_close:
+            return "not_keepalive"
+        if message.upgrade or message.chunked or "Transfer-Encoding" in headers:
+            return "framing"
+        if "Expect" in headers:
+            return "expect"
+        if head_bytes > self.limits.max_field_bytes:
+            return "head_size"
+        if len(headers.getall("Authorization", ())) > 1:
+            return "authorizations"
+        length = headers.get("Content-Length")
+        if length is not None and not (length.isdigit() and int(length) <= BUFFERED_BODY_MAX):
+            return "body_size"
+        path = message.path.partition("?")[0]
+        if _PLAIN_PATH.fullmatch(path) is None:
+            return "path"
+        if self.own_path(path):
+            return "resolver_path"
+        return None
+
+
+class FastLaneServer(GuardedServer):
+    """The proxy listener's server: each connection starts in the fast lane."""
+
+    def __init__(self, handler: Any, *, lane: Lane, **kwargs: Any) -> None:
+        super().__init__(handler, limits=lane.limits, **kwargs)
+        self.lane = lane
+
+    def __call__(self) -> FastLane:  # type: ignore[override]
+        """The protocol of one new connection."""
+        return FastLane(self, self.lane, self._loop)
+
+    def application_handler(self) -> RequestHandler:
+        """The handler a connection is handed to: aiohttp's, bounded."""
+        return super().__call__()
+
+
+class FastLane(BaseProtocol):
+    """One client connection, answered here until a request needs the application."""
+
+    __slots__ = (
+        "_client",
+        "_closing",
+        "_deadline",
+        "_expired",
+        "_head_timed",
+        "_later",
+        "_message",
+        "_received",
+        "_served",
+        "_server",
+        "_task",
+        "_task_handler",
+        "_timer",
+        "lane",
+    )
+
+    def __init__(self, server: FastLaneServer, lane: Lane, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        limits = lane.limits
+        self._parser = HttpRequestParser(
+            self,
+            loop,
+            _READ_BUFFER_BYTES,
+            max_field_size=limits.handler_args()["max_field_size"],
+        )
+        self._server = server
+        self.lane = lane
+        self._received = bytearray()  # every byte since the last answered request
+        self._message: tuple[RawRequestMessage, Any] | None = None
+        self._later: list[bytes] = []  # what arrives while a request is answered
+        self._task: asyncio.Task[None] | None = None
+        self._task_handler = None  # what aiohttp's Server asks of a connection it tracks
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = math.inf
+        self._expired: Callable[[], None] = self._idle_expired
+        self._head_timed = False
+        self._closing = False
+        self._served = 0
+        self._client: str | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the connection, or answer 503 and close it when the listener is full."""
+        if len(self._server.connections) >= self.lane.limits.max_connections:
+            transport.write(BUSY)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple | list) and peer else None
+        self._server.connection_made(self, transport)  # type: ignore[arg-type]
+        self._arm_head()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Forget the connection; a request in flight finishes without writing."""
+        self._stop_timer()
+        if self.transport is not None:
+            self._server.connection_lost(self, exc)  # type: ignore[arg-type]
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Collect one request; answer it here, or hand the connection to the application."""
+        if not data:
+            return  # aiohttp's stream reader resuming a parser that has nothing held back
+        if self._task is not None:
+            self._later.append(data)  # the next request, after this answer
+            if sum(map(len, self._later)) > self.lane.limits.max_head_bytes:
+                self._pause_transport_reading()
+            return
+        parser = self._parser
+        if parser is None:
+            return  # handed over: the transport reads into the application's handler now
+        self._received += data
+        try:
+            messages, upgraded, _ = parser.feed_data(data)
+        except Exception:
+            self._hand_over("malformed")  # the application's parser answers it (400, ...)
+            return
+        if upgraded or len(messages) > 1 or (messages and self._message is not None):
+            self._hand_over("pipelined")
+            return
+        if messages:
+            message, payload = messages[0]
+            reason = self.lane.passes_on(message, self._received.find(b"\r\n\r\n") + 4)
+            if reason is not None:
+                self._hand_over(reason)
+                return
+            self._message = (message, payload)
+            self._disarm()
+        elif self._message is None:
+            if len(self._received) > self.lane.limits.max_head_bytes:
+                self._hand_over("head_size")  # the application cuts it (431)
+            elif not self._head_timed:
+                self._arm_head()
+            return
+        message, payload = self._message
+        if not payload.is_eof():
+            return  # the body is still arriving (it is at most BUFFERED_BODY_MAX)
+        body = payload.read_nowait()
+        head_end = self._received.find(b"\r\n\r\n") + 4
+        if head_end + len(body) != len(self._received):
+            # More than this request arrived: the application reads them all from the start.
+            self._hand_over("pipelined")
+            return
+        if self._received.count(b"\n", 0, head_end) != self._received.count(b"\r\n", 0, head_end):
+            self._hand_over("line_endings")  # a head line not ended by CRLF
+            return
+        self._received = bytearray()
+        self._message = None
+        self.lane.metrics.fast_lane += 1
+        self._task = self._loop.create_task(self._answer(message, body))
+
+    # -- one request -----------------------------------------------------------------
+
+    async def _answer(self, message: RawRequestMessage, body: bytes) -> None:
+        lane = self.lane
+        try:
+            authorization = message.headers.get("Authorization")
+            digest = header_digest(authorization)
+            service = lane.service
+            result = service.recall(digest) or await service.decide(authorization, digest)
+            if not result.allowed:
+                self._write(_answer_bytes(result))
+                return
+            headers = upstream_request_headers(
+                message.headers,
+                result,
+                strip_authorization=lane.strip_authorization,
+                client=self._client,
+                scheme="http",
+            )
+            await self._forward(message, headers, body)
+        except Exception:
+            log.exception("fast lane: request failed")
+            if self.transport is not None:
+                self.transport.abort()
+        finally:
+            self._task = None
+            self._served += 1
+            self._next()
+
+    async def _forward(
+        self, message: RawRequestMessage, headers: CIMultiDict[str], body: bytes
+    ) -> None:
+        lane = self.lane
+        method = message.method
+        try:
+            upstream = await lane.upstream.request(method, message.path, headers, body or None)
+        except UpstreamError as exc:
+            log.warning("upstream unreachable", extra={"error": str(exc)})
+            lane.metrics.count_upstream(None)
+            self._write(_answer_bytes(UNREACHABLE))
+            return
+        try:
+            lane.metrics.count_upstream(upstream.status)
+            await self._relay(upstream, method)
+        finally:
+            upstream.close()
+
+    async def _relay(self, upstream: UpstreamResponse, method: str) -> None:
+        headers = downstream_response_headers(upstream.headers)
+        status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
+        if is_bodiless(upstream.status, method):
+            self._write(_serialize_headers(status_line, headers))
+            return
+        length = upstream.content_length
+        if is_small(length):
+            try:
+                body = await upstream.read()
+            except UpstreamError as exc:
+                # Nothing is sent yet, so the client gets a clean 502 rather than a cut response.
+                log.warning("upstream failed mid-response", extra={"error": str(exc)})
+                self._write(_answer_bytes(BROKE_OFF))
+                return
+            self._write(_serialize_headers(status_line, headers) + body)
+            return
+        chunked = length is None
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
+        self._write(_serialize_headers(status_line, headers))
+        try:
+            # iter_any yields whatever has arrived: an SSE event is passed on at once.
+            async for chunk in upstream.payload.iter_any():
+                if self.transport is None:
+                    log.debug("client went away while streaming")
+                    return
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await self._drain_helper()
+            if chunked:
+                self._write(b"0\r\n\r\n")
+        except UpstreamError as exc:
+            # The upstream broke mid-response: the status is sent, so cut the connection.
+            log.warning("upstream failed mid-response", extra={"error": str(exc)})
+            if self.transport is not None:
+                self.transport.close()
+        except ConnectionError:
+            log.debug("client went away while streaming")
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _next(self) -> None:
+        """After an answer: the next request if it has arrived, else wait for it."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._closing:
+            transport.close()
+            return
+        if self._later:
+            data = b"".join(self._later)
+            self._later.clear()
+            self._resume_transport_reading()
+            self.data_received(data)
+            return
+        self._set_deadline(self.lane.limits.keepalive_timeout, self._idle_expired)
+        self._head_timed = False
+
+    # -- handing over ----------------------------------------------------------------
+
+    def _hand_over(self, reason: str) -> None:
+        """Give the connection, and the bytes of the request it holds, to the application."""
+        self._stop_timer()
+        transport = self.transport
+        if transport is None:
+            return
+        self.lane.metrics.count_handover(reason)
+        received = bytes(self._received)
+        self._received = bytearray()
+        self._parser = None
+        self._server.connection_lost(self, None)  # type: ignore[arg-type]
+        self.transport = None
+        handler = self._server.application_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if received and not transport.is_closing():
+            handler.data_received(received)
+
+    # -- timers and shutdown ---------------------------------------------------------
+    # One timer per connection, moved lazily: an answered request only sets the next
+    # deadline, and the timer, when it fires early, sleeps again until that deadline.
+
+    def _set_deadline(self, delay: float, expired: Callable[[], None]) -> None:
+        self._deadline = deadline = self._loop.time() + delay
+        self._expired = expired
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._tick)
+
+    def _arm_head(self) -> None:
+        self._set_deadline(self.lane.limits.header_timeout, self._head_expired)
+        self._head_timed = True
+
+    def _disarm(self) -> None:
+        self._deadline = math.inf
+        self._head_timed = False
+
+    def _stop_timer(self) -> None:
+        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline == math.inf or self.transport is None:
+            return
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._tick)
+            return
+        self._disarm()
+        self._expired()
+
+    def _head_expired(self) -> None:
+        if self.transport is not None:
+            if self._served == 0:
+                self.transport.write(TIMED_OUT)  # no earlier answer can be on the wire
+            self.transport.close()
+
+    def _idle_expired(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Stop taking requests (shutdown): close now when idle, else after the answer."""
+        self._closing = True
+        if self._task is None and self.transport is not None:
+            self.transport.close()
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Let the request in flight finish within ``timeout``, then close."""
+        self._closing = True
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _answer_bytes(result: Answer) -> bytes:
+    """The resolver's own answer (a refusal, a 502) as it goes on the wire."""
+    headers = CIMultiDict(result.headers)
+    headers["Content-Length"] = str(len(result.body))
+    status = f"HTTP/1.1 {result.status} {HTTPStatus(result.status).phrase}"
+    return _serialize_headers(status, headers) + result.body

@@ -1,0 +1,350 @@
+"""Reverse-proxy mode's way to the upstream: keep-alive HTTP/1.1 connections to one origin.
+
+Every request a resolver forwards goes to the one origin of ``--upstream``, so this needs
+none of what aiohttp's ``ClientSession`` adds for a general client (cookies, redirects,
+proxies, tracing, a timeout context per request, URL joining, default headers): that
+machinery was most of the proxy hop's CPU (bench/README.md, "Where the resolver's added
+latency goes"). What a hop does need is kept, from aiohttp itself: its llhttp response
+parser and stream reader (so framing, limits and flow control are aiohttp's), TCP_NODELAY,
+and its header serializer (which refuses a CR or LF in a name or value).
+
+* A request is written in one write when its body is bytes (head and body together);
+  a streamed body is sent by a task beside the wait for the response, framed by its
+  ``Content-Length`` or chunked.
+* A connection goes back to the pool when its response has been parsed to the end and
+  neither side asked to close; one whose response was abandoned is closed.
+* An idle connection is not reused after ``idle_seconds`` (see ``UPSTREAM_IDLE_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterable
+from typing import Final
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# An upstream closes its idle connections after its own keep-alive timeout (uvicorn's,
+# hence LiteLLM's, is 5 s); a request sent on one as it closes fails (a 502 here: a POST
+# is not retried), so the pool lets them go first.
+UPSTREAM_IDLE_SECONDS: Final = 4.0
+CONNECT_TIMEOUT_SECONDS: Final = 10.0
+READ_BUFFER_BYTES: Final = 2**16
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UpstreamError(ConnectionError):
+    """The upstream could not be reached, or its connection broke before the response ended."""
+
+
+class UpstreamResponse:
+    """A response head from the upstream and its body, as it arrives."""
+
+    __slots__ = ("_connection", "message", "payload")
+
+    def __init__(
+        self, connection: _Connection, message: RawResponseMessage, payload: StreamReader
+    ) -> None:
+        self._connection = connection
+        self.message = message
+        self.payload = payload
+
+    @property
+    def status(self) -> int:
+        """The status code."""
+        return self.message.code
+
+    @property
+    def reason(self) -> str:
+        """The reason phrase."""
+        return self.message.reason
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The response headers, hop-by-hop ones included."""
+        return self.message.headers
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length, when the response gives it."""
+        value = self.message.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def read(self) -> bytes:
+        """The whole body; UpstreamError if the connection broke off first."""
+        return await self.payload.read()
+
+    def close(self) -> None:
+        """Give up on the rest of the body: the connection is closed unless it is complete
+        (a complete one may already carry the next request)."""
+        if not self.payload.is_eof():
+            self._connection.abandon()
+
+
+class _Connection(BaseProtocol):
+    """One connection to the upstream, carrying one exchange at a time."""
+
+    __slots__ = (
+        "_body",
+        "_pool",
+        "_response",
+        "_responses",
+        "_sending",
+        "idle_since",
+        "reusable",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Upstream) -> None:
+        super().__init__(loop)
+        self._pool = pool
+        self._response: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
+        self._body: StreamReader | None = None
+        self._responses: HttpResponseParser | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self.idle_since = 0.0
+        self.reusable = True
+
+    # -- one exchange --------------------------------------------------------------
+
+    def begin(self, head: bool) -> asyncio.Future[tuple[RawResponseMessage, StreamReader]]:
+        """Expect one response (without a body after a HEAD)."""
+        if head:
+            self._parser = self._new_parser(with_body=False)
+        else:
+            # llhttp starts each message of a kept-alive connection afresh: one parser serves
+            # every response but a HEAD's.
+            if self._responses is None:
+                self._responses = self._new_parser(with_body=True)
+            self._parser = self._responses
+        self._response = self._loop.create_future()
+        return self._response
+
+    def _new_parser(self, *, with_body: bool) -> HttpResponseParser:
+        return HttpResponseParser(
+            self,
+            self._loop,
+            READ_BUFFER_BYTES,
+            payload_exception=UpstreamError,
+            response_with_body=with_body,
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+
+    def send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        """Stream the request body beside the wait for the response."""
+        self._sending = self._loop.create_task(self._send(body, chunked))
+
+    async def _send(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await self._drain_helper()
+            if chunked:
+                self._write(b"0\r\n\r\n")
+        except Exception as exc:  # the client went away or the upstream did: nothing to reuse
+            self.reusable = False
+            self._fail(UpstreamError(f"sending the request body failed: {type(exc).__name__}"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is None:
+            raise UpstreamError("the upstream closed the connection")
+        self.transport.write(data)
+
+    def _fail(self, exc: BaseException) -> None:
+        response = self._response
+        if response is not None and not response.done():
+            response.set_exception(exc)
+
+    def _ended(self) -> None:
+        # The response has been read to its end (the parser fed the body's EOF).
+        sending, self._sending = self._sending, None
+        if sending is not None and not sending.done():
+            self.reusable = False  # the upstream answered before taking the whole body
+            sending.cancel()
+        self._parser = None
+        self._response = None
+        self._body = None
+        self._pool.release(self)
+
+    def abandon(self) -> None:
+        """The caller stopped reading a response before its end: close the connection."""
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the response parser; anything the upstream sends unasked ends the connection."""
+        parser = self._parser
+        response = self._response
+        if parser is None or response is None:
+            if data:
+                self.reusable = False
+                if self.transport is not None:
+                    self.transport.close()
+            return
+        try:
+            messages, _, _ = parser.feed_data(data)
+        except Exception as exc:
+            self.reusable = False
+            self._fail(UpstreamError(f"malformed response: {type(exc).__name__}"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for message, payload in messages:
+            if 100 <= message.code < 200 and message.code != 101:
+                continue  # an interim response (103 Early Hints): the real one follows
+            if response.done():
+                self.reusable = False  # a second response to one request
+                continue
+            if message.should_close:
+                self.reusable = False
+            response.set_result((message, payload))
+            self._body = payload
+            payload.on_eof(self._ended)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """End the exchange in flight: its body is cut, or its response never comes."""
+        self.reusable = False
+        parser, body = self._parser, self._body
+        if parser is not None:
+            # A body delimited by the close ends here; a cut one raises: told to its reader.
+            with contextlib.suppress(Exception):
+                parser.feed_eof()
+        broken = UpstreamError("the upstream closed the connection before the response ended")
+        if body is not None and not body.is_eof():
+            body.set_exception(broken)
+        self._fail(broken)
+        super().connection_lost(exc)
+        self._pool.forget(self)
+
+
+class Upstream:
+    """Keep-alive HTTP/1.1 connections to the origin of one URL (its path is a prefix)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        idle_seconds: float | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            raise ValueError(f"upstream {url!r} is not an http:// or https:// URL")
+        self._host = parsed.raw_host
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if parsed.scheme == "https" else None
+        )
+        self.host_header = parsed.host_port_subcomponent or parsed.raw_host
+        self.prefix = parsed.raw_path.rstrip("/")
+        self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()
+        self._idle_seconds = UPSTREAM_IDLE_SECONDS if idle_seconds is None else idle_seconds
+        self._connect_timeout = connect_timeout
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterable[bytes] | None = None,
+        *,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """Send one request (``target`` is the client's origin-form target) and wait for the
+        response head. ``headers`` gets ``Host`` and the body's framing. UpstreamError when
+        the upstream cannot be reached or answers nothing usable."""
+        if isinstance(body, bytes | bytearray):
+            headers["Content-Length"] = str(len(body))
+        elif body is None and method in _BODY_METHODS:
+            headers["Content-Length"] = "0"  # as aiohttp's client: some servers want one
+        elif body is not None:
+            if content_length is not None:
+                headers["Content-Length"] = str(content_length)
+            else:
+                headers["Transfer-Encoding"] = "chunked"
+        headers["Host"] = self.host_header
+        head = _serialize_headers(f"{method} {self.prefix}{target} HTTP/1.1", headers)
+        connection = await self._acquire()
+        assert connection.transport is not None
+        # Written first, then the parser readied: no answer can arrive before this yields.
+        if isinstance(body, bytes | bytearray):
+            connection.transport.write(head + body if body else head)
+            response = connection.begin(head=method == "HEAD")
+        else:
+            connection.transport.write(head)
+            response = connection.begin(head=method == "HEAD")
+            if body is not None:
+                connection.send_body(body, chunked=content_length is None)
+        message, payload = await response
+        return UpstreamResponse(connection, message, payload)
+
+    async def _acquire(self) -> _Connection:
+        if self._closed:
+            raise UpstreamError("the resolver is shutting down")
+        loop = asyncio.get_running_loop()
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.transport is None or connection.transport.is_closing():
+                continue
+            if loop.time() - connection.idle_since > self._idle_seconds:
+                connection.reusable = False
+                connection.transport.close()
+                continue
+            self._busy.add(connection)
+            return connection
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(loop, self),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"cannot connect: {type(exc).__name__}") from exc
+        self._busy.add(connection)
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        """A connection whose exchange ended: keep it for the next request, or close it."""
+        self._busy.discard(connection)
+        transport = connection.transport
+        if transport is None:
+            return
+        if not connection.reusable or self._closed or transport.is_closing():
+            transport.close()
+            return
+        connection.idle_since = asyncio.get_running_loop().time()
+        self._idle.append(connection)
+
+    def forget(self, connection: _Connection) -> None:
+        """A connection that closed."""
+        self._busy.discard(connection)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(connection)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        self._closed = True
+        for connection in [*self._idle, *self._busy]:
+            if connection.transport is not None:
+                connection.transport.close()
+        self._idle.clear()

@@ -1,0 +1,254 @@
+"""The proxy's fast lane (resolver/fastlane.py) answers as the application does.
+
+Every request is sent as raw bytes to two resolvers with the same settings in front of the
+same echo upstream: one served as `jwtkeymap resolver` serves it (the fast lane first), one
+by a plain aiohttp runner (the application alone). The answers, and what the upstream
+received, must be the same; the metrics tell which lane took the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver.handlers import create_app
+from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
+from support.servers import serve
+
+# What differs between two servers for the same answer: its date, the server's name.
+UNCOMPARED = {"date", "server"}
+
+
+async def read_response(
+    reader: asyncio.StreamReader, *, head: bool = False
+) -> tuple[str, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status line, headers (lower-cased names), body (unchunked);
+    none after a ``head`` request."""
+    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, *lines = raw.decode("latin-1").split("\r\n")[:-2]
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int((await reader.readline()).strip(), 16):
+            body += await reader.readexactly(size)
+            await reader.readline()
+        await reader.readline()
+    elif "content-length" in headers and not head and status.split(" ")[1] not in ("204", "304"):
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:
+        body = b""
+    return status, headers, body
+
+
+async def exchange(port: int, requests: list[bytes], answers: int) -> list[tuple[str, dict, bytes]]:
+    """Write each of ``requests`` on one connection; read ``answers`` responses."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for data in requests:
+            writer.write(data)
+            await writer.drain()
+        head = requests[0].startswith(b"HEAD ")
+        return [await read_response(reader, head=head) for _ in range(answers)]
+    finally:
+        writer.close()
+
+
+class Pair:
+    """The same settings served twice: with the fast lane, and by the application alone."""
+
+    def __init__(self, lane: Any, app_port: int, echo: Any) -> None:
+        self.lane_port, self.app_port, self.echo = lane.port, app_port, echo
+        self.counts = lane.service.metrics  # which lane took what (the /metrics counters)
+
+    async def both(self, requests: list[bytes], answers: int = 1) -> tuple[list, list]:
+        """Send the same bytes to each; return (lane answers + upstream saw, app's same)."""
+        results = []
+        for port in (self.lane_port, self.app_port):
+            before = len(self.echo.requests)
+            answered = await exchange(port, requests, answers)
+            seen = [_comparable(r) for r in self.echo.requests[before:]]
+            results.append(([_strip(a) for a in answered], seen))
+        return results[0], results[1]
+
+    def lanes(self) -> tuple[int, dict[str, int]]:
+        """Requests the fast lane answered; connections it handed over, by reason."""
+        return self.counts.fast_lane, self.counts.handovers
+
+
+def _strip(answer: tuple[str, dict, bytes]) -> tuple[str, dict, Any]:
+    status, headers, body = answer
+    kept = {k: v for k, v in headers.items() if k not in UNCOMPARED}
+    if headers.get("x-upstream") == "echo" and body:  # the echo names its peer: not compared
+        seen = json.loads(body)
+        body = _comparable(seen)
+        kept.pop("content-length", None)
+    return status, kept, body
+
+
+def _comparable(seen: dict[str, Any]) -> dict[str, Any]:
+    # The peer (the resolver's upstream connection) and the forwarded-for port differ.
+    return {k: v for k, v in seen.items() if k != "peer"}
+
+
+@pytest.fixture
+async def pair(make_settings, database_url, start_resolver, upstream):
+    echo, port = upstream
+    settings = make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
+    lane = await start_resolver(settings)
+    app_port = free_port()
+    async with serve(create_app(settings), port=app_port, runner_class=web.AppRunner):
+        yield Pair(lane, app_port, echo)
+
+
+def request(method: str, target: str, *headers: str, body: bytes = b"", version: str = "1.1"):
+    lines = [f"{method} {target} HTTP/{version}", "Host: proxy.test", *headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+async def bearer(map_claim, signing_key):
+    await map_claim("alice")
+    return f"Authorization: Bearer {signing_key.sign(sub='alice')}"
+
+
+# Requests the fast lane takes: the lane's answer and the application's are the same.
+TAKEN = {
+    "get": lambda auth: request("GET", "/v1/models", auth),
+    "post": lambda auth: request("POST", "/v1/chat/completions", auth, body=b'{"model":"m"}'),
+    "query": lambda auth: request("GET", "/v1/models?a=%20b&c=d", auth),
+    "dotted": lambda auth: request("GET", "/openai/deployments/gpt-4.1/chat", auth),
+    "head": lambda auth: request("HEAD", "/v1/models", auth),
+    "spoofed": lambda auth: request(
+        "GET", "/x", auth, "X-JWTKeyMap-Key-Hash: " + "f" * 64, "x_jwtkeymap_team_id: t"
+    ),
+    "hop_by_hop": lambda auth: request(
+        "GET", "/x", auth, "Connection: keep-alive, X-Secret", "X-Secret: 1", "TE: trailers"
+    ),
+    "forwarded_for": lambda auth: request("GET", "/x", auth, "X-Forwarded-For: 203.0.113.9"),
+    "no_token": lambda auth: request("GET", "/v1/models"),
+    "bad_token": lambda auth: request("GET", "/v1/models", "Authorization: Bearer a.b.c"),
+    "not_bearer": lambda auth: request("GET", "/v1/models", "Authorization: Basic YTpi"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAKEN))
+async def test_the_fast_lane_answers_as_the_application(pair, bearer, name):
+    lane, app = await pair.both([TAKEN[name](bearer)])
+    assert lane == app
+    status = lane[0][0][0]
+    refused = name in ("no_token", "bad_token", "not_bearer")
+    assert status.startswith("HTTP/1.1 401" if refused else "HTTP/1.1 200")
+    assert pair.lanes() == (1, {})
+
+
+# Requests the fast lane leaves to the application, with the reason it counts.
+LEFT = {
+    "http10": (lambda auth: request("GET", "/x", auth, version="1.0"), "not_keepalive"),
+    "close": (lambda auth: request("GET", "/x", auth, "Connection: close"), "not_keepalive"),
+    "chunked": (
+        lambda auth: (
+            request("POST", "/x", auth, "Transfer-Encoding: chunked")[:-2]
+            + b"\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
+        "framing",
+    ),
+    "large_body": (
+        lambda auth: request("POST", "/x", auth, body=b"a" * (BUFFERED_BODY_MAX + 1)),
+        "body_size",
+    ),
+    "healthz": (lambda auth: request("GET", "/healthz", auth), "resolver_path"),
+    "check": (lambda auth: request("GET", "/check/v1", auth), "resolver_path"),
+    "escaped": (lambda auth: request("GET", "/%68ealthz", auth), "path"),
+    "dot_segment": (lambda auth: request("GET", "/a/../healthz", auth), "path"),
+    "empty_segment": (lambda auth: request("GET", "//x", auth), "path"),
+    "absolute_form": (lambda auth: request("GET", "http://evil.test/x", auth), "path"),
+    "two_tokens": (
+        lambda auth: request("GET", "/x", auth, "Authorization: Bearer other"),
+        "authorizations",
+    ),
+    "malformed": (lambda auth: b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n", "malformed"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LEFT))
+async def test_requests_the_lane_leaves_are_answered_by_the_application(pair, bearer, name):
+    make, reason = LEFT[name]
+    lane, app = await pair.both([make(bearer)])
+    assert lane == app
+    assert pair.lanes() == (0, {reason: 1})
+
+
+async def test_pipelined_requests_are_answered_in_order(pair, bearer):
+    both = request("GET", "/one", bearer) + request("GET", "/two", bearer)
+    lane, app = await pair.both([both], answers=2)
+    assert lane == app
+    assert [seen["path"] for seen in lane[1]] == ["/one", "/two"]
+    assert pair.lanes() == (0, {"pipelined": 1})
+
+
+async def test_a_request_arriving_in_pieces_stays_in_the_lane(pair, bearer):
+    data = request("POST", "/v1/chat/completions", bearer, body=b'{"model": "m"}' * 50)
+    pieces = [data[:5], data[5:40], data[40:-300], data[-300:-1], data[-1:]]
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each piece is its own read: spacing is the point
+        status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status.startswith("HTTP/1.1 200")
+    assert json.loads(body)["body_length"] == len(b'{"model": "m"}' * 50)
+    assert pair.lanes() == (1, {})
+
+
+async def test_a_connection_handed_over_keeps_serving(pair, bearer):
+    # Fast, then one the application must answer, then fast again on the same connection:
+    # from the hand-over on, the application answers them all.
+    first = request("GET", "/one", bearer)
+    second = request("GET", "/healthz")
+    third = request("POST", "/three", bearer, body=b"{}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        answers = []
+        for data in (first, second, third, first):
+            writer.write(data)
+            answers.append(await read_response(reader))
+    finally:
+        writer.close()
+    assert [a[0].split(" ")[1] for a in answers] == ["200", "200", "200", "200"]
+    assert json.loads(answers[1][2]) == {"ok": True}
+    assert [seen["path"] for seen in pair.echo.requests] == ["/one", "/three", "/one"]
+    assert pair.lanes() == (1, {"resolver_path": 1})
+
+
+async def test_a_request_sent_while_one_is_answered_waits_its_turn(pair, bearer):
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        writer.write(request("GET", "/hold", bearer))
+        await writer.drain()
+        while pair.echo.held < 1:
+            await asyncio.sleep(0.01)
+        writer.write(request("GET", "/after", bearer))  # arrives while /hold is in flight
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        assert [seen["path"] for seen in pair.echo.requests] == ["/hold"]
+        pair.echo.hold.set()
+        held = await read_response(reader)
+        after = await read_response(reader)
+    finally:
+        writer.close()
+    assert held[2] == b"released"
+    assert json.loads(after[2])["path"] == "/after"
+    assert pair.lanes() == (2, {})
