@@ -29,6 +29,7 @@ idle connection closes after the keep-alive, connections count against
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -56,7 +57,7 @@ from jwtkeymap.resolver.proxy import (
     upstream_request_headers,
 )
 from jwtkeymap.resolver.service import Service, header_digest
-from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
+from jwtkeymap.resolver.upstream import Connection, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
@@ -122,13 +123,16 @@ class FastLane(BaseProtocol):
     """One client connection, answered here until a request needs the application."""
 
     __slots__ = (
+        "_busy",
         "_client",
         "_closing",
         "_deadline",
+        "_drained",
         "_expired",
         "_head_timed",
         "_later",
         "_message",
+        "_method",
         "_received",
         "_served",
         "_server",
@@ -153,6 +157,9 @@ class FastLane(BaseProtocol):
         self._message: tuple[RawRequestMessage, Any] | None = None
         self._later: list[bytes] = []  # what arrives while a request is answered
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a request is being answered
+        self._drained: asyncio.Future[None] | None = None  # shutdown waits on it
+        self._method = ""
         self._task_handler = None  # what aiohttp's Server asks of a connection it tracks
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = math.inf
@@ -187,7 +194,7 @@ class FastLane(BaseProtocol):
         """Collect one request; answer it here, or hand the connection to the application."""
         if not data:
             return  # aiohttp's stream reader resuming a parser that has nothing held back
-        if self._task is not None:
+        if self._busy:
             self._later.append(data)  # the next request, after this answer
             if sum(map(len, self._later)) > self.lane.limits.max_head_bytes:
                 self._pause_transport_reading()
@@ -233,73 +240,126 @@ class FastLane(BaseProtocol):
         self._received = bytearray()
         self._message = None
         self.lane.metrics.fast_lane += 1
-        self._task = self._loop.create_task(self._answer(message, body))
+        self._busy = True
+        self._start(message, body)
 
     # -- one request -----------------------------------------------------------------
+    # A request whose answer is remembered and whose upstream connection is idle goes out
+    # in the read that brought it, and a small response goes back in the read that brought
+    # it: no task, no wait for the loop. Anything else continues in a task.
 
-    async def _answer(self, message: RawRequestMessage, body: bytes) -> None:
-        lane = self.lane
-        try:
-            authorization = message.headers.get("Authorization")
-            digest = header_digest(authorization)
-            service = lane.service
-            result = service.recall(digest) or await service.decide(authorization, digest)
-            if not result.allowed:
-                self._write(_answer_bytes(result))
-                return
-            headers = upstream_request_headers(
-                message.headers,
-                result,
-                strip_authorization=lane.strip_authorization,
-                client=self._client,
-                scheme="http",
+    def _start(self, message: RawRequestMessage, body: bytes) -> None:
+        authorization = message.headers.get("Authorization")
+        digest = header_digest(authorization)
+        result = self.lane.service.recall(digest)
+        if result is not None and not result.allowed:
+            self._write(_answer_bytes(result))
+            self._finish()
+            return
+        connection = self.lane.upstream.pooled() if result is not None else None
+        if result is None or connection is None:
+            self._task = self._loop.create_task(
+                self._start_later(message, body, authorization, digest, result)
             )
-            await self._forward(message, headers, body)
-        except Exception:
-            log.exception("fast lane: request failed")
-            if self.transport is not None:
-                self.transport.abort()
-        finally:
-            self._task = None
-            self._served += 1
-            self._next()
+            return
+        self._send(connection, message, result, body)
 
-    async def _forward(
-        self, message: RawRequestMessage, headers: CIMultiDict[str], body: bytes
+    async def _start_later(
+        self,
+        message: RawRequestMessage,
+        body: bytes,
+        authorization: str | None,
+        digest: bytes | None,
+        result: Answer | None,
     ) -> None:
         lane = self.lane
-        method = message.method
         try:
-            upstream = await lane.upstream.request(method, message.path, headers, body or None)
+            if result is None:
+                result = await lane.service.decide(authorization, digest)
+            if not result.allowed:
+                self._write(_answer_bytes(result))
+                self._finish()
+                return
+            connection = lane.upstream.pooled() or await lane.upstream.connect()
         except UpstreamError as exc:
-            log.warning("upstream unreachable", extra={"error": str(exc)})
-            lane.metrics.count_upstream(None)
-            self._write(_answer_bytes(UNREACHABLE))
+            self._unanswered(exc)
             return
+        except Exception:
+            log.exception("fast lane: request failed")
+            self._abort()
+            return
+        self._task = None
+        self._send(connection, message, result, body)
+
+    def _send(
+        self, connection: Connection, message: RawRequestMessage, result: Answer, body: bytes
+    ) -> None:
+        headers = upstream_request_headers(
+            message.headers,
+            result,
+            strip_authorization=self.lane.strip_authorization,
+            client=self._client,
+            scheme="http",
+        )
+        self._method = method = message.method
+        self.lane.upstream.send(connection, method, message.path, headers, body or None,
+                                answered=self._answered, failed=self._unanswered)  # fmt: skip
+
+    def _unanswered(self, exc: UpstreamError) -> None:
+        log.warning("upstream unreachable", extra={"error": str(exc)})
+        self.lane.metrics.count_upstream(None)
+        self._write(_answer_bytes(UNREACHABLE))
+        self._finish()
+
+    def _answered(self, upstream: UpstreamResponse) -> None:
+        """The upstream's response head (called as it is parsed)."""
         try:
-            lane.metrics.count_upstream(upstream.status)
-            await self._relay(upstream, method)
+            self.lane.metrics.count_upstream(upstream.status)
+            headers = downstream_response_headers(upstream.headers)
+            status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
+            if is_bodiless(upstream.status, self._method):
+                self._write(_serialize_headers(status_line, headers))
+            elif is_small(upstream.content_length) and upstream.payload.is_eof():
+                body = upstream.payload.read_nowait()
+                self._write(_serialize_headers(status_line, headers) + body)
+            else:
+                self._task = self._loop.create_task(self._relay(upstream, headers, status_line))
+                return
+        except Exception:
+            log.exception("fast lane: response failed")
+            upstream.close()
+            self._abort()
+            return
+        upstream.close()
+        self._finish()
+
+    async def _relay(
+        self, upstream: UpstreamResponse, headers: CIMultiDict[str], status_line: str
+    ) -> None:
+        """A response whose body is still to come: small ones whole, others as they arrive."""
+        try:
+            if is_small(upstream.content_length):
+                try:
+                    body = await upstream.read()
+                except UpstreamError as exc:
+                    # Nothing is sent yet, so the client gets a clean 502, not a cut response.
+                    log.warning("upstream failed mid-response", extra={"error": str(exc)})
+                    self._write(_answer_bytes(BROKE_OFF))
+                    return
+                self._write(_serialize_headers(status_line, headers) + body)
+                return
+            await self._stream(upstream, headers, status_line)
+        except Exception:
+            log.exception("fast lane: response failed")
+            self._abort()
         finally:
             upstream.close()
+            self._finish()
 
-    async def _relay(self, upstream: UpstreamResponse, method: str) -> None:
-        headers = downstream_response_headers(upstream.headers)
-        status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
-        if is_bodiless(upstream.status, method):
-            self._write(_serialize_headers(status_line, headers))
-            return
-        length = upstream.content_length
-        if is_small(length):
-            try:
-                body = await upstream.read()
-            except UpstreamError as exc:
-                # Nothing is sent yet, so the client gets a clean 502 rather than a cut response.
-                log.warning("upstream failed mid-response", extra={"error": str(exc)})
-                self._write(_answer_bytes(BROKE_OFF))
-                return
-            self._write(_serialize_headers(status_line, headers) + body)
-            return
-        chunked = length is None
+    async def _stream(
+        self, upstream: UpstreamResponse, headers: CIMultiDict[str], status_line: str
+    ) -> None:
+        chunked = upstream.content_length is None
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
         self._write(_serialize_headers(status_line, headers))
@@ -320,6 +380,21 @@ class FastLane(BaseProtocol):
                 self.transport.close()
         except ConnectionError:
             log.debug("client went away while streaming")
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish()
+
+    def _finish(self) -> None:
+        """The answer is written (or the connection is gone): on to the next request."""
+        self._task = None
+        self._busy = False
+        self._served += 1
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        self._next()
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None:
@@ -413,17 +488,18 @@ class FastLane(BaseProtocol):
     def close(self) -> None:
         """Stop taking requests (shutdown): close now when idle, else after the answer."""
         self._closing = True
-        if self._task is None and self.transport is not None:
+        if not self._busy and self.transport is not None:
             self.transport.close()
 
     async def shutdown(self, timeout: float | None) -> None:
         """Let the request in flight finish within ``timeout``, then close."""
         self._closing = True
-        task = self._task
-        if task is not None:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
-                task.cancel()
+        if self._busy:
+            self._drained = drained = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drained, timeout)
+        if self._task is not None:
+            self._task.cancel()
         if self.transport is not None:
             self.transport.close()
 

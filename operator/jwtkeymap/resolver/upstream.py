@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import Final
 
 from aiohttp.base_protocol import BaseProtocol
@@ -36,6 +37,8 @@ from yarl import URL
 # is not retried), so the pool lets them go first.
 UPSTREAM_IDLE_SECONDS: Final = 4.0
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
+log = logging.getLogger("jwtkeymap.resolver.proxy")
+
 READ_BUFFER_BYTES: Final = 2**16
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 
@@ -44,13 +47,19 @@ class UpstreamError(ConnectionError):
     """The upstream could not be reached, or its connection broke before the response ended."""
 
 
+# What a request's sender is told: the response head (its body follows in its payload), or
+# why none came.
+Answered = Callable[["UpstreamResponse"], None]
+Failed = Callable[[UpstreamError], None]
+
+
 class UpstreamResponse:
     """A response head from the upstream and its body, as it arrives."""
 
     __slots__ = ("_connection", "message", "payload")
 
     def __init__(
-        self, connection: _Connection, message: RawResponseMessage, payload: StreamReader
+        self, connection: Connection, message: RawResponseMessage, payload: StreamReader
     ) -> None:
         self._connection = connection
         self.message = message
@@ -88,13 +97,14 @@ class UpstreamResponse:
             self._connection.abandon()
 
 
-class _Connection(BaseProtocol):
+class Connection(BaseProtocol):
     """One connection to the upstream, carrying one exchange at a time."""
 
     __slots__ = (
+        "_answered",
         "_body",
+        "_failed",
         "_pool",
-        "_response",
         "_responses",
         "_sending",
         "idle_since",
@@ -104,7 +114,8 @@ class _Connection(BaseProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop, pool: Upstream) -> None:
         super().__init__(loop)
         self._pool = pool
-        self._response: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
+        self._answered: Answered | None = None
+        self._failed: Failed | None = None
         self._body: StreamReader | None = None
         self._responses: HttpResponseParser | None = None
         self._sending: asyncio.Task[None] | None = None
@@ -113,8 +124,9 @@ class _Connection(BaseProtocol):
 
     # -- one exchange --------------------------------------------------------------
 
-    def begin(self, head: bool) -> asyncio.Future[tuple[RawResponseMessage, StreamReader]]:
-        """Expect one response (without a body after a HEAD)."""
+    def begin(self, head: bool, answered: Answered, failed: Failed) -> None:
+        """Expect one response (without a body after a HEAD): ``answered`` gets its head,
+        or ``failed`` the error that stopped it first."""
         if head:
             self._parser = self._new_parser(with_body=False)
         else:
@@ -123,8 +135,7 @@ class _Connection(BaseProtocol):
             if self._responses is None:
                 self._responses = self._new_parser(with_body=True)
             self._parser = self._responses
-        self._response = self._loop.create_future()
-        return self._response
+        self._answered, self._failed = answered, failed
 
     def _new_parser(self, *, with_body: bool) -> HttpResponseParser:
         return HttpResponseParser(
@@ -161,10 +172,11 @@ class _Connection(BaseProtocol):
             raise UpstreamError("the upstream closed the connection")
         self.transport.write(data)
 
-    def _fail(self, exc: BaseException) -> None:
-        response = self._response
-        if response is not None and not response.done():
-            response.set_exception(exc)
+    def _fail(self, exc: UpstreamError) -> None:
+        failed = self._failed
+        self._answered = self._failed = None
+        if failed is not None:
+            failed(exc)
 
     def _ended(self) -> None:
         # The response has been read to its end (the parser fed the body's EOF).
@@ -173,7 +185,7 @@ class _Connection(BaseProtocol):
             self.reusable = False  # the upstream answered before taking the whole body
             sending.cancel()
         self._parser = None
-        self._response = None
+        self._answered = self._failed = None
         self._body = None
         self._pool.release(self)
 
@@ -188,8 +200,7 @@ class _Connection(BaseProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the response parser; anything the upstream sends unasked ends the connection."""
         parser = self._parser
-        response = self._response
-        if parser is None or response is None:
+        if parser is None:
             if data:
                 self.reusable = False
                 if self.transport is not None:
@@ -206,13 +217,19 @@ class _Connection(BaseProtocol):
         for message, payload in messages:
             if 100 <= message.code < 200 and message.code != 101:
                 continue  # an interim response (103 Early Hints): the real one follows
-            if response.done():
+            answered = self._answered
+            if answered is None:
                 self.reusable = False  # a second response to one request
                 continue
+            self._answered = self._failed = None
             if message.should_close:
                 self.reusable = False
-            response.set_result((message, payload))
             self._body = payload
+            try:
+                answered(UpstreamResponse(self, message, payload))
+            except Exception:
+                log.exception("upstream response handler failed")
+                self.abandon()
             payload.on_eof(self._ended)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -251,8 +268,8 @@ class Upstream:
         )
         self.host_header = parsed.host_port_subcomponent or parsed.raw_host
         self.prefix = parsed.raw_path.rstrip("/")
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()
+        self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
         self._idle_seconds = UPSTREAM_IDLE_SECONDS if idle_seconds is None else idle_seconds
         self._connect_timeout = connect_timeout
         self._closed = False
@@ -269,6 +286,39 @@ class Upstream:
         """Send one request (``target`` is the client's origin-form target) and wait for the
         response head. ``headers`` gets ``Host`` and the body's framing. UpstreamError when
         the upstream cannot be reached or answers nothing usable."""
+        connection = self.pooled() or await self.connect()
+        answer: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+
+        def answered(response: UpstreamResponse) -> None:
+            if answer.done():  # the caller is gone: nobody will read this body
+                response.close()
+            else:
+                answer.set_result(response)
+
+        def failed(exc: UpstreamError) -> None:
+            if not answer.done():
+                answer.set_exception(exc)
+
+        self.send(connection, method, target, headers, body, content_length=content_length,
+                  answered=answered, failed=failed)  # fmt: skip
+        return await answer
+
+    def send(
+        self,
+        connection: Connection,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        content_length: int | None = None,
+        answered: Answered,
+        failed: Failed,
+    ) -> None:
+        """Write one request on ``connection`` (from ``pooled`` or ``connect``); its answer
+        goes to ``answered`` as soon as its head is parsed, or its failure to ``failed``.
+        Synchronous: a request whose check and connection are at hand goes out in the
+        read that brought it."""
         if isinstance(body, bytes | bytearray):
             headers["Content-Length"] = str(len(body))
         elif body is None and method in _BODY_METHODS:
@@ -280,39 +330,49 @@ class Upstream:
                 headers["Transfer-Encoding"] = "chunked"
         headers["Host"] = self.host_header
         head = _serialize_headers(f"{method} {self.prefix}{target} HTTP/1.1", headers)
-        connection = await self._acquire()
-        assert connection.transport is not None
-        # Written first, then the parser readied: no answer can arrive before this yields.
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            self._busy.discard(connection)
+            failed(UpstreamError("the upstream closed the connection"))
+            return
+        # Written first, then the parser readied: no answer can arrive before this returns.
         if isinstance(body, bytes | bytearray):
-            connection.transport.write(head + body if body else head)
-            response = connection.begin(head=method == "HEAD")
+            transport.write(head + body if body else head)
+            connection.begin(method == "HEAD", answered, failed)
         else:
-            connection.transport.write(head)
-            response = connection.begin(head=method == "HEAD")
+            transport.write(head)
+            connection.begin(method == "HEAD", answered, failed)
             if body is not None:
                 connection.send_body(body, chunked=content_length is None)
-        message, payload = await response
-        return UpstreamResponse(connection, message, payload)
 
-    async def _acquire(self) -> _Connection:
+    def pooled(self) -> Connection | None:
+        """An idle connection to send on, or None (then ``connect``)."""
         if self._closed:
-            raise UpstreamError("the resolver is shutting down")
-        loop = asyncio.get_running_loop()
+            return None
+        now = asyncio.get_running_loop().time()
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if connection.transport is None or connection.transport.is_closing():
+            transport = connection.transport
+            if transport is None or transport.is_closing():
                 continue
-            if loop.time() - connection.idle_since > self._idle_seconds:
+            if now - connection.idle_since > self._idle_seconds:
                 connection.reusable = False
-                connection.transport.close()
+                transport.close()
                 continue
             self._busy.add(connection)
             return connection
+        return None
+
+    async def connect(self) -> Connection:
+        """A new connection to send on; UpstreamError when the upstream cannot be reached."""
+        if self._closed:
+            raise UpstreamError("the resolver is shutting down")
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self),
+                    lambda: Connection(loop, self),
                     self._host,
                     self._port,
                     ssl=self._ssl,
@@ -323,7 +383,7 @@ class Upstream:
         self._busy.add(connection)
         return connection
 
-    def release(self, connection: _Connection) -> None:
+    def release(self, connection: Connection) -> None:
         """A connection whose exchange ended: keep it for the next request, or close it."""
         self._busy.discard(connection)
         transport = connection.transport
@@ -335,7 +395,7 @@ class Upstream:
         connection.idle_since = asyncio.get_running_loop().time()
         self._idle.append(connection)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: Connection) -> None:
         """A connection that closed."""
         self._busy.discard(connection)
         with contextlib.suppress(ValueError):
