@@ -5,8 +5,8 @@ kept-alive connection, a JSON body of a few KiB with a ``Content-Length``, a Bea
 the resolver has answered before. For that request aiohttp's web server (a request
 object, a response object, a stream writer, a handler task, the router) cost more CPU
 than the check and the forwarding together, and on a machine shared with the gateway
-that CPU is the latency the hop adds (bench/README.md, "Where the resolver's added
-latency goes").
+that CPU is the latency the hop adds (bench/README.md, "Now: the fast
+lane").
 
 So each connection of the proxy's listener starts here. The request is read with aiohttp's
 own request parser (llhttp, the listener's line and field limits), checked by the same
@@ -294,16 +294,21 @@ class FastLane(BaseProtocol):
     def _send(
         self, connection: Connection, message: RawRequestMessage, result: Answer, body: bytes
     ) -> None:
-        headers = upstream_request_headers(
-            message.headers,
-            result,
-            strip_authorization=self.lane.strip_authorization,
-            client=self._client,
-            scheme="http",
-        )
         self._method = method = message.method
-        self.lane.upstream.send(connection, method, message.path, headers, body or None,
-                                answered=self._answered, failed=self._unanswered)  # fmt: skip
+        try:
+            headers = upstream_request_headers(
+                message.headers,
+                result,
+                strip_authorization=self.lane.strip_authorization,
+                client=self._client,
+                scheme="http",
+            )
+            self.lane.upstream.send(connection, method, message.path, headers, body or None,
+                                    answered=self._answered, failed=self._unanswered)  # fmt: skip
+        except Exception:
+            log.exception("fast lane: request failed")
+            connection.abandon()
+            self._abort()
 
     def _unanswered(self, exc: UpstreamError) -> None:
         log.warning("upstream unreachable", extra={"error": str(exc)})

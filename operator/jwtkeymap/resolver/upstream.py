@@ -3,8 +3,8 @@
 Every request a resolver forwards goes to the one origin of ``--upstream``, so this needs
 none of what aiohttp's ``ClientSession`` adds for a general client (cookies, redirects,
 proxies, tracing, a timeout context per request, URL joining, default headers): that
-machinery was most of the proxy hop's CPU (bench/README.md, "Where the resolver's added
-latency goes"). What a hop does need is kept, from aiohttp itself: its llhttp response
+machinery was most of the proxy hop's CPU (bench/README.md, "Now: the fast
+lane"). What a hop does need is kept, from aiohttp itself: its llhttp response
 parser and stream reader (so framing, limits and flow control are aiohttp's), TCP_NODELAY,
 and its header serializer (which refuses a CR or LF in a name or value).
 
@@ -218,8 +218,10 @@ class Connection(BaseProtocol):
             if 100 <= message.code < 200 and message.code != 101:
                 continue  # an interim response (103 Early Hints): the real one follows
             answered = self._answered
-            if answered is None:
-                self.reusable = False  # a second response to one request
+            if answered is None:  # a second response to one request: out of step
+                self.reusable = False
+                if self.transport is not None:
+                    self.transport.close()
                 continue
             self._answered = self._failed = None
             if message.should_close:
@@ -354,7 +356,7 @@ class Upstream:
         while idle:
             connection = idle.pop()
             transport = connection.transport
-            if transport is None or transport.is_closing():
+            if transport is None or transport.is_closing() or not connection.reusable:
                 continue
             if now - connection.idle_since > self._idle_seconds:
                 connection.reusable = False

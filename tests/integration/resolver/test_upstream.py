@@ -1,0 +1,201 @@
+"""The proxy's connections to its upstream (resolver/upstream.py) against scripted servers.
+
+Each server reads one request at a time and writes the bytes a test gives it, so framing,
+interim responses and early closes are exactly what the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from multidict import CIMultiDict
+
+from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver.upstream import Upstream, UpstreamError
+
+# What the scripted server answers to the n-th request it reads on any connection.
+Script = Callable[[int, bytes], bytes | None]
+
+
+class Scripted:
+    """A raw HTTP/1.1 server: per request, ``script(n, request)`` bytes (None: close). An
+    answer that says ``Connection: close`` is followed by the close."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                answer = self.script(len(self.requests), request)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if b"\r\nconnection: close\r\n" in answer.lower():
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[tuple[Scripted, Upstream]]]]:
+    servers = []
+
+    async def start(script: Script) -> tuple[Scripted, Upstream]:
+        server = Scripted(script)
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        servers.append(listener)
+        port = listener.sockets[0].getsockname()[1]
+        return server, Upstream(f"http://127.0.0.1:{port}/prefix/")
+
+    yield start
+    for listener in servers:
+        listener.close()
+
+
+def ok(body: bytes = b"hello", *extra: bytes) -> bytes:
+    head = [b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+async def get(upstream: Upstream, target: str = "/x", method: str = "GET") -> tuple[int, bytes]:
+    response = await upstream.request(method, target, CIMultiDict({"Accept": "*/*"}))
+    try:
+        return response.status, await response.read()
+    finally:
+        response.close()
+
+
+async def test_requests_share_a_kept_alive_connection_and_carry_host_and_prefix(scripted):
+    server, upstream = await scripted(lambda n, _: ok(b"%d" % n))
+    assert [await get(upstream) for _ in range(3)] == [(200, b"1"), (200, b"2"), (200, b"3")]
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.startswith(b"GET /prefix/x HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{upstream.host_header.split(':')[1]}".encode() in first
+    await upstream.close()
+
+
+async def test_an_interim_response_is_skipped(scripted):
+    early = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    server, upstream = await scripted(lambda n, _: early + ok(b"final"))
+    assert await get(upstream) == (200, b"final")
+    assert await get(upstream) == (200, b"final")  # and the connection is still in step
+    assert server.connections == 1
+    await upstream.close()
+
+
+async def test_connection_close_is_not_reused(scripted):
+    server, upstream = await scripted(lambda n, _: ok(b"x", b"Connection: close"))
+    assert await get(upstream) == (200, b"x")
+    assert await get(upstream) == (200, b"x")
+    assert server.connections == 2
+    await upstream.close()
+
+
+async def test_a_body_delimited_by_the_close_ends_there(scripted):
+    _, upstream = await scripted(
+        lambda n, _: b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end"
+    )
+    response = await upstream.request("GET", "/x", CIMultiDict())
+    assert await asyncio.wait_for(response.read(), 5) == b"to the end"
+    await upstream.close()
+
+
+async def test_a_body_cut_short_is_an_error_not_a_short_body(scripted):
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly this"
+    _, upstream = await scripted(lambda n, _: cut)
+    response = await upstream.request("GET", "/x", CIMultiDict())
+    with pytest.raises(UpstreamError):
+        await asyncio.wait_for(response.read(), 5)
+    await upstream.close()
+
+
+async def test_bytes_nobody_asked_for_end_the_connection(scripted):
+    # One answer too many: the connection is out of step and must not carry a request.
+    server, upstream = await scripted(lambda n, _: ok(b"one") + ok(b"unasked"))
+    assert await get(upstream) == (200, b"one")
+    await asyncio.sleep(0.05)  # let the stray answer arrive on the idle connection
+    assert await get(upstream) == (200, b"one")
+    assert server.connections == 2
+    await upstream.close()
+
+
+async def test_an_abandoned_response_closes_its_connection(scripted):
+    big = b"x" * 1_000_000
+    server, upstream = await scripted(lambda n, _: ok(big))
+    response = await upstream.request("GET", "/x", CIMultiDict())
+    assert await response.payload.readany()  # some of it, not all
+    response.close()
+    assert await get(upstream) == (200, big)
+    assert server.connections == 2
+    await upstream.close()
+
+
+async def test_head_answers_carry_a_length_but_no_body(scripted):
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    server, upstream = await scripted(lambda n, req: head if req.startswith(b"HEAD") else ok())
+    assert await get(upstream, method="HEAD") == (200, b"")
+    assert await get(upstream) == (200, b"hello")  # the next answer is read in step
+    assert server.connections == 1
+    await upstream.close()
+
+
+async def test_a_post_without_a_body_says_so(scripted):
+    server, upstream = await scripted(lambda n, _: ok())
+    assert await get(upstream, method="POST") == (200, b"hello")
+    assert b"\r\nContent-Length: 0\r\n" in server.requests[0]
+    await upstream.close()
+
+
+async def test_a_streamed_body_without_a_length_is_chunked():
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"defg"
+
+    got: list[bytes] = []
+
+    async def read_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        got.append(head)
+        got.append(await reader.readuntil(b"0\r\n\r\n"))
+        writer.write(ok())
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(read_chunked, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    chunked = Upstream(f"http://127.0.0.1:{port}")
+    response = await chunked.request("POST", "/up", CIMultiDict(), body())
+    assert await response.read() == b"hello"
+    assert b"Transfer-Encoding: chunked" in got[0]
+    assert got[1] == b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    await chunked.close()
+    listener.close()
+
+
+async def test_an_unreachable_upstream_is_an_upstream_error():
+    upstream = Upstream(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UpstreamError):
+        await upstream.request("GET", "/x", CIMultiDict())
+    await upstream.close()
+
+
+def test_only_http_and_https_urls_are_upstreams():
+    with pytest.raises(ValueError, match="not an http"):
+        Upstream("ftp://example.test/")
