@@ -177,6 +177,23 @@ LEFT = {
         "authorizations",
     ),
     "malformed": (lambda auth: b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n", "malformed"),
+    # The framings a request smuggler tries: every one is the application's to refuse.
+    "length_and_chunked": (
+        lambda auth: (
+            request("POST", "/x", auth, "Content-Length: 4", "Transfer-Encoding: chunked")
+            + b"0\r\n\r\n"
+        ),
+        "malformed",
+    ),
+    "two_lengths": (
+        lambda auth: request("POST", "/x", auth, "Content-Length: 2", "Content-Length: 3") + b"abc",
+        "malformed",
+    ),
+    "folded_header": (
+        lambda auth: request("GET", "/x", auth, "X-Folded: a", " b"),
+        "malformed",
+    ),
+    "bare_lf": (lambda auth: request("GET", "/x", auth).replace(b"\r\n", b"\n"), "malformed"),
 }
 
 
