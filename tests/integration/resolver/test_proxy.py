@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -13,6 +14,7 @@ from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver import upstream as upstream_module
 from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
+from support.servers import EchoUpstream
 
 SPOOFED = {
     "X-JWTKeyMap-Decision": "admin",
@@ -29,6 +31,33 @@ async def proxy(make_settings, database_url, start_resolver, upstream_port, **ex
         database_url=database_url, upstream=f"http://127.0.0.1:{upstream_port}", **extra
     )
     return await start_resolver(settings)
+
+
+@dataclasses.dataclass
+class Mapped:
+    """A resolver in front of the echo upstream, and a token mapped through it."""
+
+    url: str
+    port: int
+    echo: EchoUpstream
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def mapped_proxy(make_settings, database_url, start_resolver, upstream, map_claim, signing_key):
+    """Start a resolver (settings ``extra``) in front of the echo upstream, alice mapped."""
+
+    async def start(**extra: Any) -> Mapped:
+        echo, port = upstream
+        await map_claim("alice")
+        r = await proxy(make_settings, database_url, start_resolver, port, **extra)
+        return Mapped(r.url, r.port, echo, signing_key.sign(sub="alice"))
+
+    return start
 
 
 async def test_allowed_request_carries_identity_and_no_spoofed_headers(
@@ -61,16 +90,11 @@ async def test_allowed_request_carries_identity_and_no_spoofed_headers(
     assert headers["x-forwarded-for"] == ["127.0.0.1"]
 
 
-async def test_strip_authorization(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port, strip_authorization=True)
-    token = signing_key.sign(sub="alice")
-    async with http.get(f"{r.url}/x", headers={"Authorization": f"Bearer {token}"}) as resp:
+async def test_strip_authorization(http, mapped_proxy):
+    p = await mapped_proxy(strip_authorization=True)
+    async with http.get(f"{p.url}/x", headers=p.auth) as resp:
         assert resp.status == 200
-    assert "authorization" not in echo.headers_of()
+    assert "authorization" not in p.echo.headers_of()
 
 
 async def test_denied_request_never_reaches_upstream(
@@ -93,16 +117,12 @@ async def test_denied_request_never_reaches_upstream(
     assert echo.requests == []
 
 
-async def test_hop_by_hop_headers_stay_on_their_hop(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
+async def test_hop_by_hop_headers_stay_on_their_hop(http, mapped_proxy):
+    p = await mapped_proxy()
     async with http.get(
-        f"{r.url}/x",
+        f"{p.url}/x",
         headers={
-            "Authorization": f"Bearer {signing_key.sign(sub='alice')}",
+            **p.auth,
             "Connection": "keep-alive, X-Private-Hop",
             "X-Private-Hop": "secret",
             "Keep-Alive": "timeout=5",
@@ -111,20 +131,16 @@ async def test_hop_by_hop_headers_stay_on_their_hop(
         },
     ) as resp:
         assert resp.status == 200
-    headers = echo.headers_of()
+    headers = p.echo.headers_of()
     for gone in ("x-private-hop", "keep-alive", "te"):
         assert gone not in headers, gone
     assert headers["x-kept"] == ["yes"]
 
 
-async def test_sse_chunks_reach_the_client_before_the_upstream_finishes(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    token = signing_key.sign(sub="alice")
-    async with http.post(f"{r.url}/sse", headers={"Authorization": f"Bearer {token}"}) as resp:
+async def test_sse_chunks_reach_the_client_before_the_upstream_finishes(http, mapped_proxy):
+    p = await mapped_proxy()
+    echo = p.echo
+    async with http.post(f"{p.url}/sse", headers=p.auth) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "text/event-stream"
         received: list[str] = []
@@ -140,23 +156,18 @@ async def test_sse_chunks_reach_the_client_before_the_upstream_finishes(
     assert received == ["data: one", "data: two", "data: three"]
 
 
-async def test_large_bodies_stream_both_ways(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+async def test_large_bodies_stream_both_ways(http, mapped_proxy):
+    p = await mapped_proxy()
     part = b"y" * (1 << 20)
 
     async def body():
         yield part
         # The upstream is reading before the client has finished sending.
-        await wait_until(lambda: echo.upload_progress >= len(part), what="first MiB upstream")
+        await wait_until(lambda: p.echo.upload_progress >= len(part), what="first MiB upstream")
         for _ in range(31):
             yield part
 
-    async with http.post(f"{r.url}/upload", headers=auth, data=body()) as resp:
+    async with http.post(f"{p.url}/upload", headers=p.auth, data=body()) as resp:
         assert resp.status == 200
         seen = await resp.json()
     assert seen["body_length"] == 32 << 20
@@ -164,7 +175,7 @@ async def test_large_bodies_stream_both_ways(
 
     size = 48 << 20
     digest = hashlib.sha256()
-    async with http.get(f"{r.url}/download?bytes={size}", headers=auth) as resp:
+    async with http.get(f"{p.url}/download?bytes={size}", headers=p.auth) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(size)
         total = 0
@@ -220,14 +231,13 @@ def _parse(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
 
 
 async def test_small_response_reaches_the_client_whole_in_one_piece(
-    make_settings, database_url, start_resolver, upstream, map_claim, signing_key
+    mapped_proxy,
 ):
     # The upstream sends its headers, then (once released) its body, as uvicorn does; the
     # client gets nothing until the body is there, then all of it with the upstream's headers.
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    reader, writer = await _raw_get(r.port, "/split?bytes=300", signing_key.sign(sub="alice"))
+    p = await mapped_proxy()
+    echo = p.echo
+    reader, writer = await _raw_get(p.port, "/split?bytes=300", p.token)
     try:
         await asyncio.wait_for(echo.split_started.wait(), 10)
         # The upstream's headers are on their way: none of them reaches the client alone.
@@ -248,67 +258,47 @@ async def test_small_response_reaches_the_client_whole_in_one_piece(
     assert "transfer-encoding" not in headers
 
 
-async def test_response_over_the_buffered_size_still_streams(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
+async def test_response_over_the_buffered_size_still_streams(http, mapped_proxy):
+    p = await mapped_proxy()
     size = BUFFERED_BODY_MAX + 1
-    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
-    async with http.get(f"{r.url}/split?bytes={size}&first=1024", headers=auth) as resp:
+    async with http.get(f"{p.url}/split?bytes={size}&first=1024", headers=p.auth) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Length"] == str(size)
         # The first KiB arrives while the upstream still holds the rest.
         first = await asyncio.wait_for(resp.content.readexactly(1024), 10)
-        assert not echo.split_gate.is_set()
-        echo.split_gate.set()
+        assert not p.echo.split_gate.is_set()
+        p.echo.split_gate.set()
         rest = await asyncio.wait_for(resp.content.read(), 10)
     assert first + rest == b"x" * size
 
 
-async def test_small_response_cut_short_by_the_upstream_is_502(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
-    async with http.get(f"{r.url}/cut", headers=auth) as resp:
+async def test_small_response_cut_short_by_the_upstream_is_502(http, mapped_proxy):
+    p = await mapped_proxy()
+    async with http.get(f"{p.url}/cut", headers=p.auth) as resp:
         assert resp.status == 502
         assert (await resp.json())["error"]["reason"] == "upstream_unavailable"
-    assert len(echo.requests) == 1
+    assert len(p.echo.requests) == 1
 
 
-async def test_head_passes_the_length_without_a_body(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
-):
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
-    async with http.head(f"{r.url}/download?bytes=100", headers=auth) as resp:
+async def test_head_passes_the_length_without_a_body(http, mapped_proxy):
+    p = await mapped_proxy()
+    async with http.head(f"{p.url}/download?bytes=100", headers=p.auth) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Length"] == "100"
         assert await resp.read() == b""
-    assert echo.requests[-1]["method"] == "HEAD"
+    assert p.echo.requests[-1]["method"] == "HEAD"
 
 
-async def test_an_idle_upstream_connection_is_not_reused(
-    make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key, monkeypatch
-):
+async def test_an_idle_upstream_connection_is_not_reused(http, mapped_proxy, monkeypatch):
     # An upstream drops its idle connections after its keep-alive timeout (uvicorn: 5 s); a
     # request sent on one as it closes would fail, so the resolver lets them go first.
     monkeypatch.setattr(upstream_module, "UPSTREAM_IDLE_SECONDS", 0.2)
-    echo, port = upstream
-    await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, port)
-    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    p = await mapped_proxy()
 
     async def upstream_peer() -> list[Any]:
-        async with http.get(f"{r.url}/x", headers=auth) as resp:
+        async with http.get(f"{p.url}/x", headers=p.auth) as resp:
             assert resp.status == 200
-        return echo.requests[-1]["peer"]
+        return p.echo.requests[-1]["peer"]
 
     first = await upstream_peer()
     assert await upstream_peer() == first  # back to back: the same connection
