@@ -45,7 +45,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from jwtkeymap.resolver.check import Answer
-from jwtkeymap.resolver.limits import BUSY, TIMED_OUT, GuardedServer, Limits
+from jwtkeymap.resolver.limits import TIMED_OUT, GuardedServer, Limits, refused_when_full
 from jwtkeymap.resolver.metrics import Metrics
 from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
@@ -129,7 +129,6 @@ class FastLane(BaseProtocol):
         "_deadline",
         "_drained",
         "_expired",
-        "_head_timed",
         "_later",
         "_message",
         "_method",
@@ -164,7 +163,6 @@ class FastLane(BaseProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = math.inf
         self._expired: Callable[[], None] = self._idle_expired
-        self._head_timed = False
         self._closing = False
         self._served = 0
         self._client: str | None = None
@@ -173,9 +171,7 @@ class FastLane(BaseProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection, or answer 503 and close it when the listener is full."""
-        if len(self._server.connections) >= self.lane.limits.max_connections:
-            transport.write(BUSY)  # type: ignore[attr-defined]
-            transport.close()
+        if refused_when_full(self._server, self.lane.limits, transport):
             return
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
@@ -222,7 +218,7 @@ class FastLane(BaseProtocol):
         elif self._message is None:
             if len(self._received) > self.lane.limits.max_head_bytes:
                 self._hand_over("head_size")  # the application cuts it (431)
-            elif not self._head_timed:
+            elif not self._head_timed():
                 self._arm_head()
             return
         message, payload = self._message
@@ -420,7 +416,6 @@ class FastLane(BaseProtocol):
             self.data_received(data)
             return
         self._set_deadline(self.lane.limits.keepalive_timeout, self._idle_expired)
-        self._head_timed = False
 
     # -- handing over ----------------------------------------------------------------
 
@@ -457,11 +452,12 @@ class FastLane(BaseProtocol):
 
     def _arm_head(self) -> None:
         self._set_deadline(self.lane.limits.header_timeout, self._head_expired)
-        self._head_timed = True
+
+    def _head_timed(self) -> bool:
+        return self._deadline != math.inf and self._expired == self._head_expired
 
     def _disarm(self) -> None:
         self._deadline = math.inf
-        self._head_timed = False
 
     def _stop_timer(self) -> None:
         self._disarm()

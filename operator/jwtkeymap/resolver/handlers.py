@@ -26,6 +26,9 @@ SERVICE = web.AppKey("service", Service)
 
 CHECK_PATH = "/check"
 JWKS_PATH = "/.well-known/jwks.json"
+HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+METRICS_PATH = "/metrics"
 
 # A request whose Authorization headers disagree must not be checked on one and
 # forwarded with both (issue 14, F12).
@@ -45,7 +48,8 @@ def is_own_path(path: str) -> bool:
     return path in _OWN_PATHS or is_check_path(path)
 
 
-_OWN_PATHS: frozenset[str] = frozenset({JWKS_PATH, "/healthz", "/readyz", "/metrics"})
+# Every route ``create_app`` adds besides the check's and the proxy's.
+_OWN_PATHS: frozenset[str] = frozenset({JWKS_PATH, HEALTHZ_PATH, READYZ_PATH, METRICS_PATH})
 
 
 def _response(result: Answer) -> web.Response:
@@ -171,9 +175,9 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.router.add_route("*", CHECK_PATH, check_route)
     app.router.add_route("*", CHECK_PATH + "/{tail:.*}", check_route)
     app.router.add_get(JWKS_PATH, handle_jwks)
-    app.router.add_get("/healthz", handle_healthz, allow_head=True)
-    app.router.add_get("/readyz", handle_readyz, allow_head=True)
-    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get(HEALTHZ_PATH, handle_healthz, allow_head=True)
+    app.router.add_get(READYZ_PATH, handle_readyz, allow_head=True)
+    app.router.add_get(METRICS_PATH, handle_metrics)
     if settings.upstream:
         add_proxy_routes(app, settings, check_request=answer_request, metrics=metrics)
     return app

@@ -98,6 +98,16 @@ def oversized_field(raw_headers: Iterable[tuple[bytes, bytes]], limits: Limits) 
     return False
 
 
+def refused_when_full(server: web.Server, limits: Limits, transport: asyncio.BaseTransport) -> bool:
+    """Answer 503 and close a new connection when the listener holds ``max_connections``."""
+    if len(server.connections) < limits.max_connections:
+        return False
+    writer = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+    writer.write(BUSY)
+    writer.close()
+    return True
+
+
 class GuardedRequestHandler(RequestHandler):
     """One connection, bounded in head size, head time and (with its server) in number."""
 
@@ -126,11 +136,8 @@ class GuardedRequestHandler(RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection, or answer 503 and close it when the listener is full."""
         assert self._manager is not None
-        if len(self._manager.connections) >= self._limits.max_connections:
+        if refused_when_full(self._manager, self._limits, transport):
             self._refused = True
-            writer = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-            writer.write(BUSY)
-            writer.close()
             return
         super().connection_made(transport)
         self._arm()
