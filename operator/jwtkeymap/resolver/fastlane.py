@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import re
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -247,18 +248,26 @@ class FastLane(BaseProtocol):
     def _start(self, message: RawRequestMessage, body: bytes) -> None:
         authorization = message.headers.get("Authorization")
         digest = header_digest(authorization)
-        result = self.lane.service.recall(digest)
-        if result is not None and not result.allowed:
+        service = self.lane.service
+        started = time.perf_counter()
+        result = service.remembered(digest)
+        if result is None:
+            self._task = self._loop.create_task(
+                self._start_later(message, body, authorization, digest, None)
+            )
+            return
+        looked_up = time.perf_counter() - started
+        if not result.allowed:
             self._write(_answer_bytes(result))
             self._finish()
-            return
-        connection = self.lane.upstream.pooled() if result is not None else None
-        if result is None or connection is None:
+        elif (connection := self.lane.upstream.pooled()) is None:
             self._task = self._loop.create_task(
                 self._start_later(message, body, authorization, digest, result)
             )
-            return
-        self._send(connection, message, result, body)
+        else:
+            self._send(connection, message, result, body)
+        # Counted once the request is on its way: what a request waits for is its bytes.
+        service.record(result, looked_up)
 
     async def _start_later(
         self,

@@ -2,8 +2,8 @@
 
 A client streaming completions sends the same bearer token many times a
 second; the memo answers those with one hash and one dictionary lookup instead
-of re-running verification and policy. It is keyed by sha256 of the
-``Authorization`` header (a token is never kept as a key), and an entry is
+of re-running verification and policy. It is keyed by a BLAKE2b digest of
+the ``Authorization`` header (a token is never kept as a key), and an entry is
 valid only for its own short TTL and only while the mapping cache's
 generation is unchanged: every invalidation, and every loss of the
 invalidation channel, bumps that generation, so no answer outlives a change.
@@ -20,7 +20,7 @@ SWEEP_SECONDS = 1.0
 
 
 class AnswerMemo:
-    """Bounded map of sha256(Authorization) → (answer, cache generation, deadline)."""
+    """Bounded map of blake2b(Authorization) → (answer, cache generation, deadline)."""
 
     def __init__(self, max_entries: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self._max = max_entries

@@ -181,7 +181,7 @@ class Service:
     async def authorize(self, authorization: str | None, digest: bytes | None = None) -> Answer:
         """Answer one check for the request's ``Authorization`` header (no memo lookup).
 
-        With ``digest`` (sha256 of the header) a reusable answer is remembered.
+        With ``digest`` (``header_digest`` of the header) a reusable answer is remembered.
         """
         engine = self.engine
         try:
@@ -229,13 +229,18 @@ class Service:
         dictionary lookup, without a coroutine.
         """
         start = time.perf_counter()
+        result = self.remembered(digest)
+        if result is not None:
+            self.record(result, time.perf_counter() - start)
+        return result
+
+    def remembered(self, digest: bytes | None) -> Answer | None:
+        """``recall`` without the counting: the caller ``record``s the answer once it has
+        acted on it (the fast lane sends the request first, then keeps the books)."""
         engine = self.engine
         if digest is None or engine.suspended:
             return None
-        result = self.memo.recall(digest, engine.cache.generation)
-        if result is not None:
-            self._record(result, time.perf_counter() - start)
-        return result
+        return self.memo.recall(digest, engine.cache.generation)
 
     async def answer(self, authorization: str | None) -> Answer:
         """The whole check: ``recall``, else ``decide``."""
@@ -250,10 +255,11 @@ class Service:
         except Exception:
             log.exception("check failed")
             result = check.refuse(500, "internal_error", "JWT Key Mapping: internal error.")
-        self._record(result, time.perf_counter() - start)
+        self.record(result, time.perf_counter() - start)
         return result
 
-    def _record(self, result: Answer, seconds: float) -> None:
+    def record(self, result: Answer, seconds: float) -> None:
+        """Count one check answer that took ``seconds`` (and log it if it is a failure)."""
         self.metrics.count(result.decision, result.reason, seconds)
         if result.status >= 500:
             log.warning("check answered %s", result.status, extra={"reason": result.reason})
@@ -310,10 +316,14 @@ class Service:
 
 
 def header_digest(authorization: str | None) -> bytes | None:
-    """sha256 of an ``Authorization`` header: the answer memo's key (None without one)."""
+    """BLAKE2b-256 of an ``Authorization`` header: the answer memo's key (None without one).
+
+    BLAKE2b rather than sha256: as collision-resistant, and CPython's own compact code
+    rather than OpenSSL's dispatch, which costs several times more run cold on a request
+    after an idle moment (bench/README.md, "Where the hop's time goes")."""
     if not authorization:
         return None
-    return hashlib.sha256(authorization.encode("utf-8", "surrogatepass")).digest()
+    return hashlib.blake2b(authorization.encode("utf-8", "surrogatepass"), digest_size=32).digest()
 
 
 def _signer(settings: Settings, clock: Clock) -> AssertionSigner | None:

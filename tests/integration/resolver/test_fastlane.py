@@ -230,6 +230,35 @@ async def test_a_request_arriving_in_pieces_stays_in_the_lane(pair, bearer):
     assert pair.lanes() == (1, {})
 
 
+async def test_every_answer_of_the_lane_is_counted_once(
+    make_settings, database_url, start_resolver, upstream, bearer, signing_key
+):
+    # The first request of each token is decided; the repeats are remembered answers,
+    # which the lane counts after it has acted on them: allowed and refused alike.
+    echo, port = upstream
+    settings = make_settings(
+        database_url=database_url,
+        upstream=f"http://127.0.0.1:{port}",
+        unregistered_client_behavior="reject",
+    )
+    lane = await start_resolver(settings)
+    stranger = f"Authorization: Bearer {signing_key.sign(sub='stranger')}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+    try:
+        answers = []
+        for data in [request("GET", "/x", bearer)] * 3 + [request("GET", "/x", stranger)] * 2:
+            writer.write(data)  # one at a time: pipelined ones are the application's
+            answers.append(await read_response(reader))
+    finally:
+        writer.close()
+    assert [a[0].split(" ")[1] for a in answers] == ["200"] * 3 + ["403"] * 2
+    assert len(echo.requests) == 3
+    metrics = lane.service.metrics
+    assert metrics.decisions == {("mapped", ""): 3, ("denied", "unregistered_client"): 2}
+    assert sum(metrics.check_seconds.counts) == 5
+    assert (metrics.fast_lane, metrics.handovers) == (5, {})
+
+
 async def test_a_connection_handed_over_keeps_serving(pair, bearer):
     # Fast, then one the application must answer, then fast again on the same connection:
     # from the hand-over on, the application answers them all.
