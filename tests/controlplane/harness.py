@@ -19,8 +19,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -37,12 +35,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+# Run as a script (`make controlplane-up`) or loaded by a benchmark or tests/node, the
+# tests' helper package beside this directory is importable too.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jwtkeymap.demo.ports import free_port
+from support.pki import TLSFiles, issue_client_cert, issue_tls, pem_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "hack" / "envtest" / "install.sh"
@@ -129,134 +130,6 @@ async def apoll(
             raise TimeoutError(f"waited {timeout} s for {message}; last: {result!r}")
         await asyncio.sleep(POLL_INTERVAL)
     return result
-
-
-# --- certificates ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TLSFiles:
-    """A CA and a serving certificate signed by it, as PEM files."""
-
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-    ca_key_file: Path | None = None
-
-    @property
-    def ca_bundle_b64(self) -> str:
-        """The CA as base64 PEM, the form ``caBundle`` fields take."""
-        return base64.b64encode(self.ca_file.read_bytes()).decode()
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def issue_tls(
-    directory: Path, name: str, *, hosts: Sequence[str] = (LOOPBACK, "localhost")
-) -> TLSFiles:
-    """Write a fresh CA and a serving cert for ``hosts`` (IPs or DNS names) into ``directory``."""
-    now = datetime.datetime.now(datetime.UTC)
-    validity = datetime.timedelta(days=1)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + validity)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    files = TLSFiles(
-        ca_file=directory / f"{name}-ca.crt",
-        cert_file=directory / f"{name}.crt",
-        key_file=directory / f"{name}.key",
-        ca_key_file=directory / f"{name}-ca.key",
-    )
-    files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    for path, private in ((files.key_file, key), (files.ca_key_file, ca_key)):
-        path.write_bytes(_pem_key(private))
-        path.chmod(0o600)
-    return files
-
-
-def issue_client_cert(tls: TLSFiles, name: str, *, groups: Sequence[str] = ()) -> tuple[Path, Path]:
-    """A client certificate (CN ``name``, O ``groups``) signed by the CA of ``tls``; (cert, key)."""
-    assert tls.ca_key_file is not None
-    ca_key = serialization.load_pem_private_key(tls.ca_key_file.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca_cert = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
-    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(subject))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file = tls.ca_file.parent / f"{name}.client.crt"
-    key_file = tls.ca_file.parent / f"{name}.client.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(_pem_key(key))
-    key_file.chmod(0o600)
-    return cert_file, key_file
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -412,7 +285,7 @@ class ControlPlane:
         )
         tokens.chmod(0o600)
         sa_key = pki / "service-account.key"
-        sa_key.write_bytes(_pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+        sa_key.write_bytes(pem_key(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
         sa_key.chmod(0o600)
 
         etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()

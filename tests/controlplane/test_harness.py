@@ -19,7 +19,9 @@ import jwt
 import kopf
 import pytest
 from aiohttp import web
-from harness import TESTDATA, Binaries, ControlPlane, apoll, issue_tls, poll
+from harness import TESTDATA, Binaries, ControlPlane, apoll, poll
+
+from support.pki import issue_tls
 
 pytestmark = pytest.mark.controlplane
 

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import shutil
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -41,15 +42,17 @@ async def serve(
     *,
     port: int | None = None,
     runner_class: type[web.AppRunner] = web.AppRunner,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 (a free port unless given); yield its base URL."""
+    """Serve ``app`` on 127.0.0.1 (a free port unless given; over TLS with ``ssl_context``);
+    yield its base URL."""
     runner = runner_class(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
     port = port or free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 

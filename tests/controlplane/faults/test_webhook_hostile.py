@@ -17,9 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from harness import ControlPlane, issue_tls, poll
+from harness import ControlPlane, poll
 
 from jwtkeymap.demo.ports import free_port, port_open
+from support.pki import issue_tls
 from support.servers import OperatorProcess
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]

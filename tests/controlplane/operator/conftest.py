@@ -12,7 +12,9 @@ from typing import Any
 
 import kopf
 import pytest
-from harness import ControlPlane, issue_tls
+from harness import ControlPlane
+
+from support.pki import issue_tls
 
 # operator_kit.py sits next to this file (importlib mode puts nothing on sys.path).
 sys.path.insert(0, str(Path(__file__).parent))

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-from harness import ControlPlane, TLSFiles, apoll
+from harness import ControlPlane, apoll
 
 from jwtkeymap.core.keys import hash_key
 from jwtkeymap.core.settings import Settings
+from support.pki import TLSFiles
 
 # Namespaces with this label are left to the policies their test makes; every other test
 # namespace may map what the tests use (tenancy is secure by default: no policy, no mapping).
