@@ -157,6 +157,13 @@ def test_labelled_deployment_gets_the_resolver_and_only_allowed_requests_pass(
         bypass = attempt(pod_ip, ECHO_PORT, "/bypass", timeout=3)
         assert isinstance(bypass, str), f"the upstream answered from outside the pod: {bypass}"
         assert attempt(pod_ip, 8181, "/healthz", timeout=3) != "ConnectionRefusedError"
+        # The resolver's figures are on its metrics port; on the way in, /metrics is a path
+        # of the upstream's like any other: checked first.
+        metrics = attempt(pod_ip, 8182, "/metrics", timeout=3)
+        assert isinstance(metrics, Reply) and metrics.status == 200, metrics
+        assert b'jwtkeymap_decisions_total{decision="mapped",reason=""}' in metrics.body
+        public = attempt(pod_ip, 8181, "/metrics", timeout=3)
+        assert isinstance(public, Reply) and public.status == 401, public
     finally:
         remove_mapping(node_postgres.url, mapping_id)
 

@@ -16,22 +16,39 @@ from jwtkeymap.core.logs import configure_logging
     help="Address to serve on (default 0.0.0.0:8080).",
 )
 @click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar="JWTKEYMAP_METRICS_LISTEN",
+    help="Serve /metrics on this address alone (a reverse proxy serves it nowhere else).",
+)
+@click.option(
     "--upstream",
     metavar="URL",
     envvar="JWTKEYMAP_UPSTREAM",
     help="Reverse-proxy mode: check every request, then proxy it to this URL.",
 )
 @pass_ctx
-def resolver(ctx: Context, listen: str | None, upstream: str | None) -> None:
+def resolver(
+    ctx: Context, listen: str | None, metrics_listen: str | None, upstream: str | None
+) -> None:
     """Serve /check for Envoy ext_authz and nginx auth_request (or proxy to --upstream)."""
     # The HTTP server is imported only when it is about to run.
-    from jwtkeymap.resolver.server import parse_listen, run
+    from jwtkeymap.resolver.handlers import parse_listen
+    from jwtkeymap.resolver.server import run
 
-    settings = ctx.load(listen=listen, upstream=upstream)
-    try:
-        parse_listen(settings.listen)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    settings = ctx.load(listen=listen, metrics_listen=metrics_listen, upstream=upstream)
+    addresses = [("--listen", settings.listen)]
+    if settings.metrics_listen:
+        addresses.append(("--metrics-listen", settings.metrics_listen))
+    for hint, address in addresses:
+        try:
+            parse_listen(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    if len({parse_listen(address)[1] for _, address in addresses}) < len(addresses):
+        raise click.BadParameter(
+            f"must be another port than --listen {settings.listen}", param_hint="--metrics-listen"
+        )
     if settings.upstream and not settings.upstream.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http:// or https:// URL", param_hint="--upstream")
     if not settings.issuers and not settings.oidc_userinfo_url:

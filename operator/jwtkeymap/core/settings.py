@@ -221,6 +221,11 @@ class Settings(BaseSettings):
 
     # Resolver (sidecar).
     listen: str = "0.0.0.0:8080"
+    # HOST:PORT of a listener that serves /metrics alone. Set, /metrics is served there and
+    # not on ``listen``. In reverse-proxy mode ``listen`` is the upstream's only way in and
+    # never serves /metrics (the path is checked and forwarded like any other): set this
+    # to scrape a proxy.
+    metrics_listen: str | None = None
     upstream: str | None = None
     strip_authorization: bool = False
     assertion: AssertionSettings = Field(default_factory=AssertionSettings)

@@ -8,12 +8,14 @@ when the application starts (``create_app``'s lifecycle) and is found under
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
+from jwtkeymap.core.errors import ConfigError
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import Answer
@@ -23,6 +25,8 @@ from jwtkeymap.resolver.proxy import add_proxy_routes
 from jwtkeymap.resolver.service import Service, header_digest
 
 SERVICE = web.AppKey("service", Service)
+
+log = logging.getLogger("jwtkeymap.resolver")
 
 CHECK_PATH = "/check"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -43,13 +47,26 @@ def is_check_path(path: str) -> bool:
     return path.startswith(CHECK_PATH) and (len(path) == n or path[n] == "/")
 
 
-def is_own_path(path: str) -> bool:
-    """Tell whether the application answers ``path`` itself rather than forward it."""
-    return path in _OWN_PATHS or is_check_path(path)
+def serves_metrics(settings: Settings) -> bool:
+    """Tell whether the main listener serves ``/metrics``: in check mode, unless
+    ``metrics_listen`` moves it. A reverse proxy's listener is its upstream's way in:
+    ``/metrics`` there is the upstream's path, and the resolver's own is only on
+    ``metrics_listen``."""
+    return not settings.upstream and not settings.metrics_listen
 
 
-# Every route ``create_app`` adds besides the check's and the proxy's.
-_OWN_PATHS: frozenset[str] = frozenset({JWKS_PATH, HEALTHZ_PATH, READYZ_PATH, METRICS_PATH})
+def own_paths(settings: Settings) -> Callable[[str], bool]:
+    """Tell whether the application answers a path itself rather than forward it: the
+    check's, and every other route ``create_app`` adds besides the proxy's."""
+    own = {JWKS_PATH, HEALTHZ_PATH, READYZ_PATH}
+    if serves_metrics(settings):
+        own.add(METRICS_PATH)
+    paths = frozenset(own)
+
+    def is_own(path: str) -> bool:
+        return path in paths or is_check_path(path)
+
+    return is_own
 
 
 def _response(result: Answer) -> web.Response:
@@ -143,8 +160,50 @@ async def handle_readyz(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus exposition."""
-    body = request.app[SERVICE].metrics.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    return _exposition(request.app[SERVICE].metrics)
+
+
+def _exposition(metrics: Metrics) -> web.Response:
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def _metrics_listener(
+    settings: Settings, metrics: Metrics
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The application's companion listener on ``metrics_listen``: ``GET /metrics``,
+    nothing else, for as long as the application runs."""
+    listen = settings.metrics_listen or ""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(f"metrics_listen: {exc}") from None
+
+    async def handle(_request: web.Request) -> web.Response:
+        return _exposition(metrics)
+
+    async def serve(_app: web.Application) -> AsyncIterator[None]:
+        app = web.Application(handler_args=Limits.of(settings).handler_args())
+        app.router.add_get(METRICS_PATH, handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(f"metrics_listen {listen}: {exc.strerror or exc}") from None
+        log.info("metrics listening", extra={"listen": f"{host}:{port}"})
+        yield
+        await runner.cleanup()
+
+    return serve
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6); raise ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a sidecar's default
 
 
 def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Application:
@@ -177,7 +236,10 @@ def create_app(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> web.Applic
     app.router.add_get(JWKS_PATH, handle_jwks)
     app.router.add_get(HEALTHZ_PATH, handle_healthz, allow_head=True)
     app.router.add_get(READYZ_PATH, handle_readyz, allow_head=True)
-    app.router.add_get(METRICS_PATH, handle_metrics)
+    if serves_metrics(settings):
+        app.router.add_get(METRICS_PATH, handle_metrics)
+    elif settings.metrics_listen:
+        app.cleanup_ctx.append(_metrics_listener(settings, metrics))
     if settings.upstream:
         add_proxy_routes(app, settings, check_request=answer_request, metrics=metrics)
     return app

@@ -17,7 +17,8 @@ from jwtkeymap.resolver.handlers import (
     check_handler,
     create_app,
     is_check_path,
-    is_own_path,
+    own_paths,
+    parse_listen,
 )
 from jwtkeymap.resolver.limits import (
     GuardedRequestHandler,
@@ -85,17 +86,9 @@ class ResolverRunner(web.AppRunner):
             metrics=service.metrics,
             limits=limits,
             strip_authorization=service.settings.strip_authorization,
-            own_path=is_own_path,
+            own_path=own_paths(service.settings),
         )
         return FastLaneServer(dispatch, lane=lane, **kwargs)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:8080`` for IPv6); raise ValueError when malformed."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - a sidecar's default
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

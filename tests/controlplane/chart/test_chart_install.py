@@ -273,9 +273,12 @@ def test_labelled_pod_gets_the_sidecar(installed: Installed, namespace: str) -> 
         "resolver",
         "--listen",
         "0.0.0.0:8181",
+        "--metrics-listen",
+        "0.0.0.0:8182",
         "--upstream",
         "http://127.0.0.1:8080",
     ]
+    assert [p["name"] for p in sidecar["ports"]] == ["jwtkeymap", "jwtkeymap-prom"]
     env = {e["name"]: e for e in sidecar["env"]}
     assert env["JWTKEYMAP_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
         "name": "jwtkeymap-database",

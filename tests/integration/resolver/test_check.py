@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
 
+from jwtkeymap.core.errors import ConfigError
 from jwtkeymap.core.keys import fingerprint
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.demo.signing import SigningKey
@@ -282,6 +284,34 @@ async def test_metrics_count_decisions_without_leaking_secrets(
     for secret in (token, rows.key.token_hash):
         assert secret not in text
     assert fingerprint(rows.key.token_hash) not in text  # not even fingerprints per key
+
+
+async def test_metrics_listen_moves_the_metrics_off_the_check_listener(
+    make_settings, database_url, start_resolver, http, signing_key
+):
+    address = f"127.0.0.1:{free_port()}"
+    r = await start_resolver(make_settings(database_url=database_url, metrics_listen=address))
+    async with http.get(f"{r.url}/check") as resp:
+        assert resp.status == 401
+    async with http.get(f"{r.url}/metrics") as resp:
+        assert resp.status == 404
+    async with http.get(f"http://{address}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert 'jwtkeymap_decisions_total{decision="denied",reason="invalid_token"} 1.0' in text
+    async with http.get(f"http://{address}/check") as resp:
+        assert resp.status == 404
+
+
+async def test_a_metrics_listen_address_taken_fails_the_start(
+    make_settings, database_url, start_resolver
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(ConfigError, match=f"metrics_listen {address}: "):
+            await start_resolver(make_settings(database_url=database_url, metrics_listen=address))
 
 
 async def test_pool_outage_is_503_not_allow(

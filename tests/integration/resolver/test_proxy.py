@@ -190,12 +190,15 @@ async def test_unreachable_upstream_is_502(
     make_settings, database_url, start_resolver, http, map_claim, signing_key
 ):
     await map_claim("alice")
-    r = await proxy(make_settings, database_url, start_resolver, free_port())
+    metrics = f"127.0.0.1:{free_port()}"
+    r = await proxy(
+        make_settings, database_url, start_resolver, free_port(), metrics_listen=metrics
+    )
     auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
     async with http.get(f"{r.url}/v1/models", headers=auth) as resp:
         assert resp.status == 502
         assert json.loads(await resp.read())["error"]["reason"] == "upstream_unavailable"
-    async with http.get(f"{r.url}/metrics") as resp:
+    async with http.get(f"http://{metrics}/metrics") as resp:
         assert 'jwtkeymap_upstream_responses_total{status="error"} 1.0' in await resp.text()
 
 
@@ -204,10 +207,40 @@ async def test_resolver_endpoints_are_not_proxied(
 ):
     echo, port = upstream
     r = await proxy(make_settings, database_url, start_resolver, port)
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         async with http.get(r.url + path) as resp:
             assert resp.status in (200, 503)
     assert echo.requests == []
+
+
+@pytest.mark.parametrize("metrics_listen", [False, True], ids=["no-metrics-port", "metrics-port"])
+async def test_a_proxy_serves_its_metrics_only_on_the_metrics_port(
+    metrics_listen, mapped_proxy, http
+):
+    # The proxy's listener is the upstream's way in: /metrics there is a path like any
+    # other (checked, then forwarded), and the resolver's own figures are on the metrics
+    # port alone, which serves nothing else.
+    address = f"127.0.0.1:{free_port()}"
+    m = await mapped_proxy(**({"metrics_listen": address} if metrics_listen else {}))
+    async with http.get(f"{m.url}/metrics") as resp:
+        assert resp.status == 401
+        assert "jwtkeymap_" not in await resp.text()
+    async with http.get(f"{m.url}/metrics", headers=m.auth) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Upstream"] == "echo"
+    assert [seen["path"] for seen in m.echo.requests] == ["/metrics"]
+    if not metrics_listen:
+        return
+    async with http.get(f"http://{address}/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    assert 'jwtkeymap_decisions_total{decision="mapped",reason=""} 1.0' in text
+    assert 'jwtkeymap_decisions_total{decision="denied",reason="invalid_token"} 1.0' in text
+    for path in ("/healthz", "/v1/models", "/check"):
+        async with http.get(f"http://{address}{path}", headers=m.auth) as resp:
+            assert resp.status == 404
+    assert len(m.echo.requests) == 1
 
 
 async def _raw_get(port: int, target: str, token: str) -> tuple[asyncio.StreamReader, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from jwtkeymap.operator.sidecar.plan import (
     CONTAINER_NAME,
     INJECT_LABEL,
     LISTEN_PORT_ANNOTATION,
+    METRICS_PORT_ANNOTATION,
     MODE_ANNOTATION,
     STATUS_ANNOTATION,
     UPSTREAM_PORT_ANNOTATION,
@@ -98,11 +100,39 @@ def test_native_sidecar_is_the_first_init_container_and_proxies_to_the_only_port
         "resolver",
         "--listen",
         "0.0.0.0:8181",
+        "--metrics-listen",
+        "0.0.0.0:8182",
         "--upstream",
         "http://127.0.0.1:8080",
     ]
-    assert container["ports"] == [{"name": "jwtkeymap", "containerPort": 8181, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "jwtkeymap", "containerPort": 8181, "protocol": "TCP"},
+        {"name": "jwtkeymap-prom", "containerPort": 8182, "protocol": "TCP"},
+    ]
     assert out["metadata"]["annotations"] == {STATUS_ANNOTATION: "injected"}
+
+
+def test_port_names_are_valid_service_names() -> None:
+    # The apiserver refuses a pod whose port name is not an IANA service name (at most
+    # 15 characters: lower-case letters, digits and inner single hyphens, a letter in it).
+    for port in sidecar(injected(pod()))["ports"]:
+        name = port["name"]
+        assert len(name) <= 15 and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name), name
+        assert re.search("[a-z]", name), name
+
+
+def test_the_metrics_port_moves_with_its_annotation_or_is_left_out() -> None:
+    moved = sidecar(injected(pod(annotations={METRICS_PORT_ANNOTATION: "9102"})))
+    assert "0.0.0.0:9102" in moved["args"]
+    assert moved["ports"][1] == {
+        "name": "jwtkeymap-prom",
+        "containerPort": 9102,
+        "protocol": "TCP",
+    }
+    none = InjectionDefaults(image="registry.example/jwtkeymap:1.2.3", metrics_port=None)
+    bare = sidecar(injected(pod(), none))
+    assert "--metrics-listen" not in bare["args"]
+    assert [p["name"] for p in bare["ports"]] == ["jwtkeymap"]
 
 
 def test_sidecar_is_hardened_and_probed() -> None:
@@ -184,7 +214,13 @@ def test_classic_sidecar_is_appended_after_the_app() -> None:
 
 def test_ext_authz_mode_has_no_upstream() -> None:
     out = injected(pod(annotations={MODE_ANNOTATION: "ext-authz"}, ports=(80, 443)))
-    assert sidecar(out)["args"] == ["resolver", "--listen", "0.0.0.0:8181"]
+    assert sidecar(out)["args"] == [
+        "resolver",
+        "--listen",
+        "0.0.0.0:8181",
+        "--metrics-listen",
+        "0.0.0.0:8182",
+    ]
     assert STATUS_ANNOTATION in out["metadata"]["annotations"]
 
 
@@ -202,7 +238,13 @@ def test_annotations_choose_ports_and_policy() -> None:
         )
     )
     container = sidecar(out)
-    assert container["args"][-3:] == ["0.0.0.0:9000", "--upstream", "http://127.0.0.1:4000"]
+    assert container["args"][-5:] == [
+        "0.0.0.0:9000",
+        "--metrics-listen",
+        "0.0.0.0:8182",
+        "--upstream",
+        "http://127.0.0.1:4000",
+    ]
     env = env_of(container)
     assert env["JWTKEYMAP_UNREGISTERED_CLIENT_BEHAVIOR"] == "auto_register"
     assert env["JWTKEYMAP_CLAIM_FIELD"] == "user.email"
@@ -271,6 +313,21 @@ def test_existing_resolver_container_is_not_duplicated() -> None:
         ({CLAIM_FIELD_ANNOTATION: "a..b"}, (8080,), CLAIM_FIELD_ANNOTATION, "empty segment"),
         ({CONFIG_ANNOTATION: "Not_A_Name"}, (8080,), CONFIG_ANNOTATION, "ConfigMap"),
         ({ASSERTION_ANNOTATION: "yes"}, (8080,), ASSERTION_ANNOTATION, '"true" or "false"'),
+        ({METRICS_PORT_ANNOTATION: "x"}, (8080,), METRICS_PORT_ANNOTATION, "port number"),
+        ({METRICS_PORT_ANNOTATION: "8181"}, (8080,), METRICS_PORT_ANNOTATION, "listen port"),
+        ({METRICS_PORT_ANNOTATION: "8080"}, (8080,), METRICS_PORT_ANNOTATION, "upstream port"),
+        (
+            {METRICS_PORT_ANNOTATION: "9090", UPSTREAM_PORT_ANNOTATION: "8080"},
+            (8080, 9090),
+            METRICS_PORT_ANNOTATION,
+            "a container",
+        ),
+        (
+            {UPSTREAM_PORT_ANNOTATION: "8080"},
+            (8080, 8182),
+            METRICS_PORT_ANNOTATION,
+            "port 8182 is used by a container",
+        ),
     ],
 )
 def test_invalid_annotations_are_errors_naming_them(
@@ -334,6 +391,8 @@ def test_defaults_take_the_charts_camel_case_values() -> None:
         ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
         ({"settings": {"claim_feild": "x"}}, "claim_feild"),
         ({"settings": {"database_url": "postgresql://u:p@h/db"}}, "resolver.database"),
+        ({"settings": {"metrics_listen": "0.0.0.0:1"}}, "set by the injection"),
+        ({"metricsPort": 0}, "metricsPort"),
         ({"typo": 1}, "typo"),
     ],
 )
@@ -372,6 +431,7 @@ def test_sidecar_arguments_parse_with_the_real_command_line(annotations: dict[st
         assert isinstance(command, click.Command)
         parsed = command.make_context("resolver", args[split + 1 :], parent=root)
     assert parsed.params["listen"] == "0.0.0.0:8181"
+    assert parsed.params["metrics_listen"] == "0.0.0.0:8182"
     assert parsed.params["upstream"] == (
         None if annotations.get(MODE_ANNOTATION) else "http://127.0.0.1:8080"
     )

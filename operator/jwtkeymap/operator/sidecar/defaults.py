@@ -25,7 +25,7 @@ from jwtkeymap.operator.names import DNS_SUBDOMAIN
 
 IMAGE_REPOSITORY: Final = "ghcr.io/jwtkeymap/jwtkeymap"
 # Settings the injection itself decides; a default for them would be silently overridden.
-_RESERVED_SETTINGS: Final = frozenset({"database_url", "listen", "upstream"})
+_RESERVED_SETTINGS: Final = frozenset({"database_url", "listen", "metrics_listen", "upstream"})
 
 
 class Mode(enum.StrEnum):
@@ -57,6 +57,9 @@ class InjectionDefaults(_Values):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     mode: Mode = Mode.PROXY
     listen_port: int = Field(default=8181, ge=1, le=65535)
+    # /metrics, on a port of its own (named jwtkeymap-prom): a reverse proxy's listen
+    # port is the app's way in and serves no metrics. None: no metrics port.
+    metrics_port: int | None = Field(default=8182, ge=1, le=65535)
     # A restartable init container (Kubernetes >= 1.29): started, and probed, before the
     # app containers, so the app never takes traffic through a resolver that is not there.
     native_sidecar: bool = True

@@ -36,6 +36,7 @@ STATUS_ANNOTATION: Final = f"{PREFIX}/status"
 MODE_ANNOTATION: Final = f"{PREFIX}/mode"
 UPSTREAM_PORT_ANNOTATION: Final = f"{PREFIX}/upstream-port"
 LISTEN_PORT_ANNOTATION: Final = f"{PREFIX}/listen-port"
+METRICS_PORT_ANNOTATION: Final = f"{PREFIX}/metrics-port"
 BEHAVIOR_ANNOTATION: Final = f"{PREFIX}/behavior"
 CLAIM_FIELD_ANNOTATION: Final = f"{PREFIX}/claim-field"
 CONFIG_ANNOTATION: Final = f"{PREFIX}/config"
@@ -46,6 +47,7 @@ INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
 PORT_NAME: Final = "jwtkeymap"
+METRICS_PORT_NAME: Final = "jwtkeymap-prom"
 TMP_VOLUME: Final = "jwtkeymap-tmp"
 CONFIG_VOLUME: Final = "jwtkeymap-config"
 CONFIG_DIR: Final = "/etc/jwtkeymap"
@@ -80,6 +82,7 @@ class PodOptions:
     mode: Mode
     listen_port: int
     upstream_port: int | None
+    metrics_port: int | None
     behavior: Behavior | None
     claim_field: str | None
     config_map: str | None
@@ -175,6 +178,18 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
             f"(set {LISTEN_PORT_ANNOTATION} to move the resolver)",
         )
 
+    metrics_port = _port(annotations, METRICS_PORT_ANNOTATION) or defaults.metrics_port
+    if metrics_port is not None:
+        taken: dict[int | None, str] = dict.fromkeys(
+            _declared_ports(spec, sidecars=True), "used by a container of the pod"
+        )
+        taken |= {upstream_port: "the upstream port", listen_port: "the resolver's listen port"}
+        if metrics_port in taken:
+            raise InjectionError(
+                METRICS_PORT_ANNOTATION,
+                f"port {metrics_port} is {taken[metrics_port]}; choose another",
+            )
+
     raw_behavior = annotations.get(BEHAVIOR_ANNOTATION)
     behavior: Behavior | None = None
     if raw_behavior is not None:
@@ -211,6 +226,7 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
         mode=mode,
         listen_port=listen_port,
         upstream_port=upstream_port if mode is Mode.PROXY else None,
+        metrics_port=metrics_port,
         behavior=behavior,
         claim_field=str(claim_field) if claim_field is not None else None,
         config_map=config_map,
@@ -278,6 +294,12 @@ def resolver_container(options: PodOptions, defaults: InjectionDefaults) -> dict
         args += ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"]
         mounts.append({"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True})
     args += ["resolver", "--listen", f"0.0.0.0:{options.listen_port}"]
+    ports = [{"name": PORT_NAME, "containerPort": options.listen_port, "protocol": "TCP"}]
+    if options.metrics_port is not None:
+        args += ["--metrics-listen", f"0.0.0.0:{options.metrics_port}"]
+        ports.append(
+            {"name": METRICS_PORT_NAME, "containerPort": options.metrics_port, "protocol": "TCP"}
+        )
     if options.upstream_port is not None:
         args += ["--upstream", f"http://127.0.0.1:{options.upstream_port}"]
     container: dict[str, Any] = {
@@ -285,7 +307,7 @@ def resolver_container(options: PodOptions, defaults: InjectionDefaults) -> dict
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
         "args": args,
-        "ports": [{"name": PORT_NAME, "containerPort": options.listen_port, "protocol": "TCP"}],
+        "ports": ports,
         "env": _env(options, defaults),
         # Started = the process answers; the app containers wait for that (native sidecar).
         "startupProbe": _http_probe("/healthz", period=1, failures=60),
