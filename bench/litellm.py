@@ -29,13 +29,13 @@ same moment: the requests are as far apart (LiteLLM's ~30 ms) and the CPUs as bu
 No server process is pinned to a CPU: LiteLLM's main thread keeps one vCPU busy at c=1,
 and a resolver pinned beside it waits for it (bench/README.md).
 
-Throughput: wrk at ``--connections`` in rounds that interleave the paths; the ratio is the
-median of per-round ratios, and the CPU each process spent per request is read from
-/proc. Latency: one client at a time (c=1), the paths interleaved request by request in a
-shuffled order for ``--pairs`` rounds, so LiteLLM's own drift (its p50 moves by several
-ms from one second to the next) falls on every path alike; the added p50 is the
-difference of the paths' medians. At c=8 on two cores LiteLLM is saturated, and any
-added latency there is the throughput cost times the queue (Little's law), so the p50
+Throughput: wrk at ``--connections`` in rounds that interleave the paths (in a new order
+each round); the ratio is the median of per-round ratios, and the CPU each process spent
+per request is read from /proc. Latency: one client at a time (c=1), the paths interleaved
+request by request in a shuffled order for ``--pairs`` rounds, so LiteLLM's own drift (its
+p50 moves by several ms from one second to the next) falls on every path alike; the added
+p50 is the difference of the paths' medians. At c=8 on two cores LiteLLM is saturated, and
+any added latency there is the throughput cost times the queue (Little's law), so the p50
 target is read at c=1.
 """
 
@@ -266,9 +266,12 @@ def run(
         for name, (target, _) in paths.items():  # warm every path
             check.wrk(target, seconds=2, connections=connections, script=warm[name],
                       pid=litellm_pid)  # fmt: skip
+        order = list(paths)
         for r in range(rounds):
             fresh = scripts()
-            for name, (target, _) in paths.items():
+            random.shuffle(order)  # LiteLLM drifts within a round too: no fixed order
+            for name in order:
+                target = paths[name][0]
                 resolver_cpu = check.cpu_seconds(resolver_pid)
                 got = check.wrk(target, seconds=seconds, connections=connections,
                                 script=fresh[name], pid=litellm_pid)  # fmt: skip
