@@ -77,7 +77,8 @@ class EchoUpstream:
         self.upload_progress = 0
         self.split_gate = asyncio.Event()
         self.split_started = asyncio.Event()
-        self.app = web.Application()
+        # What arrived, as it arrived: a compressed body is recorded compressed.
+        self.app = web.Application(handler_args={"auto_decompress": False})
         self.app.router.add_route("*", "/sse", self._sse)
         self.app.router.add_get("/download", self._download)
         self.app.router.add_post("/upload", self._upload)

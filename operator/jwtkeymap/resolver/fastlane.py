@@ -145,11 +145,13 @@ class FastLane(BaseProtocol):
     def __init__(self, server: FastLaneServer, lane: Lane, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         limits = lane.limits
+        args = limits.handler_args()
         self._parser = HttpRequestParser(
             self,
             loop,
             _READ_BUFFER_BYTES,
-            max_field_size=limits.handler_args()["max_field_size"],
+            max_field_size=args["max_field_size"],
+            auto_decompress=args["auto_decompress"],
         )
         self._server = server
         self.lane = lane

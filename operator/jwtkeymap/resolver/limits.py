@@ -79,10 +79,12 @@ class Limits:
         )
 
     def handler_args(self) -> dict[str, Any]:
-        """aiohttp's own limits to match (for any runner, guarded or not)."""
+        """aiohttp's own limits to match (for any runner, guarded or not), and request
+        bodies as they arrived: a proxy passes a compressed body on compressed."""
         return {
             "max_field_size": max(self.max_authorization_bytes, self.max_field_bytes),
             "keepalive_timeout": self.keepalive_timeout,
+            "auto_decompress": False,
         }
 
 

@@ -12,8 +12,9 @@ rules both share. Requests go upstream through ``resolver/upstream.py``.
   the identity headers added; ``Authorization`` is forwarded unless ``strip_authorization``.
 * Hop-by-hop headers (and any the ``Connection`` header names) stay on their hop.
 * Bodies are streamed both ways, chunk by chunk: an LLM's Server-Sent Events
-  reach the client as the upstream sends them. Responses are passed through
-  byte for byte (no decompression), so ``Content-Length`` stays true.
+  reach the client as the upstream sends them. Requests and responses are passed
+  through byte for byte (a compressed body is not inflated: ``Limits.handler_args``),
+  so ``Content-Length`` stays true.
 * A small body with a ``Content-Length`` (a chat completion, either way) is read
   whole and sent with its headers in one write instead: streamed, each piece
   costs a write on this hop and a wake-up of the peer.
