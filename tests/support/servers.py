@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -81,6 +82,7 @@ class EchoUpstream:
         self.app = web.Application(handler_args={"auto_decompress": False})
         self.app.router.add_route("*", "/sse", self._sse)
         self.app.router.add_get("/download", self._download)
+        self.app.router.add_get("/gzip", self._gzip)
         self.app.router.add_post("/upload", self._upload)
         self.app.router.add_route("*", "/hold", self._hold)
         self.app.router.add_get("/split", self._split)
@@ -116,6 +118,17 @@ class EchoUpstream:
             await resp.write(f"data: {event}\n\n".encode())
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    def gzipped(size: int) -> bytes:
+        """What ``/gzip?bytes=N`` answers: N random bytes (seeded by N), gzip-compressed."""
+        return gzip.compress(random.Random(size).randbytes(size))
+
+    async def _gzip(self, request: web.Request) -> web.Response:
+        self._record(request)
+        body = self.gzipped(int(request.query["bytes"]))
+        headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"}
+        return web.Response(body=body, headers=headers)
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         self._record(request)

@@ -10,6 +10,7 @@ import json
 import random
 from typing import Any
 
+import aiohttp
 import pytest
 
 from jwtkeymap.demo.polling import wait_until
@@ -202,6 +203,21 @@ async def test_a_compressed_request_body_reaches_the_upstream_as_sent(
         assert resp.status == 200, await resp.text()
         seen = await resp.json()
     assert (seen["body_length"], seen["sha256"]) == (len(sent), hashlib.sha256(sent).hexdigest())
+
+
+@pytest.mark.parametrize("size", [200, BUFFERED_BODY_MAX * 2], ids=["whole", "streamed"])
+@pytest.mark.parametrize("path", ["/gzip", "/g%7Aip"], ids=["fast-lane", "application"])
+async def test_a_compressed_response_reaches_the_client_as_sent(mapped_proxy, size, path):
+    p = await mapped_proxy()
+    sent = EchoUpstream.gzipped(size)
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as raw,
+        raw.get(f"{p.url}{path}?bytes={size}", headers=p.auth) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert resp.headers["Content-Length"] == str(len(sent))
+        assert await resp.read() == sent
 
 
 async def test_unreachable_upstream_is_502(
