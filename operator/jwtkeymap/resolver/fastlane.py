@@ -15,11 +15,12 @@ is small. Anything else is handed, with every byte received since the last answe
 request, to the handler the listener would otherwise have used
 (``limits.GuardedRequestHandler``, then ``proxy``), which keeps the connection from then
 on and answers exactly as before. Handed over: a request that is not HTTP/1.1 keep-alive,
-is chunked, has an ``Expect`` or ``Upgrade`` header, a body over ``BUFFERED_BODY_MAX``,
-two ``Authorization`` headers, a head longer than one field may be, a path of the
-resolver's own (``/check``, ``/healthz``, ...) or one that is not a plain origin-form
-path (percent-escapes, dot segments, ``//``), pipelined requests, a parse error, and a
-head or body past the listener's caps.
+is chunked, has an ``Expect`` or ``Upgrade`` header, a body over ``LANE_BODY_MAX``, or one
+over ``BUFFERED_BODY_MAX`` that does not fit in ``LANE_BODIES_BYTES`` or arrives slower
+than a head must (the application streams those), two ``Authorization`` headers, a head
+longer than one field may be, a path of the resolver's own (``/check``, ``/healthz``, ...)
+or one that is not a plain origin-form path (percent-escapes, dot segments, ``//``),
+pipelined requests, a parse error, and a head or body past the listener's caps.
 
 The lane keeps the listener's bounds: a head must be complete within the head timeout, an
 idle connection closes after the keep-alive, connections count against
@@ -65,7 +66,33 @@ log = logging.getLogger("jwtkeymap.resolver.proxy")
 # A path the router cannot read otherwise than as written: no percent-escape, no dot
 # segment, no empty segment (aiohttp normalizes those before it routes).
 _PLAIN_PATH: Final = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
-_READ_BUFFER_BYTES: Final = 2**16
+# A body is read whole here before the request goes on: up to 1 MiB (a long prompt) ...
+LANE_BODY_MAX: Final = 2**20
+# ... and those over BUFFERED_BODY_MAX, at most this much of them at once across the lane's
+# connections (read at startup): the check comes after the body, so what a client without
+# a token can make the lane hold is bounded; a body that does not fit goes to the
+# application, which checks first and streams.
+LANE_BODIES_BYTES = 16 * 2**20
+
+
+class Budget:
+    """Bytes the lane may hold for large request bodies at once."""
+
+    __slots__ = ("free",)
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes, or tell that they are not there."""
+        if size > self.free:
+            return False
+        self.free -= size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return ``size`` bytes taken before."""
+        self.free += size
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +106,7 @@ class Lane:
     strip_authorization: bool
     # Whether the application serves a path itself (the check, health, metrics, JWKS).
     own_path: Callable[[str], bool]
+    bodies: Budget = dataclasses.field(default_factory=lambda: Budget(LANE_BODIES_BYTES))
 
     def passes_on(self, message: RawRequestMessage, head_bytes: int) -> str | None:
         """Why the lane leaves this request to the application, or None when it takes it."""
@@ -94,7 +122,7 @@ class Lane:
         if len(headers.getall("Authorization", ())) > 1:
             return "authorizations"
         length = headers.get("Content-Length")
-        if length is not None and not (length.isdigit() and int(length) <= BUFFERED_BODY_MAX):
+        if length is not None and not (length.isdigit() and int(length) <= LANE_BODY_MAX):
             return "body_size"
         path = message.path.partition("?")[0]
         if _PLAIN_PATH.fullmatch(path) is None:
@@ -130,6 +158,7 @@ class FastLane(BaseProtocol):
         "_deadline",
         "_drained",
         "_expired",
+        "_held",
         "_later",
         "_message",
         "_method",
@@ -149,7 +178,7 @@ class FastLane(BaseProtocol):
         self._parser = HttpRequestParser(
             self,
             loop,
-            _READ_BUFFER_BYTES,
+            LANE_BODY_MAX,  # the body's buffer never asks to pause reading: it is read whole
             max_field_size=args["max_field_size"],
             auto_decompress=args["auto_decompress"],
         )
@@ -169,6 +198,7 @@ class FastLane(BaseProtocol):
         self._closing = False
         self._served = 0
         self._client: str | None = None
+        self._held = 0  # bytes of the lane's body budget this connection holds
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -185,6 +215,7 @@ class FastLane(BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """Forget the connection; a request in flight finishes without writing."""
         self._stop_timer()
+        self._release()
         if self.transport is not None:
             self._server.connection_lost(self, exc)  # type: ignore[arg-type]
         super().connection_lost(exc)
@@ -218,6 +249,14 @@ class FastLane(BaseProtocol):
                 return
             self._message = (message, payload)
             self._disarm()
+            length = int(message.headers.get("Content-Length") or 0)  # digits: passes_on
+            if length > BUFFERED_BODY_MAX:
+                if not self.lane.bodies.take(length):
+                    self._hand_over("body_budget")
+                    return
+                self._held = length
+                # A large body arrives as fast as a head must, or the application reads it.
+                self._set_deadline(self.lane.limits.header_timeout, self._body_expired)
         elif self._message is None:
             if len(self._received) > self.lane.limits.max_head_bytes:
                 self._hand_over("head_size")  # the application cuts it (431)
@@ -226,7 +265,7 @@ class FastLane(BaseProtocol):
             return
         message, payload = self._message
         if not payload.is_eof():
-            return  # the body is still arriving (it is at most BUFFERED_BODY_MAX)
+            return  # the body is still arriving (it is at most LANE_BODY_MAX)
         body = payload.read_nowait()
         head_end = self._received.find(b"\r\n\r\n") + 4
         if head_end + len(body) != len(self._received):
@@ -238,6 +277,9 @@ class FastLane(BaseProtocol):
             return
         self._received = bytearray()
         self._message = None
+        if self._held:
+            self._disarm()
+            self._release()
         self.lane.metrics.fast_lane += 1
         self._busy = True
         self._start(message, body)
@@ -437,6 +479,7 @@ class FastLane(BaseProtocol):
         if transport is None:
             return
         self.lane.metrics.count_handover(reason)
+        self._release()
         received = bytes(self._received)
         self._received = bytearray()
         self._parser = None
@@ -492,6 +535,14 @@ class FastLane(BaseProtocol):
             if self._served == 0:
                 self.transport.write(TIMED_OUT)  # no earlier answer can be on the wire
             self.transport.close()
+
+    def _body_expired(self) -> None:
+        self._hand_over("body_time")  # the application reads the rest, without a bound
+
+    def _release(self) -> None:
+        if self._held:
+            self.lane.bodies.give(self._held)
+            self._held = 0
 
     def _idle_expired(self) -> None:
         if self.transport is not None:

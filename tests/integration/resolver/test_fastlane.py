@@ -16,6 +16,8 @@ import pytest
 from aiohttp import web
 
 from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver import fastlane
+from jwtkeymap.resolver.fastlane import LANE_BODY_MAX
 from jwtkeymap.resolver.handlers import create_app
 from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
 from support.servers import serve
@@ -122,9 +124,13 @@ async def bearer(map_claim, signing_key):
 
 
 # Requests the fast lane takes: the lane's answer and the application's are the same.
+LONG = b"p" * (BUFFERED_BODY_MAX * 3)
+
 TAKEN = {
     "get": lambda auth: request("GET", "/v1/models", auth),
     "post": lambda auth: request("POST", "/v1/chat/completions", auth, body=b'{"model":"m"}'),
+    # A long prompt: read whole here too, within the lane's budget for large bodies.
+    "long_prompt": lambda auth: request("POST", "/v1/chat/completions", auth, body=LONG),
     "query": lambda auth: request("GET", "/v1/models?a=%20b&c=d", auth),
     "dotted": lambda auth: request("GET", "/openai/deployments/gpt-4.1/chat", auth),
     "head": lambda auth: request("HEAD", "/v1/models", auth),
@@ -163,7 +169,7 @@ LEFT = {
         "framing",
     ),
     "large_body": (
-        lambda auth: request("POST", "/x", auth, body=b"a" * (BUFFERED_BODY_MAX + 1)),
+        lambda auth: request("POST", "/x", auth, body=b"a" * (LANE_BODY_MAX + 1)),
         "body_size",
     ),
     "healthz": (lambda auth: request("GET", "/healthz", auth), "resolver_path"),
@@ -228,6 +234,74 @@ async def test_a_request_arriving_in_pieces_stays_in_the_lane(pair, bearer):
     assert status.startswith("HTTP/1.1 200")
     assert json.loads(body)["body_length"] == len(b'{"model": "m"}' * 50)
     assert pair.lanes() == (1, {})
+
+
+@pytest.fixture
+async def one_long_body(make_settings, database_url, start_resolver, upstream, monkeypatch):
+    """A resolver whose lane may hold one LONG body at a time: (port, echo, metrics)."""
+    monkeypatch.setattr(fastlane, "LANE_BODIES_BYTES", len(LONG) + BUFFERED_BODY_MAX)
+    echo, port = upstream
+    settings = make_settings(
+        database_url=database_url,
+        upstream=f"http://127.0.0.1:{port}",
+        header_timeout_seconds=1,
+    )
+    running = await start_resolver(settings)
+    return running.port, echo, running.service.metrics
+
+
+async def _open(port: int, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_long_bodies_over_the_lanes_budget_go_to_the_application(one_long_body, bearer):
+    port, echo, metrics = one_long_body
+    data = request("POST", "/long", bearer, body=LONG)
+    # The first connection's body is half here: it holds the budget ...
+    first = await _open(port, data[: len(data) // 2])
+    await asyncio.sleep(0.1)
+    # ... so the second one's goes to the application, which answers it alike.
+    second = await _open(port, data)
+    status, _, body = await read_response(second[0])
+    assert status.startswith("HTTP/1.1 200") and json.loads(body)["body_length"] == len(LONG)
+    assert (metrics.fast_lane, metrics.handovers) == (0, {"body_budget": 1})
+    first[1].write(data[len(data) // 2 :])
+    status, _, body = await read_response(first[0])
+    assert status.startswith("HTTP/1.1 200") and json.loads(body)["body_length"] == len(LONG)
+    # The budget is back: the next long body stays in the lane.
+    third = await _open(port, data)
+    assert (await read_response(third[0]))[0].startswith("HTTP/1.1 200")
+    assert (metrics.fast_lane, metrics.handovers) == (2, {"body_budget": 1})
+    for _, writer in (first, second, third):
+        writer.close()
+    assert [seen["path"] for seen in echo.requests] == ["/long"] * 3
+
+
+async def test_a_long_body_slower_than_a_head_goes_to_the_application(one_long_body, bearer):
+    # The check comes after the body: a body that takes longer than a head may is not held
+    # in the lane (nor refused): the application reads the rest and answers.
+    port, echo, metrics = one_long_body
+    data = request("POST", "/slow", bearer, body=LONG)
+    reader, writer = await _open(port, data[:-100])
+    await asyncio.sleep(1.5)  # past the head timeout (1 s)
+    assert metrics.handovers == {"body_time": 1}
+    writer.write(data[-100:])
+    status, _, body = await read_response(reader)
+    writer.close()
+    assert status.startswith("HTTP/1.1 200") and json.loads(body)["body_length"] == len(LONG)
+    # A client that goes away mid-body gives its share back too.
+    _, gone = await _open(port, data[:-100])
+    await asyncio.sleep(0.1)
+    gone.close()
+    await asyncio.sleep(0.1)
+    reader, writer = await _open(port, data)
+    assert (await read_response(reader))[0].startswith("HTTP/1.1 200")
+    writer.close()
+    assert (metrics.fast_lane, metrics.handovers) == (1, {"body_time": 1})
+    assert [seen["path"] for seen in echo.requests] == ["/slow", "/slow"]
 
 
 async def test_every_answer_of_the_lane_is_counted_once(
