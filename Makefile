@@ -65,12 +65,13 @@ chart-lint: tools ## helm lint the chart with each of its ci/ values files.
 	  $$(hack/envtest/install.sh --check --print-env | sed -n 's/^JWTKEYMAP_HELM=//p') lint --strict charts/jwtkeymap -f $$values || exit 1; \
 	done
 
-bench: deps venv tools litellm ## Every benchmark (figures, not pass/fail): core, resolver, operator, fleet, LiteLLM.
+bench: deps venv tools litellm ## Every benchmark (figures, not pass/fail): core, resolver, operator, fleet, LiteLLM, cold calls.
 	$(BIN)/python -P bench/core.py
 	$(BIN)/python -P bench/check.py
 	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)
 	$(BIN)/python -P bench/fleet.py
 	$(BIN)/python -P bench/litellm.py
+	$(BIN)/python -P bench/cold.py
 
 bench-operator: deps venv tools ## Operator benchmark: resume with 1,000 JWTKeyMappings, CR -> NOTIFY latency.
 	$(BIN)/python -P bench/operator_resume.py --count $(or $(COUNT),1000)
