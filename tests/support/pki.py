@@ -103,15 +103,16 @@ def issue_tls(
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
+    ca_key_file = directory / f"{name}-ca.key"
     files = TLSFiles(
         ca_file=directory / f"{name}-ca.crt",
         cert_file=directory / f"{name}.crt",
         key_file=directory / f"{name}.key",
-        ca_key_file=directory / f"{name}-ca.key",
+        ca_key_file=ca_key_file,
     )
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    for path, private in ((files.key_file, key), (files.ca_key_file, ca_key)):
+    for path, private in ((files.key_file, key), (ca_key_file, ca_key)):
         path.write_bytes(pem_key(private))
         path.chmod(0o600)
     return files
