@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -19,14 +20,14 @@ from jwtkeymap.operator import webhooks
 from jwtkeymap.operator.resource import FINALIZER, GROUP, PLURAL
 from jwtkeymap.operator.sidecar import webhook
 from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, load_defaults
-from jwtkeymap.operator.sidecar.plan import INJECT_LABEL
+from jwtkeymap.operator.sidecar.plan import INJECT_LABEL, METRICS_PORT_NAME
 
 pytestmark = pytest.mark.controlplane
 
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 NS = "jwtkeymap-system"
 # Kinds of other projects' CRDs: kubernetes-validate has no schema for them.
-FOREIGN_KINDS = {"Certificate", "Issuer", "ServiceMonitor", "ClusterKopfPeering"}
+FOREIGN_KINDS = {"Certificate", "Issuer", "ServiceMonitor", "PodMonitor", "ClusterKopfPeering"}
 
 
 def schema_version(binaries: Binaries) -> str:
@@ -88,6 +89,16 @@ def test_default_objects(render: Render) -> None:
     assert find(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
 
 
+def test_the_pod_monitor_scrapes_every_injected_sidecars_metrics_port(render: Render) -> None:
+    docs = render(sets={"injection.podMonitor.enabled": "true"})
+    monitor = find(docs, "PodMonitor")
+    assert monitor["spec"]["selector"] == {"matchLabels": {INJECT_LABEL: "true"}}
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (METRICS_PORT_NAME, "/metrics")
+    assert "PodMonitor" not in kinds(render())  # opt-in
+
+
 # --- values.schema.json is strict --------------------------------------------------------------
 
 
@@ -103,6 +114,10 @@ def test_default_objects(render: Render) -> None:
         (
             {"metrics.enabled": "false", "metrics.serviceMonitor.enabled": "true"},
             "needs metrics.enabled",
+        ),
+        (
+            {"injection.podMonitor.enabled": "true", "injection.resolver.metricsPort": "null"},
+            "needs injection.resolver.metricsPort",
         ),
     ],
 )
@@ -340,6 +355,20 @@ def test_finalizer_policy_puts_the_operators_finalizer_on_creation_only(
     old = run_helm("template", "r", str(CHART), "--kube-version", "1.35.2")
     assert old.returncode == 0, old.stderr
     assert "MutatingAdmissionPolicy" not in kinds([d for d in yaml.safe_load_all(old.stdout) if d])
+
+
+def test_a_null_database_or_metrics_port_reaches_the_injector_as_none(
+    render: Render, tmp_path: Path
+) -> None:
+    # Helm removes a key its user sets to null; the chart must still say "none".
+    values = tmp_path / "values.yaml"
+    values.write_text("injection:\n  resolver:\n    database: null\n    metricsPort: null\n")
+    data = find(render(values), "ConfigMap")["data"]
+    defaults = InjectionDefaults.model_validate(yaml.safe_load(data["injection.yaml"]))
+    assert (defaults.database, defaults.metrics_port) == (None, None)
+    data = find(render(), "ConfigMap")["data"]
+    defaults = InjectionDefaults.model_validate(yaml.safe_load(data["injection.yaml"]))
+    assert defaults.database is not None and defaults.metrics_port == 8182
 
 
 def test_injection_defaults_in_the_configmap_load_into_the_injector(render: Render) -> None:
