@@ -104,7 +104,7 @@ class Lane:
     metrics: Metrics
     limits: Limits
     strip_authorization: bool
-    # Whether the application serves a path itself (the check, health, metrics, JWKS).
+    # Whether the application serves a path itself (the check, health, readiness, JWKS).
     own_path: Callable[[str], bool]
     bodies: Budget = dataclasses.field(default_factory=lambda: Budget(LANE_BODIES_BYTES))
 
