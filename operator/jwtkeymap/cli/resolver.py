@@ -40,12 +40,13 @@ def resolver(
     addresses = [("--listen", settings.listen)]
     if settings.metrics_listen:
         addresses.append(("--metrics-listen", settings.metrics_listen))
+    ports = set()
     for hint, address in addresses:
         try:
-            parse_listen(address)
+            ports.add(parse_listen(address)[1])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=hint) from None
-    if len({parse_listen(address)[1] for _, address in addresses}) < len(addresses):
+    if len(ports) < len(addresses):
         raise click.BadParameter(
             f"must be another port than --listen {settings.listen}", param_hint="--metrics-listen"
         )

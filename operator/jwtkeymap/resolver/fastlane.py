@@ -101,12 +101,15 @@ class Lane:
 
     service: Service
     upstream: Upstream
-    metrics: Metrics
     limits: Limits
-    strip_authorization: bool
     # Whether the application serves a path itself (the check, health, readiness, JWKS).
     own_path: Callable[[str], bool]
     bodies: Budget = dataclasses.field(default_factory=lambda: Budget(LANE_BODIES_BYTES))
+
+    @property
+    def metrics(self) -> Metrics:
+        """The service's metrics (the lane counts into them)."""
+        return self.service.metrics
 
     def passes_on(self, message: RawRequestMessage, head_bytes: int) -> str | None:
         """Why the lane leaves this request to the application, or None when it takes it."""
@@ -348,7 +351,7 @@ class FastLane(BaseProtocol):
             headers = upstream_request_headers(
                 message.headers,
                 result,
-                strip_authorization=self.lane.strip_authorization,
+                strip_authorization=self.lane.service.settings.strip_authorization,
                 client=self._client,
                 scheme="http",
             )

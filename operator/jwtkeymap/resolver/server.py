@@ -83,9 +83,7 @@ class ResolverRunner(web.AppRunner):
         lane = Lane(
             service=service,
             upstream=self.app[UPSTREAM],
-            metrics=service.metrics,
             limits=limits,
-            strip_authorization=service.settings.strip_authorization,
             own_path=own_paths(service.settings),
         )
         return FastLaneServer(dispatch, lane=lane, **kwargs)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 
 from jwtkeymap.demo.polling import wait_until
@@ -101,17 +102,28 @@ async def test_resolver_process_serves_logs_json_and_drains_on_sigterm(
     assert rows.key.token_hash not in text
 
 
-async def test_bad_listen_address_is_a_usage_error(tmp_path, signing_key):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nonsense"], "for --listen: listen address 'nonsense' is not HOST:PORT"),
+        (["--metrics-listen", "9100"], "for --metrics-listen: listen address '9100' is not"),
+        (
+            ["--listen", "127.0.0.1:9100", "--metrics-listen", "0.0.0.0:9100"],
+            "for --metrics-listen: must be another port than --listen 127.0.0.1:9100",
+        ),
+    ],
+)
+async def test_bad_listen_address_is_a_usage_error(tmp_path, signing_key, args, message):
     config = write_config(tmp_path, signing_key)
     result = await asyncio.to_thread(
         subprocess.run,
-        [JWTKEYMAP, "--config", str(config), "resolver", "--listen", "nonsense"],
+        [JWTKEYMAP, "--config", str(config), "resolver", *args],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert result.returncode == 2
-    assert "HOST:PORT" in result.stderr
+    assert message in " ".join(result.stderr.split())
 
 
 async def test_unknown_setting_is_a_startup_error(tmp_path, signing_key):
