@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
 from harness import (
     INSTALL_SCRIPT,
     REPO_ROOT,
+    SERVICE_CIDR,
     ControlPlane,
     ControlPlaneError,
     _die_with_parent,
@@ -322,6 +323,10 @@ class NodeCluster:
             _run("ip", "link", "add", BRIDGE, "type", "bridge")
         _run("ip", "addr", "replace", f"{NODE_IP}/16", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
+        # A Service address kube-proxy has not (or no longer) translated must stay on this
+        # machine, not leave by the default route (the host's egress answered it once).
+        # Through the bridge, a translated one still reaches its pod.
+        _run("ip", "route", "replace", SERVICE_CIDR, "dev", BRIDGE)
         cni = self.workdir / "cni"
         (cni / "net.d").mkdir(parents=True, exist_ok=True)
         conflist = {
