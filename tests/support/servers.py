@@ -122,7 +122,7 @@ class EchoUpstream:
     @staticmethod
     def gzipped(size: int) -> bytes:
         """What ``/gzip?bytes=N`` answers: N random bytes (seeded by N), gzip-compressed."""
-        return gzip.compress(random.Random(size).randbytes(size))
+        return gzip.compress(random.Random(size).randbytes(size), mtime=0)  # the same every call
 
     async def _gzip(self, request: web.Request) -> web.Response:
         self._record(request)

@@ -9,10 +9,11 @@ that CPU is the latency the hop adds (bench/README.md, "Now: the fast
 lane").
 
 So each connection of the proxy's listener starts here. The request is read with aiohttp's
-own request parser (llhttp, the listener's line and field limits), checked by the same
-``Service`` call, forwarded with ``resolver.upstream`` and answered in one write when it
-is small. Anything else is handed, with every byte received since the last answered
-request, to the handler the listener would otherwise have used
+own request parser (llhttp, the listener's line and field limits), or not parsed at all
+when its head repeats the connection's last one but for its length (``resolver/heads.py``),
+checked by the same ``Service`` call, forwarded with ``resolver.upstream`` and answered in
+one write when it is small. Anything else is handed, with every byte received since the
+last answered request, to the handler the listener would otherwise have used
 (``limits.GuardedRequestHandler``, then ``proxy``), which keeps the connection from then
 on and answers exactly as before. Handed over: a request that is not HTTP/1.1 keep-alive,
 is chunked, has an ``Expect`` or ``Upgrade`` header, a body over ``LANE_BODY_MAX``, or one
@@ -47,6 +48,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from jwtkeymap.resolver.check import Answer
+from jwtkeymap.resolver.heads import RepeatedHead
 from jwtkeymap.resolver.limits import TIMED_OUT, GuardedServer, Limits, refused_when_full
 from jwtkeymap.resolver.metrics import Metrics
 from jwtkeymap.resolver.proxy import (
@@ -160,12 +162,14 @@ class FastLane(BaseProtocol):
         "_closing",
         "_deadline",
         "_drained",
+        "_expected",
         "_expired",
         "_held",
         "_later",
         "_message",
         "_method",
         "_received",
+        "_repeat",
         "_served",
         "_server",
         "_task",
@@ -202,6 +206,8 @@ class FastLane(BaseProtocol):
         self._served = 0
         self._client: str | None = None
         self._held = 0  # bytes of the lane's body budget this connection holds
+        self._repeat: RepeatedHead | None = None  # the last head the parser read
+        self._expected: tuple[int, int] | None = None  # sizes of a repeated head, its body
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -235,6 +241,14 @@ class FastLane(BaseProtocol):
         parser = self._parser
         if parser is None:
             return  # handed over: the transport reads into the application's handler now
+        if self._expected is None and not self._received and self._message is None:
+            repeat = self._repeat
+            if repeat is not None and (expected := repeat.sizes(data)) is not None:
+                self._expected = expected  # the last head again: its body may follow
+                self._disarm()
+        if self._expected is not None:
+            self._repeated(data)
+            return
         self._received += data
         try:
             messages, upgraded, _ = parser.feed_data(data)
@@ -278,6 +292,16 @@ class FastLane(BaseProtocol):
         if self._received.count(b"\n", 0, head_end) != self._received.count(b"\r\n", 0, head_end):
             self._hand_over("line_endings")  # a head line not ended by CRLF
             return
+        authorization = message.headers.get("Authorization")
+        digest = header_digest(authorization)
+        self._repeat = RepeatedHead.of(
+            bytes(self._received[:head_end]),
+            message,
+            authorization=authorization,
+            digest=digest,
+            max_bytes=self.lane.limits.max_field_bytes,
+            max_length=BUFFERED_BODY_MAX,
+        )
         self._received = bytearray()
         self._message = None
         if self._held:
@@ -285,16 +309,40 @@ class FastLane(BaseProtocol):
             self._release()
         self.lane.metrics.fast_lane += 1
         self._busy = True
-        self._start(message, body)
+        self._start(message, body, authorization, digest)
+
+    def _repeated(self, data: bytes) -> None:
+        """Bytes of a request whose head is the last one again (``_expected`` its sizes)."""
+        assert self._expected is not None and self._repeat is not None
+        head, length = self._expected
+        received = self._received
+        received += data
+        if len(received) < head + length:
+            return  # the body is still arriving (it is at most BUFFERED_BODY_MAX)
+        if len(received) > head + length:
+            self._hand_over("pipelined")  # the application reads them all from the start
+            return
+        self._received = bytearray()
+        self._expected = None
+        metrics = self.lane.metrics
+        metrics.fast_lane += 1
+        metrics.repeated_heads += 1
+        self._busy = True
+        repeat = self._repeat
+        self._start(repeat.message, bytes(received[head:]), repeat.authorization, repeat.digest)
 
     # -- one request -----------------------------------------------------------------
     # A request whose answer is remembered and whose upstream connection is idle goes out
     # in the read that brought it, and a small response goes back in the read that brought
     # it: no task, no wait for the loop. Anything else continues in a task.
 
-    def _start(self, message: RawRequestMessage, body: bytes) -> None:
-        authorization = message.headers.get("Authorization")
-        digest = header_digest(authorization)
+    def _start(
+        self,
+        message: RawRequestMessage,
+        body: bytes,
+        authorization: str | None,
+        digest: bytes | None,
+    ) -> None:
         service = self.lane.service
         started = time.perf_counter()
         result = service.remembered(digest)
@@ -348,19 +396,30 @@ class FastLane(BaseProtocol):
     ) -> None:
         self._method = method = message.method
         try:
-            headers = upstream_request_headers(
-                message.headers,
-                result,
-                strip_authorization=self.lane.service.settings.strip_authorization,
-                client=self._client,
-                scheme="http",
-            )
-            self.lane.upstream.send(connection, method, message.path, headers, body or None,
-                                    answered=self._answered, failed=self._unanswered)  # fmt: skip
+            repeat = self._repeat if self._repeat and self._repeat.message is message else None
+            head = repeat.upstream_head(result, len(body)) if repeat else None
+            if head is None:
+                head = self._upstream_head(message, result, body)
+                if repeat:
+                    repeat.keep_upstream_head(result, head, len(body))
+            self.lane.upstream.send_head(
+                connection, method, head, body or None,
+                answered=self._answered, failed=self._unanswered,
+            )  # fmt: skip
         except Exception:
             log.exception("fast lane: request failed")
             connection.abandon()
             self._abort()
+
+    def _upstream_head(self, message: RawRequestMessage, result: Answer, body: bytes) -> bytes:
+        headers = upstream_request_headers(
+            message.headers,
+            result,
+            strip_authorization=self.lane.service.settings.strip_authorization,
+            client=self._client,
+            scheme="http",
+        )
+        return self.lane.upstream.request_head(message.method, message.path, headers, body or None)
 
     def _unanswered(self, exc: UpstreamError) -> None:
         log.warning("upstream unreachable", extra={"error": str(exc)})

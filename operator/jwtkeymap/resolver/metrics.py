@@ -65,9 +65,11 @@ class Metrics:
         # Database round trips of the policy engine, by operation (lookup, register).
         self.db_seconds: dict[str, _Histogram] = {}
         # Reverse-proxy mode: upstream answers by status class ("error": unreachable),
-        # requests the fast lane answered, connections it handed to the application.
+        # requests the fast lane answered (and of those, the ones whose head it knew
+        # already: resolver/heads.py), connections it handed to the application.
         self.upstream: dict[str, int] = {}
         self.fast_lane = 0
+        self.repeated_heads = 0
         self.handovers: dict[str, int] = {}
         self.registry.register(_CheckCollector(self))
 
@@ -171,6 +173,12 @@ class _CheckCollector(Collector):
             "jwtkeymap_proxy_fast_lane_requests",
             "Reverse-proxy mode: requests answered by the fast lane.",
             value=self._metrics.fast_lane,
+        )
+        yield CounterMetricFamily(
+            "jwtkeymap_proxy_repeated_heads",
+            "Reverse-proxy mode: fast-lane requests whose head repeated the connection's "
+            "last one but for its Content-Length (not parsed again).",
+            value=self._metrics.repeated_heads,
         )
         yield _counter(
             "jwtkeymap_proxy_handovers",

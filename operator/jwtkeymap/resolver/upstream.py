@@ -321,6 +321,22 @@ class Upstream:
         goes to ``answered`` as soon as its head is parsed, or its failure to ``failed``.
         Synchronous: a request whose check and connection are at hand goes out in the
         read that brought it."""
+        head = self.request_head(method, target, headers, body, content_length=content_length)
+        chunked = content_length is None and not isinstance(body, bytes | bytearray | None)
+        self.send_head(connection, method, head, body, chunked=chunked, answered=answered,
+                       failed=failed)  # fmt: skip
+
+    def request_head(
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        content_length: int | None = None,
+    ) -> bytes:
+        """The head of a request for ``target`` with ``headers`` (its framing and ``Host``
+        set here) and ``body``, as it goes on the wire."""
         if isinstance(body, bytes | bytearray):
             headers["Content-Length"] = str(len(body))
         elif body is None and method in _BODY_METHODS:
@@ -331,7 +347,21 @@ class Upstream:
             else:
                 headers["Transfer-Encoding"] = "chunked"
         headers["Host"] = self.host_header
-        head = _serialize_headers(f"{method} {self.prefix}{target} HTTP/1.1", headers)
+        return _serialize_headers(f"{method} {self.prefix}{target} HTTP/1.1", headers)
+
+    def send_head(
+        self,
+        connection: Connection,
+        method: str,
+        head: bytes,
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        chunked: bool = False,
+        answered: Answered,
+        failed: Failed,
+    ) -> None:
+        """``send`` with the head made already (by ``request_head``); ``chunked`` when it
+        says the body (an iterable) is sent in chunks."""
         transport = connection.transport
         if transport is None or transport.is_closing():
             self._busy.discard(connection)
@@ -345,7 +375,7 @@ class Upstream:
             transport.write(head)
             connection.begin(method == "HEAD", answered, failed)
             if body is not None:
-                connection.send_body(body, chunked=content_length is None)
+                connection.send_body(body, chunked=chunked)
 
     def pooled(self) -> Connection | None:
         """An idle connection to send on, or None (then ``connect``)."""

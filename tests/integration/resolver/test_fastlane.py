@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 
+from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver import fastlane
 from jwtkeymap.resolver.fastlane import LANE_BODY_MAX
@@ -63,6 +65,20 @@ async def exchange(port: int, requests: list[bytes], answers: int) -> list[tuple
         writer.close()
 
 
+async def in_turn(port: int, requests: list[bytes]) -> list[tuple[str, dict, bytes]]:
+    """Each of ``requests`` on one connection, each written once the last is answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        answers = []
+        for data in requests:
+            writer.write(data)
+            await writer.drain()
+            answers.append(await read_response(reader, head=data.startswith(b"HEAD ")))
+        return answers
+    finally:
+        writer.close()
+
+
 class Pair:
     """The same settings served twice: with the fast lane, and by the application alone."""
 
@@ -70,12 +86,18 @@ class Pair:
         self.lane_port, self.app_port, self.echo = lane.port, app_port, echo
         self.counts = lane.service.metrics  # which lane took what (the /metrics counters)
 
-    async def both(self, requests: list[bytes], answers: int = 1) -> tuple[list, list]:
-        """Send the same bytes to each; return (lane answers + upstream saw, app's same)."""
+    async def both(
+        self, requests: list[bytes], answers: int = 1, *, one_by_one: bool = False
+    ) -> tuple[list, list]:
+        """Send the same bytes to each (all at once, or ``one_by_one``: each once the last
+        is answered); return (lane answers + upstream saw, app's same)."""
         results = []
         for port in (self.lane_port, self.app_port):
             before = len(self.echo.requests)
-            answered = await exchange(port, requests, answers)
+            if one_by_one:
+                answered = await in_turn(port, requests)
+            else:
+                answered = await exchange(port, requests, answers)
             seen = [_comparable(r) for r in self.echo.requests[before:]]
             results.append(([_strip(a) for a in answered], seen))
         return results[0], results[1]
@@ -372,3 +394,143 @@ async def test_a_request_sent_while_one_is_answered_waits_its_turn(pair, bearer)
     assert held[2] == b"released"
     assert json.loads(after[2])["path"] == "/after"
     assert pair.lanes() == (2, {})
+
+
+# Repeated heads (resolver/heads.py): a head the lane has parsed on a connection, sent
+# again with another Content-Length, is not parsed again.
+
+
+def completion(auth: str, body: bytes) -> bytes:
+    return request("POST", "/v1/chat/completions", auth, "Content-Type: application/json",
+                   body=body)  # fmt: skip
+
+
+async def test_a_repeated_head_is_answered_as_the_application_answers_it(pair, bearer):
+    sequence = [
+        completion(bearer, b'{"model":"m"}'),
+        completion(bearer, b'{"model":"m","messages":"' + b"x" * 5000 + b'"}'),  # longer
+        completion(bearer, b'{"model":"m"}'),
+        completion(bearer, b"{}")[:-2].replace(b"Length: 2", b"Length: 0"),  # empty
+        request("GET", "/v1/models", bearer),  # another head: parsed, then known
+        request("GET", "/v1/models", bearer),
+        request("HEAD", "/v1/models", bearer),
+    ]
+    lane, app = await pair.both(sequence, one_by_one=True)
+    assert lane == app
+    assert [seen["body_length"] for seen in lane[1]] == [13, 5027, 13, 0, 0, 0, 0]
+    assert pair.lanes() == (7, {})
+    assert pair.counts.repeated_heads == 4  # the 2nd to 4th POST, the 2nd GET
+    scraped = generate_latest(pair.counts.registry).decode()
+    assert "jwtkeymap_proxy_repeated_heads_total 4.0" in scraped
+    assert "jwtkeymap_proxy_fast_lane_requests_total 7.0" in scraped
+
+
+async def test_a_repeated_heads_body_may_arrive_in_pieces(pair, bearer):
+    data = completion(bearer, b'{"model": "m"}' * 50)
+    end = data.index(b"\r\n\r\n") + 4
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        writer.write(completion(bearer, b"{}"))
+        assert (await read_response(reader))[0].startswith("HTTP/1.1 200")
+        for piece in (data[:end], data[end : end + 100], data[end + 100 :]):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # each piece is its own read
+        status, _, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status.startswith("HTTP/1.1 200")
+    assert json.loads(body)["body_length"] == len(b'{"model": "m"}' * 50)
+    assert pair.lanes() == (2, {}) and pair.counts.repeated_heads == 1
+
+
+async def test_a_repeated_head_pipelined_with_the_next_request_is_handed_over(pair, bearer):
+    first = completion(bearer, b"{}")
+    then = completion(bearer, b'{"n":1}') + request("GET", "/two", bearer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        writer.write(first)
+        answers = [await read_response(reader)]
+        writer.write(then)  # a known head, its body, and another request in one write
+        answers += [await read_response(reader), await read_response(reader)]
+    finally:
+        writer.close()
+    assert [a[0].split(" ")[1] for a in answers] == ["200"] * 3
+    seen = pair.echo.requests
+    assert [(r["path"], r["body_length"]) for r in seen] == [
+        ("/v1/chat/completions", 2),
+        ("/v1/chat/completions", 7),
+        ("/two", 0),
+    ]
+    assert pair.lanes() == (1, {"pipelined": 1}) and pair.counts.repeated_heads == 0
+
+
+async def test_a_length_cannot_smuggle_a_request_past_a_known_head(pair, bearer):
+    # The known head's length says 5: what follows those 5 bytes is another request, which
+    # the lane does not take as a body; the upstream sees the two requests as sent.
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.lane_port)
+    try:
+        writer.write(completion(bearer, b"{}"))
+        await read_response(reader)
+        smuggled = request("GET", "/admin", "Authorization: Bearer stolen")
+        writer.write(completion(bearer, b"{}")[:-2].replace(b"Length: 2", b"Length: 5")
+                     + b'{"a"}' + smuggled)  # fmt: skip
+        answers = [await read_response(reader), await read_response(reader)]
+    finally:
+        writer.close()
+    assert [a[0].split(" ")[1] for a in answers] == ["200", "401"]
+    assert pair.lanes() == (1, {"pipelined": 1})
+    assert [(r["path"], r["body_length"]) for r in pair.echo.requests] == [
+        ("/v1/chat/completions", 2),
+        ("/v1/chat/completions", 5),
+    ]
+
+
+async def test_a_repeated_head_is_checked_again_each_time(
+    make_settings, database_url, start_resolver, upstream, map_claim, signing_key, db, http
+):
+    # The token in a known head is the same: its answer is still looked up per request,
+    # so a re-pointed or disabled mapping is seen by the next repeat as by any request.
+    echo, port = upstream
+    rita, other = await map_claim("rita"), await map_claim("other")
+    r = await start_resolver(
+        make_settings(
+            database_url=database_url,
+            upstream=f"http://127.0.0.1:{port}",
+            unregistered_client_behavior="reject",
+        )
+    )
+    await r.wait_ready(http)
+    data = request("GET", "/x", f"Authorization: Bearer {signing_key.sign(sub='rita')}")
+    received = r.service.bus.stats.received
+
+    async def changed(sql: str, *args: object) -> None:
+        before = received.get(("postgres", "identity"), 0)
+        await db.execute(sql, *args)
+        await wait_until(
+            lambda: received.get(("postgres", "identity"), 0) > before, what="notification"
+        )
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    try:
+        answers = []
+        for change in (
+            None,
+            ('UPDATE "LiteLLM_JWTKeyMapping" SET token = $1 WHERE jwt_claim_value = $2',
+             other.key.token_hash, "rita"),
+            ("UPDATE \"LiteLLM_JWTKeyMapping\" SET is_active = false "
+             "WHERE jwt_claim_value = 'rita'",),
+        ):  # fmt: skip
+            if change:
+                await changed(*change)
+            writer.write(data)
+            answers.append(await read_response(reader))
+    finally:
+        writer.close()
+    assert [a[0].split(" ")[1] for a in answers] == ["200", "200", "403"]
+    assert json.loads(answers[2][2])["error"]["reason"] == "mapping_inactive"
+    assert [echo.headers_of(i)["x-jwtkeymap-key-hash"] for i in (0, 1)] == [
+        [rita.key.token_hash],
+        [other.key.token_hash],
+    ]
+    assert r.service.metrics.repeated_heads == 2
