@@ -315,12 +315,15 @@ class FastLane(BaseProtocol):
         """Bytes of a request whose head is the last one again (``_expected`` its sizes)."""
         assert self._expected is not None and self._repeat is not None
         head, length = self._expected
-        received = self._received
-        received += data
-        if len(received) < head + length:
-            return  # the body is still arriving (it is at most BUFFERED_BODY_MAX)
-        if len(received) > head + length:
-            self._hand_over("pipelined")  # the application reads them all from the start
+        if self._received:  # the head came in an earlier read
+            self._received += data
+            data = bytes(self._received)
+        if len(data) != head + length:
+            if len(data) > head + length:
+                self._received[:] = data
+                self._hand_over("pipelined")  # the application reads them all from the start
+            elif not self._received:
+                self._received += data  # the body is still arriving (at most 64 KiB)
             return
         self._received = bytearray()
         self._expected = None
@@ -329,7 +332,7 @@ class FastLane(BaseProtocol):
         metrics.repeated_heads += 1
         self._busy = True
         repeat = self._repeat
-        self._start(repeat.message, bytes(received[head:]), repeat.authorization, repeat.digest)
+        self._start(repeat.message, data[head:], repeat.authorization, repeat.digest)
 
     # -- one request -----------------------------------------------------------------
     # A request whose answer is remembered and whose upstream connection is idle goes out

@@ -26,8 +26,8 @@ from aiohttp.http_parser import RawRequestMessage
 
 # The one Content-Length line of a head, as aiohttp's parser accepted it.
 _LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
-# What may stand in its place in a repeated head: a body up to 99,999 bytes, no leading 0.
-_LENGTH: Final = re.compile(rb"0|[1-9][0-9]{0,4}")
+# What may stand in its place in a repeated head: up to five ASCII digits, no leading 0.
+_LENGTH_DIGITS: Final = 5
 # The lines a head sent upstream is recognized by (the proxy writes it, so one spelling).
 _UPSTREAM_LENGTH: Final = b"\r\nContent-Length: "
 
@@ -107,13 +107,15 @@ class RepeatedHead:
         after = self._after
         if after is None:
             return len(before), 0
-        digits = _LENGTH.match(data, len(before))
-        if digits is None:
+        # Plain bytes operations, no regular expression: this runs on every request.
+        start = len(before)
+        end = data.find(after, start, start + _LENGTH_DIGITS + len(after))
+        if end < 0:
             return None
-        end = digits.end()
-        if not data.startswith(after, end):
-            return None
-        length = int(digits.group())
+        digits = data[start:end]
+        if not digits.isdigit() or (digits[0] == 0x30 and len(digits) > 1):
+            return None  # a sign, a space, a leading zero: the parser reads it as written
+        length = int(digits)
         head = end + len(after)
         if length > self._max_length or head > self._max_bytes:
             return None
