@@ -5,8 +5,8 @@ kept-alive connection, a JSON body of a few KiB with a ``Content-Length``, a Bea
 the resolver has answered before. For that request aiohttp's web server (a request
 object, a response object, a stream writer, a handler task, the router) cost more CPU
 than the check and the forwarding together, and on a machine shared with the gateway
-that CPU is the latency the hop adds (bench/README.md, "Now: the fast
-lane").
+that CPU is the latency the hop adds (bench/README.md, "The fast
+lane (session 7)").
 
 So each connection of the proxy's listener starts here. The request is read with aiohttp's
 own request parser (llhttp, the listener's line and field limits), or not parsed at all

@@ -92,7 +92,7 @@ class RepeatedHead:
                        max_bytes=max_bytes, max_length=max_length)  # fmt: skip
         match = _LENGTH_LINE.search(head)
         assert match is not None
-        if match.group(1) != length.encode("ascii"):
+        if match.group(1).decode("ascii") != length:  # [0-9]+ decodes
             return None
         start, end = match.span(1)
         return cls(message, head[:start], head[end:], authorization=authorization,

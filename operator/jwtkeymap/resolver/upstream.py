@@ -3,10 +3,10 @@
 Every request a resolver forwards goes to the one origin of ``--upstream``, so this needs
 none of what aiohttp's ``ClientSession`` adds for a general client (cookies, redirects,
 proxies, tracing, a timeout context per request, URL joining, default headers): that
-machinery was most of the proxy hop's CPU (bench/README.md, "Now: the fast
-lane"). What a hop does need is kept, from aiohttp itself: its llhttp response
-parser and stream reader (so framing, limits and flow control are aiohttp's), TCP_NODELAY,
-and its header serializer (which refuses a CR or LF in a name or value).
+machinery was most of the proxy hop's CPU (bench/README.md, "The fast lane (session 7)").
+What a hop does need is kept, from aiohttp itself: its llhttp response parser and stream
+reader (so framing, limits and flow control are aiohttp's), TCP_NODELAY, and its header
+serializer (which refuses a CR or LF in a name or value).
 
 * A request is written in one write when its body is bytes (head and body together);
   a streamed body is sent by a task beside the wait for the response, framed by its
