@@ -20,9 +20,9 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock."""
 
-    def monotonic(self) -> float:
-        """Seconds from the system's monotonic clock."""
-        return time.monotonic()
+    # Seconds from the system's monotonic clock: the function itself, one call less on
+    # every remembered answer.
+    monotonic = staticmethod(time.monotonic)
 
     def now(self) -> dt.datetime:
         """Current UTC time."""

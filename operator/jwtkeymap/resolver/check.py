@@ -68,18 +68,16 @@ class Answer:
     decision: str = "denied"
     reason: str | None = None
     message: str = ""
-    # The identity headers this answer sets (what the upstream should receive): picked
-    # once, since a remembered answer serves many requests.
+    # The identity headers this answer sets (what the upstream should receive), and
+    # whether the request may go to the upstream: worked out once, since a remembered
+    # answer serves many requests.
     identity: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+    allowed: bool = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         identity = {k: v for k, v in self.headers.items() if k.startswith(HEADER_PREFIX)}
         object.__setattr__(self, "identity", identity)
-
-    @property
-    def allowed(self) -> bool:
-        """Tell whether the request may go to the upstream."""
-        return self.status == 200
+        object.__setattr__(self, "allowed", self.status == 200)
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -41,6 +41,9 @@ log = logging.getLogger("jwtkeymap.resolver.proxy")
 
 READ_BUFFER_BYTES: Final = 2**16
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+# A body sent in the head's write (a tuple: ``bytes | bytearray`` is built on each use).
+_BYTES: Final = (bytes, bytearray)
+_BYTES_OR_NONE: Final = (bytes, bytearray, type(None))
 
 
 class UpstreamError(ConnectionError):
@@ -322,7 +325,7 @@ class Upstream:
         Synchronous: a request whose check and connection are at hand goes out in the
         read that brought it."""
         head = self.request_head(method, target, headers, body, content_length=content_length)
-        chunked = content_length is None and not isinstance(body, bytes | bytearray | None)
+        chunked = content_length is None and not isinstance(body, _BYTES_OR_NONE)
         self.send_head(connection, method, head, body, chunked=chunked, answered=answered,
                        failed=failed)  # fmt: skip
 
@@ -337,7 +340,7 @@ class Upstream:
     ) -> bytes:
         """The head of a request for ``target`` with ``headers`` (its framing and ``Host``
         set here) and ``body``, as it goes on the wire."""
-        if isinstance(body, bytes | bytearray):
+        if isinstance(body, _BYTES):
             headers["Content-Length"] = str(len(body))
         elif body is None and method in _BODY_METHODS:
             headers["Content-Length"] = "0"  # as aiohttp's client: some servers want one
@@ -368,7 +371,7 @@ class Upstream:
             failed(UpstreamError("the upstream closed the connection"))
             return
         # Written first, then the parser readied: no answer can arrive before this returns.
-        if isinstance(body, bytes | bytearray):
+        if isinstance(body, _BYTES):
             transport.write(head + body if body else head)
             connection.begin(method == "HEAD", answered, failed)
         else:
