@@ -55,6 +55,7 @@ from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
     BUFFERED_BODY_MAX,
     UNREACHABLE,
+    carries_hop_by_hop,
     downstream_response_headers,
     is_bodiless,
     is_small,
@@ -434,14 +435,17 @@ class FastLane(BaseProtocol):
         """The upstream's response head (called as it is parsed)."""
         try:
             self.lane.metrics.count_upstream(upstream.status)
-            headers = downstream_response_headers(upstream.headers)
-            status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
             if is_bodiless(upstream.status, self._method):
-                self._write(_serialize_headers(status_line, headers))
-            elif is_small(upstream.content_length) and upstream.payload.is_eof():
-                body = upstream.payload.read_nowait()
-                self._write(_serialize_headers(status_line, headers) + body)
+                self._write(_response_head(upstream))
+            elif is_small(upstream.content_length):
+                # Written whole once it is all here: now, or in the read that completes it
+                # (uvicorn, LiteLLM's server, writes a response's head and body apart).
+                head = _response_head(upstream)
+                upstream.when_read(lambda body: self._whole(upstream, head, body), self._cut)
+                return
             else:
+                headers = downstream_response_headers(upstream.headers)
+                status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
                 self._task = self._loop.create_task(self._relay(upstream, headers, status_line))
                 return
         except Exception:
@@ -452,21 +456,30 @@ class FastLane(BaseProtocol):
         upstream.close()
         self._finish()
 
+    def _whole(self, upstream: UpstreamResponse, head: bytes, body: bytes) -> None:
+        """A small response, all of it here: one write."""
+        try:
+            self._write(head + body)
+        except Exception:  # called back from the upstream's parser: nothing may escape
+            log.exception("fast lane: response failed")
+            upstream.close()
+            self._abort()
+            return
+        upstream.close()
+        self._finish()
+
+    def _cut(self, exc: UpstreamError) -> None:
+        """The upstream broke off before a small response's end."""
+        # Nothing is sent yet, so the client gets a clean 502, not a cut response.
+        log.warning("upstream failed mid-response", extra={"error": str(exc)})
+        self._write(_answer_bytes(BROKE_OFF))
+        self._finish()
+
     async def _relay(
         self, upstream: UpstreamResponse, headers: CIMultiDict[str], status_line: str
     ) -> None:
-        """A response whose body is still to come: small ones whole, others as they arrive."""
+        """A response too large to hold, or without a length: passed on as it arrives."""
         try:
-            if is_small(upstream.content_length):
-                try:
-                    body = await upstream.read()
-                except UpstreamError as exc:
-                    # Nothing is sent yet, so the client gets a clean 502, not a cut response.
-                    log.warning("upstream failed mid-response", extra={"error": str(exc)})
-                    self._write(_answer_bytes(BROKE_OFF))
-                    return
-                self._write(_serialize_headers(status_line, headers) + body)
-                return
             await self._stream(upstream, headers, status_line)
         except Exception:
             log.exception("fast lane: response failed")
@@ -630,6 +643,15 @@ class FastLane(BaseProtocol):
             self._task.cancel()
         if self.transport is not None:
             self.transport.close()
+
+
+def _response_head(upstream: UpstreamResponse) -> bytes:
+    """A response's head as it goes to the client: as it came when nothing in it stays on
+    the upstream's hop (the common response: nothing is rebuilt), else rebuilt without."""
+    if upstream.raw_head is not None and not carries_hop_by_hop(upstream.headers):
+        return upstream.raw_head
+    headers = downstream_response_headers(upstream.headers)
+    return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 
 
 def _answer_bytes(result: Answer) -> bytes:

@@ -116,9 +116,14 @@ def upstream_request_headers(
     return out
 
 
+def carries_hop_by_hop(headers: CIMultiDictProxy[str]) -> bool:
+    """Tell whether a response has a header that stays on its hop."""
+    return any(map(headers.__contains__, HOP_BY_HOP))
+
+
 def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers without the hop-by-hop ones."""
-    if not any(name in incoming for name in HOP_BY_HOP):
+    if not carries_hop_by_hop(incoming):
         return CIMultiDict(incoming)  # the common response: copied in C, nothing to drop
     drop = HOP_BY_HOP | _connection_listed(incoming)
     return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)

@@ -27,7 +27,7 @@ from typing import Final
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
-from aiohttp.http_writer import _serialize_headers
+from aiohttp.http_writer import HttpVersion11, _serialize_headers
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -59,14 +59,20 @@ Failed = Callable[[UpstreamError], None]
 class UpstreamResponse:
     """A response head from the upstream and its body, as it arrives."""
 
-    __slots__ = ("_connection", "message", "payload")
+    __slots__ = ("_connection", "message", "payload", "raw_head")
 
     def __init__(
-        self, connection: Connection, message: RawResponseMessage, payload: StreamReader
+        self,
+        connection: Connection,
+        message: RawResponseMessage,
+        payload: StreamReader,
+        raw_head: bytes | None = None,
     ) -> None:
         self._connection = connection
         self.message = message
         self.payload = payload
+        # The head's bytes as they came, when they are exactly what the parser read.
+        self.raw_head = raw_head
 
     @property
     def status(self) -> int:
@@ -93,6 +99,17 @@ class UpstreamResponse:
         """The whole body; UpstreamError if the connection broke off first."""
         return await self.payload.read()
 
+    def when_read(self, done: Callable[[bytes], None], broken: Failed) -> None:
+        """Call ``done`` with the whole body once it has arrived (at once if it has), or
+        ``broken`` if the connection breaks off first: ``read`` without a task, for a body
+        small enough to hold, from the read that completes it."""
+        payload = self.payload
+        if payload.is_eof():
+            done(payload.read_nowait())
+            return
+        self._connection.until_ended(broken)
+        payload.on_eof(lambda: done(payload.read_nowait()))
+
     def close(self) -> None:
         """Give up on the rest of the body: the connection is closed unless it is complete
         (a complete one may already carry the next request)."""
@@ -106,7 +123,9 @@ class Connection(BaseProtocol):
     __slots__ = (
         "_answered",
         "_body",
+        "_broken",
         "_failed",
+        "_fresh",
         "_pool",
         "_responses",
         "_sending",
@@ -120,6 +139,8 @@ class Connection(BaseProtocol):
         self._answered: Answered | None = None
         self._failed: Failed | None = None
         self._body: StreamReader | None = None
+        self._broken: Failed | None = None  # told if the body in flight is cut
+        self._fresh = False  # no byte of the expected response has arrived yet
         self._responses: HttpResponseParser | None = None
         self._sending: asyncio.Task[None] | None = None
         self.idle_since = 0.0
@@ -139,6 +160,11 @@ class Connection(BaseProtocol):
                 self._responses = self._new_parser(with_body=True)
             self._parser = self._responses
         self._answered, self._failed = answered, failed
+        self._fresh = True
+
+    def until_ended(self, broken: Failed) -> None:
+        """Have ``broken`` told if the connection breaks before the body in flight ends."""
+        self._broken = broken
 
     def _new_parser(self, *, with_body: bool) -> HttpResponseParser:
         return HttpResponseParser(
@@ -188,7 +214,7 @@ class Connection(BaseProtocol):
             self.reusable = False  # the upstream answered before taking the whole body
             sending.cancel()
         self._parser = None
-        self._answered = self._failed = None
+        self._answered = self._failed = self._broken = None
         self._body = None
         self._pool.release(self)
 
@@ -209,6 +235,7 @@ class Connection(BaseProtocol):
                 if self.transport is not None:
                     self.transport.close()
             return
+        fresh, self._fresh = self._fresh, False  # ``data`` begins with the response
         try:
             messages, _, _ = parser.feed_data(data)
         except Exception as exc:
@@ -219,6 +246,7 @@ class Connection(BaseProtocol):
             return
         for message, payload in messages:
             if 100 <= message.code < 200 and message.code != 101:
+                fresh = False
                 continue  # an interim response (103 Early Hints): the real one follows
             answered = self._answered
             if answered is None:  # a second response to one request: out of step
@@ -230,8 +258,9 @@ class Connection(BaseProtocol):
             if message.should_close:
                 self.reusable = False
             self._body = payload
+            raw_head = _raw_head(data, message) if fresh else None
             try:
-                answered(UpstreamResponse(self, message, payload))
+                answered(UpstreamResponse(self, message, payload, raw_head))
             except Exception:
                 log.exception("upstream response handler failed")
                 self.abandon()
@@ -247,10 +276,28 @@ class Connection(BaseProtocol):
                 parser.feed_eof()
         broken = UpstreamError("the upstream closed the connection before the response ended")
         if body is not None and not body.is_eof():
-            body.set_exception(broken)
+            body.set_exception(broken)  # its eof callbacks are dropped: told here instead
+            if self._broken is not None:
+                told, self._broken = self._broken, None
+                told(broken)
         self._fail(broken)
         super().connection_lost(exc)
         self._pool.forget(self)
+
+
+def _raw_head(data: bytes, message: RawResponseMessage) -> bytes | None:
+    """The head of ``message`` as ``data`` (the read its response began with) holds it,
+    when that is exactly what the parser read: HTTP/1.1, every line ended by CRLF, no CR
+    or LF elsewhere, one line per header (no folded value). None otherwise."""
+    end = data.find(b"\r\n\r\n") + 4
+    if end < 4 or message.version != HttpVersion11:
+        return None
+    lines = data.count(b"\r\n", 0, end)
+    if lines != len(message.raw_headers) + 2:  # the status line, the headers, the blank
+        return None
+    if data.count(b"\n", 0, end) != lines or data.count(b"\r", 0, end) != lines:
+        return None
+    return data[:end]
 
 
 class Upstream:

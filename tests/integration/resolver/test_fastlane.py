@@ -534,3 +534,42 @@ async def test_a_repeated_head_is_checked_again_each_time(
         [other.key.token_hash],
     ]
     assert r.service.metrics.repeated_heads == 2
+
+
+# A response's head goes to the client as it came (rebuilt, "X-A:1" would read "X-A: 1")
+# unless a header in it stays on its hop.
+PLAIN = b"HTTP/1.1 200 OK\r\nx-litellm-b: 2\r\nContent-Type: application/json\r\nX-A:1\r\n"
+HOP = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+
+
+@pytest.mark.parametrize(("head", "client_sees"), [
+    (PLAIN, PLAIN),
+    (HOP, b"HTTP/1.1 200 OK\r\n"),
+], ids=["as_it_came", "rebuilt"])  # fmt: skip
+async def test_a_response_head_reaches_the_client_as_it_came(
+    make_settings, database_url, start_resolver, bearer, head, client_sees
+):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(head + b"Content-Length: 2\r\n\r\n")  # uvicorn: head, then body
+            await writer.drain()
+            writer.write(b"{}")
+
+    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        lane = await start_resolver(
+            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+        writer.write(request("GET", "/x", bearer))
+        got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(reader.readexactly(2), 10)
+        writer.close()
+    finally:
+        upstream.close()
+    assert body == b"{}"
+    assert got.startswith(client_sees)
+    assert got.endswith(b"Content-Length: 2\r\n\r\n")
+    if head is HOP:
+        assert b"keep-alive" not in got.lower() and b"x-hop" not in got.lower()

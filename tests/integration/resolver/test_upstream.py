@@ -199,3 +199,74 @@ async def test_an_unreachable_upstream_is_an_upstream_error():
 def test_only_http_and_https_urls_are_upstreams():
     with pytest.raises(ValueError, match="not an http"):
         Upstream("ftp://example.test/")
+
+
+@pytest.mark.parametrize("ending", ["completed", "cut"])
+async def test_when_read_answers_from_the_read_that_completes_the_body(ending):
+    # The head and the start of the body first, the rest later (uvicorn writes them
+    # apart): the whole body is handed over when it is all here, or the break when not.
+    gate = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+        await writer.drain()
+        await gate.wait()
+        if ending == "completed":
+            writer.write(b" world")
+            await writer.drain()
+            await reader.read()  # until the client closes
+        writer.close()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream = Upstream(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}")
+    try:
+        response = await upstream.request("GET", "/x", CIMultiDict())
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        response.when_read(got.set_result, got.set_exception)
+        await asyncio.sleep(0.05)
+        assert not got.done()  # five bytes of eleven are not the body
+        gate.set()
+        if ending == "completed":
+            assert await asyncio.wait_for(got, 5) == b"hello world"
+        else:
+            with pytest.raises(UpstreamError, match="before the response ended"):
+                await asyncio.wait_for(got, 5)
+    finally:
+        await upstream.close()
+        listener.close()
+
+
+async def raw_head_of(upstream: Upstream) -> bytes | None:
+    response = await upstream.request("GET", "/x", CIMultiDict())
+    try:
+        await response.read()
+        return response.raw_head
+    finally:
+        response.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "kept"),
+    [
+        (ok(b"hi", b"X-B: 2", b"x-a: 1"), True),  # as it came: order and spelling
+        (ok(b"hi").replace(b"\r\n", b"\n"), False),  # bare LF ends its lines
+        (ok(b"hi", b"X-Folded: a", b" b"), False),  # a folded value: two lines, one header
+        (ok(b"hi").replace(b"HTTP/1.1", b"HTTP/1.0"), False),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(b"hi"), False),  # not first
+    ],
+    ids=["plain", "bare_lf", "folded", "http10", "after_interim"],
+)
+async def test_a_response_head_is_kept_as_it_came_only_when_it_is_what_was_parsed(
+    scripted, answer, kept
+):
+    _, upstream = await scripted(lambda n, _: answer)
+    try:
+        raw = await raw_head_of(upstream)
+    except UpstreamError:
+        raw = None  # the parser refused it: nothing is kept either
+    if kept:
+        assert raw == answer[: answer.index(b"\r\n\r\n") + 4]
+    else:
+        assert raw is None
+    await upstream.close()
