@@ -436,25 +436,20 @@ class FastLane(BaseProtocol):
         try:
             self.lane.metrics.count_upstream(upstream.status)
             if is_bodiless(upstream.status, self._method):
-                self._write(_response_head(upstream))
+                self._whole(upstream, _response_head(upstream), b"")
             elif is_small(upstream.content_length):
                 # Written whole once it is all here: now, or in the read that completes it
                 # (uvicorn, LiteLLM's server, writes a response's head and body apart).
                 head = _response_head(upstream)
                 upstream.when_read(lambda body: self._whole(upstream, head, body), self._cut)
-                return
             else:
                 headers = downstream_response_headers(upstream.headers)
                 status_line = f"HTTP/1.1 {upstream.status} {upstream.reason}"
                 self._task = self._loop.create_task(self._relay(upstream, headers, status_line))
-                return
         except Exception:
             log.exception("fast lane: response failed")
             upstream.close()
             self._abort()
-            return
-        upstream.close()
-        self._finish()
 
     def _whole(self, upstream: UpstreamResponse, head: bytes, body: bytes) -> None:
         """A small response, all of it here: one write."""
