@@ -643,8 +643,9 @@ class FastLane(BaseProtocol):
 def _response_head(upstream: UpstreamResponse) -> bytes:
     """A response's head as it goes to the client: as it came when nothing in it stays on
     the upstream's hop (the common response: nothing is rebuilt), else rebuilt without."""
-    if upstream.raw_head is not None and not carries_hop_by_hop(upstream.headers):
-        return upstream.raw_head
+    raw_head = upstream.raw_head
+    if raw_head is not None and not carries_hop_by_hop(upstream.headers):
+        return raw_head
     headers = downstream_response_headers(upstream.headers)
     return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 

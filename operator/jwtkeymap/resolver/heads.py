@@ -83,18 +83,16 @@ class RepeatedHead:
     ) -> RepeatedHead | None:
         """The head of a request the lane took (``head`` its bytes, ``message`` aiohttp's
         parse of them), or None when it cannot be told again by its bytes alone."""
-        lines = _LENGTH_LINE.findall(head)
+        lines = list(_LENGTH_LINE.finditer(head))
         length = message.headers.get("Content-Length")
         if len(lines) > 1 or (length is None) != (not lines):
             return None
         if length is None:
             return cls(message, head, None, authorization=authorization, digest=digest,
                        max_bytes=max_bytes, max_length=max_length)  # fmt: skip
-        match = _LENGTH_LINE.search(head)
-        assert match is not None
-        if match.group(1).decode("ascii") != length:  # [0-9]+ decodes
+        if lines[0].group(1).decode("ascii") != length:  # [0-9]+ decodes
             return None
-        start, end = match.span(1)
+        start, end = lines[0].span(1)
         return cls(message, head[:start], head[end:], authorization=authorization,
                    digest=digest, max_bytes=max_bytes, max_length=max_length)  # fmt: skip
 

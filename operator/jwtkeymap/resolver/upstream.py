@@ -59,20 +59,27 @@ Failed = Callable[[UpstreamError], None]
 class UpstreamResponse:
     """A response head from the upstream and its body, as it arrives."""
 
-    __slots__ = ("_connection", "message", "payload", "raw_head")
+    __slots__ = ("_connection", "_first_read", "message", "payload")
 
     def __init__(
         self,
         connection: Connection,
         message: RawResponseMessage,
         payload: StreamReader,
-        raw_head: bytes | None = None,
+        first_read: bytes | None = None,
     ) -> None:
         self._connection = connection
         self.message = message
         self.payload = payload
-        # The head's bytes as they came, when they are exactly what the parser read.
-        self.raw_head = raw_head
+        self._first_read = first_read  # the read the response began with, if it did
+
+    @property
+    def raw_head(self) -> bytes | None:
+        """The head's bytes as they came, when they are exactly what the parser read
+        (worked out on asking: only the fast lane passes a head on as it came)."""
+        if self._first_read is None:
+            return None
+        return _raw_head(self._first_read, self.message)
 
     @property
     def status(self) -> int:
@@ -235,7 +242,9 @@ class Connection(BaseProtocol):
                 if self.transport is not None:
                     self.transport.close()
             return
-        fresh, self._fresh = self._fresh, False  # ``data`` begins with the response
+        fresh = self._fresh  # ``data`` begins with the response
+        if data:  # (the parser's end of body calls this again with nothing)
+            self._fresh = False
         try:
             messages, _, _ = parser.feed_data(data)
         except Exception as exc:
@@ -258,9 +267,8 @@ class Connection(BaseProtocol):
             if message.should_close:
                 self.reusable = False
             self._body = payload
-            raw_head = _raw_head(data, message) if fresh else None
             try:
-                answered(UpstreamResponse(self, message, payload, raw_head))
+                answered(UpstreamResponse(self, message, payload, data if fresh else None))
             except Exception:
                 log.exception("upstream response handler failed")
                 self.abandon()
