@@ -55,7 +55,6 @@ from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
     BUFFERED_BODY_MAX,
     UNREACHABLE,
-    carries_hop_by_hop,
     downstream_response_headers,
     is_bodiless,
     is_small,
@@ -408,7 +407,7 @@ class FastLane(BaseProtocol):
                     repeat.keep_upstream_head(result, head, len(body))
             self.lane.upstream.send_head(
                 connection, method, head, body or None,
-                answered=self._answered, failed=self._unanswered,
+                answered=self._answered, failed=self._unanswered, through=self.transport,
             )  # fmt: skip
         except Exception:
             log.exception("fast lane: request failed")
@@ -426,16 +425,23 @@ class FastLane(BaseProtocol):
         return self.lane.upstream.request_head(message.method, message.path, headers, body or None)
 
     def _unanswered(self, exc: UpstreamError) -> None:
-        log.warning("upstream unreachable", extra={"error": str(exc)})
         self.lane.metrics.count_upstream(None)
+        if exc.midway:  # bytes of it are on their way to the client: no clean answer now
+            self._broke_midway(exc)
+            return
+        log.warning("upstream unreachable", extra={"error": str(exc)})
         self._write(_answer_bytes(UNREACHABLE))
         self._finish()
 
     def _answered(self, upstream: UpstreamResponse) -> None:
         """The upstream's response head (called as it is parsed)."""
         try:
-            self.lane.metrics.count_upstream(upstream.status)
-            if is_bodiless(upstream.status, self._method):
+            metrics = self.lane.metrics
+            metrics.count_upstream(upstream.status)
+            if upstream.passed:  # written to the client already, whole
+                metrics.passed_responses += 1
+                upstream.when_passed(self._finish, self._broke_midway)
+            elif is_bodiless(upstream.status, self._method):
                 self._whole(upstream, _response_head(upstream), b"")
             elif is_small(upstream.content_length):
                 # Written whole once it is all here: now, or in the read that completes it
@@ -462,6 +468,11 @@ class FastLane(BaseProtocol):
             return
         upstream.close()
         self._finish()
+
+    def _broke_midway(self, exc: UpstreamError) -> None:
+        """What was written to the client is not the response the parser read: cut."""
+        log.warning("upstream failed mid-response", extra={"error": str(exc)})
+        self._abort()
 
     def _cut(self, exc: UpstreamError) -> None:
         """The upstream broke off before a small response's end."""
@@ -642,9 +653,9 @@ class FastLane(BaseProtocol):
 
 def _response_head(upstream: UpstreamResponse) -> bytes:
     """A response's head as it goes to the client: as it came when nothing in it stays on
-    the upstream's hop (the common response: nothing is rebuilt), else rebuilt without."""
+    the upstream's hop (``resolver/hops.py``), else rebuilt without those."""
     raw_head = upstream.raw_head
-    if raw_head is not None and not carries_hop_by_hop(upstream.headers):
+    if raw_head is not None:
         return raw_head
     headers = downstream_response_headers(upstream.headers)
     return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)

@@ -19,13 +19,12 @@ each request, and the headers sent upstream are rebuilt whenever that answer cha
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 from aiohttp.http_parser import RawRequestMessage
 
-# The one Content-Length line of a head, as aiohttp's parser accepted it.
-_LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+from jwtkeymap.resolver.hops import LENGTH_LINE
+
 # What may stand in its place in a repeated head: up to five ASCII digits, no leading 0.
 _LENGTH_DIGITS: Final = 5
 # The lines a head sent upstream is recognized by (the proxy writes it, so one spelling).
@@ -83,7 +82,7 @@ class RepeatedHead:
     ) -> RepeatedHead | None:
         """The head of a request the lane took (``head`` its bytes, ``message`` aiohttp's
         parse of them), or None when it cannot be told again by its bytes alone."""
-        lines = list(_LENGTH_LINE.finditer(head))
+        lines = list(LENGTH_LINE.finditer(head))
         length = message.headers.get("Content-Length")
         if len(lines) > 1 or (length is None) != (not lines):
             return None

@@ -66,10 +66,12 @@ class Metrics:
         self.db_seconds: dict[str, _Histogram] = {}
         # Reverse-proxy mode: upstream answers by status class ("error": unreachable),
         # requests the fast lane answered (and of those, the ones whose head it knew
-        # already: resolver/heads.py), connections it handed to the application.
+        # already: resolver/heads.py, and whose response it passed on before parsing it:
+        # resolver/hops.py), connections it handed to the application.
         self.upstream: dict[str, int] = {}
         self.fast_lane = 0
         self.repeated_heads = 0
+        self.passed_responses = 0
         self.handovers: dict[str, int] = {}
         self.registry.register(_CheckCollector(self))
 
@@ -179,6 +181,12 @@ class _CheckCollector(Collector):
             "Reverse-proxy mode: fast-lane requests whose head repeated the connection's "
             "last one but for its Content-Length (not parsed again).",
             value=self._metrics.repeated_heads,
+        )
+        yield CounterMetricFamily(
+            "jwtkeymap_proxy_passed_responses",
+            "Reverse-proxy mode: fast-lane responses that came whole in one read and were "
+            "written to the client before they were parsed.",
+            value=self._metrics.passed_responses,
         )
         yield _counter(
             "jwtkeymap_proxy_handovers",

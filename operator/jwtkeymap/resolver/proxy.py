@@ -35,6 +35,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import HEADER_PREFIX, Answer
+from jwtkeymap.resolver.hops import HOP_BY_HOP, carries_hop_by_hop
 from jwtkeymap.resolver.metrics import Metrics
 from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
 
@@ -43,19 +44,6 @@ Checker = Callable[[web.Request], Awaitable[Answer]]
 
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
-HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # Set by us (Host from the upstream URL) or meaningless on the next hop.
 _REQUEST_DROP: Final = HOP_BY_HOP | {"host", "expect"}
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -114,11 +102,6 @@ def upstream_request_headers(
     if host:
         out["X-Forwarded-Host"] = host
     return out
-
-
-def carries_hop_by_hop(headers: CIMultiDictProxy[str]) -> bool:
-    """Tell whether a response has a header that stays on its hop."""
-    return any(map(headers.__contains__, HOP_BY_HOP))
 
 
 def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:

@@ -11,6 +11,10 @@ serializer (which refuses a CR or LF in a name or value).
 * A request is written in one write when its body is bytes (head and body together);
   a streamed body is sent by a task beside the wait for the response, framed by its
   ``Content-Length`` or chunked.
+* A response that arrives whole in one read may be written to the client's connection
+  before it is parsed (``through``; which ones may: ``resolver/hops.py``). The parser
+  still reads every byte of it; where it reads them otherwise than as that one response,
+  the exchange fails ``midway``.
 * A connection goes back to the pool when its response has been parsed to the end and
   neither side asked to close; one whose response was abandoned is closed.
 * An idle connection is not reused after ``idle_seconds`` (see ``UPSTREAM_IDLE_SECONDS``).
@@ -27,10 +31,12 @@ from typing import Final
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
-from aiohttp.http_writer import HttpVersion11, _serialize_headers
+from aiohttp.http_writer import _serialize_headers
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from jwtkeymap.resolver.hops import parsed_as_sent, passable_head, whole_response
 
 # An upstream closes its idle connections after its own keep-alive timeout (uvicorn's,
 # hence LiteLLM's, is 5 s); a request sent on one as it closes fails (a 502 here: a POST
@@ -47,7 +53,12 @@ _BYTES_OR_NONE: Final = (bytes, bytearray, type(None))
 
 
 class UpstreamError(ConnectionError):
-    """The upstream could not be reached, or its connection broke before the response ended."""
+    """The upstream could not be reached, or its connection broke before the response ended;
+    ``midway`` when part of the response had been written to the client by then."""
+
+    def __init__(self, message: str, *, midway: bool = False) -> None:
+        super().__init__(message)
+        self.midway = midway
 
 
 # What a request's sender is told: the response head (its body follows in its payload), or
@@ -59,7 +70,7 @@ Failed = Callable[[UpstreamError], None]
 class UpstreamResponse:
     """A response head from the upstream and its body, as it arrives."""
 
-    __slots__ = ("_connection", "_first_read", "message", "payload")
+    __slots__ = ("_connection", "_first_read", "message", "passed", "payload")
 
     def __init__(
         self,
@@ -67,19 +78,26 @@ class UpstreamResponse:
         message: RawResponseMessage,
         payload: StreamReader,
         first_read: bytes | None = None,
+        *,
+        passed: bool = False,
     ) -> None:
         self._connection = connection
         self.message = message
         self.payload = payload
         self._first_read = first_read  # the read the response began with, if it did
+        # Written to the client already (``Upstream.send_head``'s ``through``): the caller
+        # is only told that it ended (``when_passed``).
+        self.passed = passed
 
     @property
     def raw_head(self) -> bytes | None:
-        """The head's bytes as they came, when they are exactly what the parser read
-        (worked out on asking: only the fast lane passes a head on as it came)."""
-        if self._first_read is None:
+        """The head's bytes as they came, when they may go to the client so and are exactly
+        what the parser read (worked out on asking: only the fast lane asks)."""
+        data = self._first_read
+        if data is None:
             return None
-        return _raw_head(self._first_read, self.message)
+        end = passable_head(data)
+        return data[:end] if end and parsed_as_sent(data, end, self.message) else None
 
     @property
     def status(self) -> int:
@@ -117,6 +135,12 @@ class UpstreamResponse:
         self._connection.until_ended(broken)
         payload.on_eof(lambda: done(payload.read_nowait()))
 
+    def when_passed(self, done: Callable[[], None], broken: Failed) -> None:
+        """For a response written to the client already: call ``done`` once the parser has
+        read it to its end, or ``broken`` if it read more than that response."""
+        self._connection.until_ended(broken)
+        self._connection.passed_on = done
+
     def close(self) -> None:
         """Give up on the rest of the body: the connection is closed unless it is complete
         (a complete one may already carry the next request)."""
@@ -133,10 +157,14 @@ class Connection(BaseProtocol):
         "_broken",
         "_failed",
         "_fresh",
+        "_head_bytes",
+        "_passed",
         "_pool",
         "_responses",
         "_sending",
+        "_through",
         "idle_since",
+        "passed_on",
         "reusable",
     )
 
@@ -150,14 +178,26 @@ class Connection(BaseProtocol):
         self._fresh = False  # no byte of the expected response has arrived yet
         self._responses: HttpResponseParser | None = None
         self._sending: asyncio.Task[None] | None = None
+        self._through: asyncio.WriteTransport | None = None  # the client's, if it may pass
+        self._passed = 0  # bytes of the response in flight written to the client before
+        self._head_bytes = 0  # they were parsed, and the size of its head
+        self.passed_on: Callable[[], None] | None = None  # told when the parse has ended
         self.idle_since = 0.0
         self.reusable = True
 
     # -- one exchange --------------------------------------------------------------
 
-    def begin(self, head: bool, answered: Answered, failed: Failed) -> None:
+    def begin(
+        self,
+        head: bool,
+        answered: Answered,
+        failed: Failed,
+        through: asyncio.WriteTransport | None = None,
+    ) -> None:
         """Expect one response (without a body after a HEAD): ``answered`` gets its head,
-        or ``failed`` the error that stopped it first."""
+        or ``failed`` the error that stopped it first. With ``through`` (a client's
+        transport), a response that arrives whole in one read and may pass as it came is
+        written there before it is parsed."""
         if head:
             self._parser = self._new_parser(with_body=False)
         else:
@@ -168,6 +208,8 @@ class Connection(BaseProtocol):
             self._parser = self._responses
         self._answered, self._failed = answered, failed
         self._fresh = True
+        self._through = through
+        self._passed = self._head_bytes = 0
 
     def until_ended(self, broken: Failed) -> None:
         """Have ``broken`` told if the connection breaks before the body in flight ends."""
@@ -209,6 +251,8 @@ class Connection(BaseProtocol):
         self.transport.write(data)
 
     def _fail(self, exc: UpstreamError) -> None:
+        if self._passed:
+            exc.midway = True
         failed = self._failed
         self._answered = self._failed = None
         if failed is not None:
@@ -220,9 +264,17 @@ class Connection(BaseProtocol):
         if sending is not None and not sending.done():
             self.reusable = False  # the upstream answered before taking the whole body
             sending.cancel()
-        self._parser = None
+        passed_on, broken = self.passed_on, self._broken
+        body, self._body = self._body, None
+        self._parser = self._through = self.passed_on = None
         self._answered = self._failed = self._broken = None
-        self._body = None
+        if passed_on is not None:
+            if self._passed == self._head_bytes + (body.total_bytes if body else 0):
+                passed_on()
+            else:  # the parser read more than the response passed on: the client has those
+                self.abandon()
+                if broken is not None:
+                    broken(UpstreamError("the upstream sent more than its response", midway=True))
         self._pool.release(self)
 
     def abandon(self) -> None:
@@ -245,6 +297,8 @@ class Connection(BaseProtocol):
         fresh = self._fresh  # ``data`` begins with the response
         if data:  # (the parser's end of body calls this again with nothing)
             self._fresh = False
+            if fresh and self._through is not None:
+                self._pass(data)
         try:
             messages, _, _ = parser.feed_data(data)
         except Exception as exc:
@@ -263,16 +317,34 @@ class Connection(BaseProtocol):
                 if self.transport is not None:
                     self.transport.close()
                 continue
+            passed = self._passed > 0
+            if passed and not (
+                fresh and payload.is_eof() and parsed_as_sent(data, self._head_bytes, message)
+            ):
+                self.abandon()  # the client has a response the parser read otherwise
+                self._fail(UpstreamError("the response is not what was passed on"))
+                return
             self._answered = self._failed = None
             if message.should_close:
                 self.reusable = False
             self._body = payload
             try:
-                answered(UpstreamResponse(self, message, payload, data if fresh else None))
+                first_read = data if fresh else None
+                answered(UpstreamResponse(self, message, payload, first_read, passed=passed))
             except Exception:
                 log.exception("upstream response handler failed")
                 self.abandon()
             payload.on_eof(self._ended)
+
+    def _pass(self, data: bytes) -> None:
+        """Write ``data``, the read a response begins with, to the client before it is
+        parsed, when it is that whole response and may pass as it came."""
+        through, self._through = self._through, None
+        assert through is not None
+        head = whole_response(data)
+        if head and not through.is_closing():
+            through.write(data)
+            self._head_bytes, self._passed = head, len(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """End the exchange in flight: its body is cut, or its response never comes."""
@@ -291,21 +363,6 @@ class Connection(BaseProtocol):
         self._fail(broken)
         super().connection_lost(exc)
         self._pool.forget(self)
-
-
-def _raw_head(data: bytes, message: RawResponseMessage) -> bytes | None:
-    """The head of ``message`` as ``data`` (the read its response began with) holds it,
-    when that is exactly what the parser read: HTTP/1.1, every line ended by CRLF, no CR
-    or LF elsewhere, one line per header (no folded value). None otherwise."""
-    end = data.find(b"\r\n\r\n") + 4
-    if end < 4 or message.version != HttpVersion11:
-        return None
-    lines = data.count(b"\r\n", 0, end)
-    if lines != len(message.raw_headers) + 2:  # the status line, the headers, the blank
-        return None
-    if data.count(b"\n", 0, end) != lines or data.count(b"\r", 0, end) != lines:
-        return None
-    return data[:end]
 
 
 class Upstream:
@@ -417,9 +474,10 @@ class Upstream:
         chunked: bool = False,
         answered: Answered,
         failed: Failed,
+        through: asyncio.WriteTransport | None = None,
     ) -> None:
         """``send`` with the head made already (by ``request_head``); ``chunked`` when it
-        says the body (an iterable) is sent in chunks."""
+        says the body (an iterable) is sent in chunks; ``through``: see ``Connection.begin``."""
         transport = connection.transport
         if transport is None or transport.is_closing():
             self._busy.discard(connection)
@@ -428,10 +486,10 @@ class Upstream:
         # Written first, then the parser readied: no answer can arrive before this returns.
         if isinstance(body, _BYTES):
             transport.write(head + body if body else head)
-            connection.begin(method == "HEAD", answered, failed)
+            connection.begin(method == "HEAD", answered, failed, through)
         else:
             transport.write(head)
-            connection.begin(method == "HEAD", answered, failed)
+            connection.begin(method == "HEAD", answered, failed, through)
             if body is not None:
                 connection.send_body(body, chunked=chunked)
 

@@ -573,3 +573,68 @@ async def test_a_response_head_reaches_the_client_as_it_came(
     assert got.endswith(b"Content-Length: 2\r\n\r\n")
     if head is HOP:
         assert b"keep-alive" not in got.lower() and b"x-hop" not in got.lower()
+
+
+WHOLE = b"HTTP/1.1 200 OK\r\nX-A:1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(("answer", "passed"), [
+    (WHOLE, True),
+    (WHOLE.replace(b"X-A:1", b"X-A: 1\r\nKeep-Alive: timeout=5"), False),
+], ids=["may_pass", "stays_on_its_hop"])  # fmt: skip
+async def test_a_response_whole_in_one_read_goes_to_the_client_as_it_came(
+    make_settings, database_url, start_resolver, bearer, answer, passed
+):
+    async def answer_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(answer)
+
+    upstream = await asyncio.start_server(answer_whole, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        lane = await start_resolver(
+            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+        got = []
+        for _ in range(2):  # the connection goes on after a passed response
+            writer.write(request("GET", "/x", bearer))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            got.append(head + await asyncio.wait_for(reader.readexactly(2), 10))
+        writer.close()
+    finally:
+        upstream.close()
+    metrics = lane.service.metrics
+    assert metrics.passed_responses == (2 if passed else 0)
+    if passed:
+        assert got == [answer, answer]  # byte for byte: "X-A:1" is not rewritten
+    else:
+        assert all(b"keep-alive" not in g.lower() and g.endswith(b"{}") for g in got)
+
+
+async def test_a_passed_response_the_parser_refuses_cuts_the_client_off(
+    make_settings, database_url, start_resolver, bearer
+):
+    # Told passable by its bytes, refused by aiohttp's parser (a NUL in a value): the client
+    # has it already, so its connection is cut; no answer (a 502) follows those bytes.
+    refused = WHOLE.replace(b"X-A:1", b"X-A: a\x00b")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(refused)
+        await reader.read()
+
+    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        lane = await start_resolver(
+            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+        writer.write(request("GET", "/x", bearer))
+        got = await asyncio.wait_for(reader.read(), 10)  # until the resolver closes
+        writer.close()
+    finally:
+        upstream.close()
+    assert got == refused
+    assert lane.service.metrics.upstream == {"error": 1}

@@ -7,13 +7,14 @@ interim responses and early closes are exactly what the test says.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from multidict import CIMultiDict
 
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.resolver.upstream import Upstream, UpstreamError
+from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
 
 # What the scripted server answers to the n-th request it reads on any connection.
 Script = Callable[[int, bytes], bytes | None]
@@ -270,3 +271,98 @@ async def test_a_response_head_is_kept_as_it_came_only_when_it_is_what_was_parse
     else:
         assert raw is None
     await upstream.close()
+
+
+async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, bytes]:
+    """Send a GET with a client's transport as ``through``: how the exchange ended
+    ("passed", "parsed" (not passed: the caller writes it), "failed" or "broken", with
+    ``midway``), and every byte the client was sent on the way."""
+    loop = asyncio.get_running_loop()
+    client_side, proxy_side = socket.socketpair()
+    client, client_writer = await asyncio.open_connection(sock=client_side)
+    _, sink = await asyncio.open_connection(sock=proxy_side)
+    outcome: asyncio.Future[str] = loop.create_future()
+
+    def answered(response: UpstreamResponse) -> None:
+        if not response.passed:
+            outcome.set_result("parsed")
+            response.close()
+            return
+        response.when_passed(
+            lambda: outcome.set_result("passed"),
+            lambda exc: outcome.set_result(f"broken midway={exc.midway}"),
+        )
+
+    def failed(exc: UpstreamError) -> None:
+        if not outcome.done():
+            outcome.set_result(f"failed midway={exc.midway}")
+
+    connection = upstream.pooled() or await upstream.connect()
+    head = upstream.request_head("GET", "/x", CIMultiDict(), None)
+    upstream.send_head(connection, "GET", head, None, answered=answered, failed=failed,
+                       through=sink.transport)  # fmt: skip
+    ended = await asyncio.wait_for(outcome, wait)
+    sink.close()
+    try:
+        return ended, await asyncio.wait_for(client.read(), wait)
+    finally:
+        client_writer.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "ended"),
+    [
+        (ok(b"hi", b"X-B: 2", b"x-a:1"), "passed"),  # as it came: order and spelling
+        (ok(b"hi", b"Keep-Alive: timeout=5"), "parsed"),  # stays on its hop: rebuilt
+        (ok(b"hi").replace(b"\r\n", b"\n"), "parsed"),
+        (ok(b"hi") + ok(b"again"), "parsed"),  # more than one response in the read
+        # Told passable by its bytes, refused by the parser (a NUL in a value, a blank in
+        # a name): the client has those bytes, so the exchange ends midway, never answered.
+        (ok(b"hi", b"X-A: a\x00b"), "failed midway=True"),
+        (ok(b"hi", b"X A: 1"), "failed midway=True"),
+    ],
+    ids=["whole", "hop_by_hop", "bare_lf", "two_responses", "nul", "blank_in_name"],
+)
+async def test_a_response_whole_in_one_read_is_written_to_the_client_before_it_is_parsed(
+    scripted, answer, ended
+):
+    _, upstream = await scripted(lambda n, _: answer)
+    try:
+        got = await passed_through(upstream)
+    finally:
+        await upstream.close()
+    assert got[0] == ended
+    # What the client was sent by the connection: the read as it came, or nothing.
+    assert got[1] == (answer if ended != "parsed" else b"")
+
+
+async def test_a_response_in_two_reads_is_parsed_before_it_is_passed_on():
+    # uvicorn (LiteLLM's server) writes a head and its body apart: nothing is passed
+    # before the parser has read the head, and the caller writes the response.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"hi")
+        await writer.drain()
+        await reader.read()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    upstream = Upstream(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}")
+    try:
+        assert await passed_through(upstream) == ("parsed", b"")
+    finally:
+        await upstream.close()
+        listener.close()
+
+
+async def test_a_passed_response_leaves_its_connection_ready_for_the_next(scripted):
+    server, upstream = await scripted(lambda n, _: ok(b"%d" % n))
+    try:
+        first = await passed_through(upstream)
+        second = await passed_through(upstream)
+    finally:
+        await upstream.close()
+    assert first == ("passed", ok(b"1")) and second == ("passed", ok(b"2"))
+    assert server.connections == 1

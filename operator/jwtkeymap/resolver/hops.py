@@ -1,0 +1,89 @@
+"""What stays on one hop of the proxy, and which responses may pass as they came.
+
+A proxy removes the headers that describe its own connection (``Connection`` and those it
+names, ``Keep-Alive``, ``Transfer-Encoding``, ...) before it passes a message on. A
+response without any of them has nothing to remove. When such a response arrives whole in
+one read, as a chat completion does, the fast lane writes that read to the client before
+aiohttp's parser reads it, so the parse is not between the upstream's answer and the
+client (bench/README.md, "Responses passed before they are parsed").
+
+Which reads those are is told from their bytes here, conservatively: a final status, every
+head line ended by CRLF, no folded line, no field named like a hop-by-hop header whatever
+its case or spacing, one ``Content-Length`` and exactly that many bytes after the head.
+aiohttp's parser still reads every byte once they are written, and where it reads them
+otherwise than as that one response (``parsed_as_sent``), the client's connection is cut:
+never answered as if it had not been.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.http_writer import HttpVersion11
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# A line that continues the one before it (obs-fold), or a field a proxy must not pass on.
+_HOP_NAMES: Final = b"|".join(re.escape(name.encode()) for name in sorted(HOP_BY_HOP))
+_FOLDED_OR_HOP: Final = re.compile(rb"\r\n(?:[ \t]|(?:" + _HOP_NAMES + rb")[ \t]*:)", re.I)
+_FINAL_STATUS: Final = (b"2", b"3", b"4", b"5")
+# The Content-Length line of a head, as aiohttp's parser accepts it.
+LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+
+
+def carries_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    """Tell whether a message has a header that stays on its hop."""
+    return any(map(headers.__contains__, HOP_BY_HOP))
+
+
+def passable_head(data: bytes) -> int:
+    """The length of the response head ``data`` begins with, when it may go to the client
+    as it came; else 0 (or when it is not all in ``data``)."""
+    if not data.startswith(b"HTTP/1.1 ") or data[9:10] not in _FINAL_STATUS:
+        return 0
+    end = data.find(b"\r\n\r\n") + 4
+    if end < 4:
+        return 0
+    lines = data.count(b"\r\n", 0, end)
+    if data.count(b"\n", 0, end) != lines or data.count(b"\r", 0, end) != lines:
+        return 0  # a bare CR or LF: a line the parser may end elsewhere
+    if _FOLDED_OR_HOP.search(data, 0, end - 2) is not None:
+        return 0
+    return end
+
+
+def whole_response(data: bytes) -> int:
+    """The length of the head of the response ``data`` holds, when ``data`` is that whole
+    response (no more) and it may go to the client as it came; else 0."""
+    end = passable_head(data)
+    if not end:
+        return 0
+    lengths = LENGTH_LINE.findall(data, 0, end)
+    if len(lengths) != 1 or end + int(lengths[0]) != len(data):
+        return 0
+    return end
+
+
+def parsed_as_sent(data: bytes, end: int, message: RawResponseMessage) -> bool:
+    """Whether aiohttp's parse of the head ``data[:end]`` (from ``passable_head``) is what
+    the client reads in it: the same lines, one header each, none on the hop."""
+    return (
+        message.version == HttpVersion11
+        and message.code >= 200
+        and data.count(b"\r\n", 0, end) == len(message.raw_headers) + 2
+        and not carries_hop_by_hop(message.headers)
+    )
