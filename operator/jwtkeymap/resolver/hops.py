@@ -2,17 +2,18 @@
 
 A proxy removes the headers that describe its own connection (``Connection`` and those it
 names, ``Keep-Alive``, ``Transfer-Encoding``, ...) before it passes a message on. A
-response without any of them has nothing to remove. When such a response arrives whole in
-one read, as a chat completion does, the fast lane writes that read to the client before
-aiohttp's parser reads it, so the parse is not between the upstream's answer and the
-client (bench/README.md, "Responses passed before they are parsed").
+response without any of them has nothing to remove. Such a response, a chat completion,
+is written to the client as it came once all of it has arrived, before aiohttp's parser
+reads it, so the parse is not between the upstream's answer and the client
+(bench/README.md, "Responses passed before they are parsed").
 
-Which reads those are is told from their bytes here, conservatively: a final status, every
-head line ended by CRLF, no folded line, no field named like a hop-by-hop header whatever
-its case or spacing, one ``Content-Length`` and exactly that many bytes after the head.
-aiohttp's parser still reads every byte once they are written, and where it reads them
-otherwise than as that one response (``parsed_as_sent``), the client's connection is cut:
-never answered as if it had not been.
+Which responses those are is told from their bytes here, conservatively: a final status
+that has a body, every head line ended by CRLF, no folded line, no field named like a
+hop-by-hop header whatever its case or spacing, one ``Content-Length``; the response is
+whole when exactly that many bytes follow its head. aiohttp's parser still reads every
+byte once they are written, and where it reads them otherwise than as that one response
+(``parsed_as_sent``), the client's connection is cut: never answered as if it had not
+been.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ HOP_BY_HOP: Final = frozenset(
 _HOP_NAMES: Final = b"|".join(re.escape(name.encode()) for name in sorted(HOP_BY_HOP))
 _FOLDED_OR_HOP: Final = re.compile(rb"\r\n(?:[ \t]|(?:" + _HOP_NAMES + rb")[ \t]*:)", re.I)
 _FINAL_STATUS: Final = (b"2", b"3", b"4", b"5")
+_NO_BODY: Final = (b"204", b"304")  # a length there is not the length of what follows
 # The Content-Length line of a head, as aiohttp's parser accepts it.
 LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
 
@@ -55,6 +57,8 @@ def passable_head(data: bytes) -> int:
     as it came; else 0 (or when it is not all in ``data``)."""
     if not data.startswith(b"HTTP/1.1 ") or data[9:10] not in _FINAL_STATUS:
         return 0
+    if data[9:12] in _NO_BODY:
+        return 0
     end = data.find(b"\r\n\r\n") + 4
     if end < 4:
         return 0
@@ -66,16 +70,17 @@ def passable_head(data: bytes) -> int:
     return end
 
 
-def whole_response(data: bytes) -> int:
-    """The length of the head of the response ``data`` holds, when ``data`` is that whole
-    response (no more) and it may go to the client as it came; else 0."""
+def passable_response(data: bytes) -> tuple[int, int]:
+    """The size of the head of the response ``data`` begins with and of that whole response
+    (head and body), when it may go to the client as it came; (0, 0) when it may not or
+    its head is not all in ``data``."""
     end = passable_head(data)
     if not end:
-        return 0
+        return 0, 0
     lengths = LENGTH_LINE.findall(data, 0, end)
-    if len(lengths) != 1 or end + int(lengths[0]) != len(data):
-        return 0
-    return end
+    if len(lengths) != 1:
+        return 0, 0
+    return end, end + int(lengths[0])
 
 
 def parsed_as_sent(data: bytes, end: int, message: RawResponseMessage) -> bool:

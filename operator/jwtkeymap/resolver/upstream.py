@@ -11,10 +11,10 @@ serializer (which refuses a CR or LF in a name or value).
 * A request is written in one write when its body is bytes (head and body together);
   a streamed body is sent by a task beside the wait for the response, framed by its
   ``Content-Length`` or chunked.
-* A response that arrives whole in one read may be written to the client's connection
-  before it is parsed (``through``; which ones may: ``resolver/hops.py``). The parser
-  still reads every byte of it; where it reads them otherwise than as that one response,
-  the exchange fails ``midway``.
+* A response of at most ``PASSED_MAX`` bytes may be written to the client's connection
+  as it came once it has all arrived, before it is parsed (``through``; which ones may:
+  ``resolver/hops.py``). The parser still reads every byte of it; where it reads them
+  otherwise than as that one response, the exchange fails ``midway``.
 * A connection goes back to the pool when its response has been parsed to the end and
   neither side asked to close; one whose response was abandoned is closed.
 * An idle connection is not reused after ``idle_seconds`` (see ``UPSTREAM_IDLE_SECONDS``).
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterable, Callable
 from typing import Final
 
@@ -36,7 +37,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from jwtkeymap.resolver.hops import parsed_as_sent, passable_head, whole_response
+from jwtkeymap.resolver.hops import parsed_as_sent, passable_head, passable_response
 
 # An upstream closes its idle connections after its own keep-alive timeout (uvicorn's,
 # hence LiteLLM's, is 5 s); a request sent on one as it closes fails (a 502 here: a POST
@@ -46,6 +47,8 @@ CONNECT_TIMEOUT_SECONDS: Final = 10.0
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
 READ_BUFFER_BYTES: Final = 2**16
+# A response passed to the client before it is parsed is held until it is whole: this much.
+PASSED_MAX: Final = 2**16
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # A body sent in the head's write (a tuple: ``bytes | bytearray`` is built on each use).
 _BYTES: Final = (bytes, bytearray)
@@ -158,11 +161,13 @@ class Connection(BaseProtocol):
         "_failed",
         "_fresh",
         "_head_bytes",
+        "_held",
         "_passed",
         "_pool",
         "_responses",
         "_sending",
         "_through",
+        "_whole_bytes",
         "idle_since",
         "passed_on",
         "reusable",
@@ -180,7 +185,8 @@ class Connection(BaseProtocol):
         self._sending: asyncio.Task[None] | None = None
         self._through: asyncio.WriteTransport | None = None  # the client's, if it may pass
         self._passed = 0  # bytes of the response in flight written to the client before
-        self._head_bytes = 0  # they were parsed, and the size of its head
+        self._head_bytes = self._whole_bytes = 0  # they were parsed; its sizes
+        self._held = b""  # what came of it, held until it is whole (nothing parsed yet)
         self.passed_on: Callable[[], None] | None = None  # told when the parse has ended
         self.idle_since = 0.0
         self.reusable = True
@@ -196,8 +202,8 @@ class Connection(BaseProtocol):
     ) -> None:
         """Expect one response (without a body after a HEAD): ``answered`` gets its head,
         or ``failed`` the error that stopped it first. With ``through`` (a client's
-        transport), a response that arrives whole in one read and may pass as it came is
-        written there before it is parsed."""
+        transport), a response that may pass as it came is written there once it has all
+        arrived, before it is parsed."""
         if head:
             self._parser = self._new_parser(with_body=False)
         else:
@@ -208,8 +214,9 @@ class Connection(BaseProtocol):
             self._parser = self._responses
         self._answered, self._failed = answered, failed
         self._fresh = True
-        self._through = through
-        self._passed = self._head_bytes = 0
+        self._through = None if head else through  # (a HEAD's length is not its body's)
+        self._passed = 0
+        self._held = b""
 
     def until_ended(self, broken: Failed) -> None:
         """Have ``broken`` told if the connection breaks before the body in flight ends."""
@@ -296,9 +303,12 @@ class Connection(BaseProtocol):
             return
         fresh = self._fresh  # ``data`` begins with the response
         if data:  # (the parser's end of body calls this again with nothing)
+            if self._through is not None:
+                passing = self._pass(data)
+                if passing is None:
+                    return  # held until the response is whole
+                data = passing  # all of it from its first byte: still ``fresh``
             self._fresh = False
-            if fresh and self._through is not None:
-                self._pass(data)
         try:
             messages, _, _ = parser.feed_data(data)
         except Exception as exc:
@@ -336,19 +346,32 @@ class Connection(BaseProtocol):
                 self.abandon()
             payload.on_eof(self._ended)
 
-    def _pass(self, data: bytes) -> None:
-        """Write ``data``, the read a response begins with, to the client before it is
-        parsed, when it is that whole response and may pass as it came."""
+    def _pass(self, data: bytes) -> bytes | None:
+        """Hold ``data`` while it is the start of a response that may pass as it came (None),
+        and write that response to the client once it is whole; then, or as soon as the
+        response is not one to pass, what is to be parsed: every byte since its start."""
+        held = self._held
+        if held:
+            data = held + data
+        else:  # the first read of the response
+            self._head_bytes, self._whole_bytes = passable_response(data)
+        if self._head_bytes and len(data) < self._whole_bytes <= PASSED_MAX:
+            self._held = data
+            return None
         through, self._through = self._through, None
+        self._held = b""
         assert through is not None
-        head = whole_response(data)
-        if head and not through.is_closing():
+        if self._head_bytes and len(data) == self._whole_bytes and not through.is_closing():
             through.write(data)
-            self._head_bytes, self._passed = head, len(data)
+            self._passed = len(data)
+        return data
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """End the exchange in flight: its body is cut, or its response never comes."""
         self.reusable = False
+        if self._held:  # the start of a response, not parsed yet: the parser tells the cut
+            held, self._held, self._through = self._held, b"", None
+            self.data_received(held)
         parser, body = self._parser, self._body
         if parser is not None:
             # A body delimited by the close ends here; a cut one raises: told to its reader.
@@ -497,7 +520,7 @@ class Upstream:
         """An idle connection to send on, or None (then ``connect``)."""
         if self._closed:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()  # not the loop's: asking for the running loop costs a getpid()
         idle = self._idle
         while idle:
             connection = idle.pop()
@@ -540,7 +563,7 @@ class Upstream:
         if not connection.reusable or self._closed or transport.is_closing():
             transport.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = time.monotonic()
         self._idle.append(connection)
 
     def forget(self, connection: Connection) -> None:

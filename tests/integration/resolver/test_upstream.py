@@ -14,7 +14,7 @@ import pytest
 from multidict import CIMultiDict
 
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
+from jwtkeymap.resolver.upstream import PASSED_MAX, Upstream, UpstreamError, UpstreamResponse
 
 # What the scripted server answers to the n-th request it reads on any connection.
 Script = Callable[[int, bytes], bytes | None]
@@ -275,8 +275,9 @@ async def test_a_response_head_is_kept_as_it_came_only_when_it_is_what_was_parse
 
 async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, bytes]:
     """Send a GET with a client's transport as ``through``: how the exchange ended
-    ("passed", "parsed" (not passed: the caller writes it), "failed" or "broken", with
-    ``midway``), and every byte the client was sent on the way."""
+    ("passed"; "parsed" when it was not passed and its body was read, as the fast lane
+    reads a small one, then writes it; "cut", "failed" or "broken", with ``midway``), and
+    every byte the client was sent on the way."""
     loop = asyncio.get_running_loop()
     client_side, proxy_side = socket.socketpair()
     client, client_writer = await asyncio.open_connection(sock=client_side)
@@ -285,8 +286,10 @@ async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, b
 
     def answered(response: UpstreamResponse) -> None:
         if not response.passed:
-            outcome.set_result("parsed")
-            response.close()
+            response.when_read(
+                lambda _: outcome.set_result("parsed"),
+                lambda exc: outcome.set_result(f"cut midway={exc.midway}"),
+            )
             return
         response.when_passed(
             lambda: outcome.set_result("passed"),
@@ -336,22 +339,45 @@ async def test_a_response_whole_in_one_read_is_written_to_the_client_before_it_i
     assert got[1] == (answer if ended != "parsed" else b"")
 
 
-async def test_a_response_in_two_reads_is_parsed_before_it_is_passed_on():
-    # uvicorn (LiteLLM's server) writes a head and its body apart: nothing is passed
-    # before the parser has read the head, and the caller writes the response.
+def in_pieces(*pieces: bytes, close: bool = False) -> Callable[..., Awaitable[None]]:
+    """A server answering each request with ``pieces``, written apart (as uvicorn, LiteLLM's
+    server, writes a head and its body), then closing if ``close``."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"hi")
-        await writer.drain()
-        await reader.read()
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        if not close:
+            await reader.read()
+        writer.close()
 
-    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return handle
+
+
+BIG = PASSED_MAX + 1
+
+
+@pytest.mark.parametrize(
+    ("pieces", "close", "ended", "client_sees"),
+    [
+        ((b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"he", b"llo"), False, "passed",
+         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        # Cut short: nothing was passed, so the parser tells the cut (a clean 502 there).
+        ((b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"he"), True, "cut midway=False",
+         b""),
+        # Longer than is held: parsed as it comes, and streamed by the caller.
+        ((b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG, b"x" * BIG), False, "parsed",
+         b""),
+    ],
+    ids=["whole_at_last", "cut_short", "longer_than_held"],
+)  # fmt: skip
+async def test_a_response_in_pieces_is_passed_once_it_is_whole(pieces, close, ended, client_sees):
+    listener = await asyncio.start_server(in_pieces(*pieces, close=close), "127.0.0.1", 0)
     upstream = Upstream(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}")
     try:
-        assert await passed_through(upstream) == ("parsed", b"")
+        assert await passed_through(upstream) == (ended, client_sees)
     finally:
         await upstream.close()
         listener.close()
