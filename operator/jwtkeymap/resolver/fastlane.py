@@ -652,11 +652,8 @@ class FastLane(BaseProtocol):
 
 
 def _response_head(upstream: UpstreamResponse) -> bytes:
-    """A response's head as it goes to the client: as it came when nothing in it stays on
-    the upstream's hop (``resolver/hops.py``), else rebuilt without those."""
-    raw_head = upstream.raw_head
-    if raw_head is not None:
-        return raw_head
+    """The head of a response that did not pass as it came (``resolver/hops.py``), as it
+    goes to the client: without the headers that stay on the upstream's hop."""
     headers = downstream_response_headers(upstream.headers)
     return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
 

@@ -37,7 +37,7 @@ from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from jwtkeymap.resolver.hops import parsed_as_sent, passable_head, passable_response
+from jwtkeymap.resolver.hops import parsed_as_sent, passable_response
 
 # An upstream closes its idle connections after its own keep-alive timeout (uvicorn's,
 # hence LiteLLM's, is 5 s); a request sent on one as it closes fails (a 502 here: a POST
@@ -73,34 +73,22 @@ Failed = Callable[[UpstreamError], None]
 class UpstreamResponse:
     """A response head from the upstream and its body, as it arrives."""
 
-    __slots__ = ("_connection", "_first_read", "message", "passed", "payload")
+    __slots__ = ("_connection", "message", "passed", "payload")
 
     def __init__(
         self,
         connection: Connection,
         message: RawResponseMessage,
         payload: StreamReader,
-        first_read: bytes | None = None,
         *,
         passed: bool = False,
     ) -> None:
         self._connection = connection
         self.message = message
         self.payload = payload
-        self._first_read = first_read  # the read the response began with, if it did
         # Written to the client already (``Upstream.send_head``'s ``through``): the caller
         # is only told that it ended (``when_passed``).
         self.passed = passed
-
-    @property
-    def raw_head(self) -> bytes | None:
-        """The head's bytes as they came, when they may go to the client so and are exactly
-        what the parser read (worked out on asking: only the fast lane asks)."""
-        data = self._first_read
-        if data is None:
-            return None
-        end = passable_head(data)
-        return data[:end] if end and parsed_as_sent(data, end, self.message) else None
 
     @property
     def status(self) -> int:
@@ -339,8 +327,7 @@ class Connection(BaseProtocol):
                 self.reusable = False
             self._body = payload
             try:
-                first_read = data if fresh else None
-                answered(UpstreamResponse(self, message, payload, first_read, passed=passed))
+                answered(UpstreamResponse(self, message, payload, passed=passed))
             except Exception:
                 log.exception("upstream response handler failed")
                 self.abandon()

@@ -238,41 +238,6 @@ async def test_when_read_answers_from_the_read_that_completes_the_body(ending):
         listener.close()
 
 
-async def raw_head_of(upstream: Upstream) -> bytes | None:
-    response = await upstream.request("GET", "/x", CIMultiDict())
-    try:
-        await response.read()
-        return response.raw_head
-    finally:
-        response.close()
-
-
-@pytest.mark.parametrize(
-    ("answer", "kept"),
-    [
-        (ok(b"hi", b"X-B: 2", b"x-a: 1"), True),  # as it came: order and spelling
-        (ok(b"hi").replace(b"\r\n", b"\n"), False),  # bare LF ends its lines
-        (ok(b"hi", b"X-Folded: a", b" b"), False),  # a folded value: two lines, one header
-        (ok(b"hi").replace(b"HTTP/1.1", b"HTTP/1.0"), False),
-        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(b"hi"), False),  # not first
-    ],
-    ids=["plain", "bare_lf", "folded", "http10", "after_interim"],
-)
-async def test_a_response_head_is_kept_as_it_came_only_when_it_is_what_was_parsed(
-    scripted, answer, kept
-):
-    _, upstream = await scripted(lambda n, _: answer)
-    try:
-        raw = await raw_head_of(upstream)
-    except UpstreamError:
-        raw = None  # the parser refused it: nothing is kept either
-    if kept:
-        assert raw == answer[: answer.index(b"\r\n\r\n") + 4]
-    else:
-        assert raw is None
-    await upstream.close()
-
-
 async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, bytes]:
     """Send a GET with a client's transport as ``through``: how the exchange ended
     ("passed"; "parsed" when it was not passed and its body was read, as the fast lane
