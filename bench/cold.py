@@ -21,10 +21,12 @@ import time
 from collections.abc import Callable
 
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser
+from aiohttp.http_parser import HttpRequestParser, HttpResponseParser
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
+
+from jwtkeymap.resolver.hops import passable_response
 
 # A chat completion request as an OpenAI client sends it through the resolver.
 TOKEN = "Bearer " + "e" * 700
@@ -40,6 +42,17 @@ HEADERS = [
     ("Content-Type", "application/json"),
     ("Content-Length", str(len(BODY))),
 ]
+# LiteLLM's answer to it: a completion, with its 22 headers (most of them x-litellm-*).
+COMPLETION = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}' * 6
+RESPONSE_HEAD = [
+    "HTTP/1.1 200 OK",
+    "date: Mon, 30 Nov 2026 18:00:00 GMT",
+    "server: uvicorn",
+    "content-type: application/json",
+    *(f"x-litellm-header-{i}: {'0.0' * 10}" for i in range(18)),
+    f"content-length: {len(COMPLETION)}",
+]
+RESPONSE = ("\r\n".join(RESPONSE_HEAD) + "\r\n\r\n").encode() + COMPLETION
 
 
 def _nothing() -> None:
@@ -47,14 +60,18 @@ def _nothing() -> None:
 
 
 def probes(loop: asyncio.AbstractEventLoop) -> dict[str, Callable[[], object]]:
-    """The calls timed: the steps of the fast lane's request side, and two references."""
+    """The calls timed: steps of the fast lane's request and response sides, and two
+    references."""
     protocol = BaseProtocol(loop)
     parser = HttpRequestParser(protocol, loop, 2**16, max_field_size=8190)
+    responses = HttpResponseParser(protocol, loop, 2**16, auto_decompress=False)
     header = TOKEN.encode()
     return {
         "an empty function": _nothing,
         "`perf_counter_ns()`": time.perf_counter_ns,
         "aiohttp's request parser, one request": lambda: parser.feed_data(REQUEST),
+        "aiohttp's response parser, a completion": lambda: responses.feed_data(RESPONSE),
+        "`passable_response` (resolver/hops.py), same": lambda: passable_response(RESPONSE),
         "`yarl.URL.build(path=...)`": lambda: URL.build(path="/chat/completions", encoded=True),
         "`StreamReader(...)`": lambda: StreamReader(protocol, 2**16, loop=loop),
         "`CIMultiDict(4 headers)`": lambda: CIMultiDict(HEADERS),

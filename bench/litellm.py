@@ -34,7 +34,9 @@ each round); the ratio is the median of per-round ratios, and the CPU each proce
 per request is read from /proc. Latency: one client at a time (c=1), the paths interleaved
 request by request in a shuffled order for ``--pairs`` rounds, so LiteLLM's own drift (its
 p50 moves by several ms from one second to the next) falls on every path alike; the added
-p50 is the difference of the paths' medians. At c=8 on two cores LiteLLM is saturated, and
+p50 is the difference of the paths' medians, given with a 95% bootstrap interval (rounds
+resampled whole): LiteLLM's own spread from one request to the next makes that interval
+wide, the control pair's narrow. At c=8 on two cores LiteLLM is saturated, and
 any added latency there is the throughput cost times the queue (Little's law), so the p50
 target is read at c=1.
 """
@@ -309,6 +311,21 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def interval(
+    latencies: dict[str, list[float]], name: str, over: str, *, resamples: int = 1000
+) -> tuple[float, float]:
+    """A 95% bootstrap interval of the added p50 of ``name`` over ``over``, in ms: the rounds
+    are resampled whole, so each keeps its requests of both paths."""
+    a, b = latencies[name], latencies[over]
+    draw = random.Random(0).choices
+    rounds = range(len(a))
+    added = sorted(
+        statistics.median(a[i] for i in picked) - statistics.median(b[i] for i in picked)
+        for picked in (draw(rounds, k=len(a)) for _ in range(resamples))
+    )
+    return added[int(0.025 * resamples)] / 1000, added[int(0.975 * resamples) - 1] / 1000
+
+
 def summary(
     figures: dict[str, list[dict[str, float]]],
     latencies: dict[str, list[float]],
@@ -344,15 +361,19 @@ def summary(
         pairs = zip(latencies[name], latencies[over], strict=True)
         return statistics.median(a - b for a, b in pairs) / 1000
 
+    low, high = interval(latencies, "resolver", "direct")
+    control_low, control_high = interval(latencies, "resolver-trivial", "trivial")
     return "\n".join(rows) + (
         f"\n\nresolver path: {ratio:.2f}x the direct throughput at c={connections} "
         f"(target >= 0.95); at c=1 added p50 {added('resolver', 0.5):+.2f} ms "
-        f"(target <= 0.5; median of the per-round differences "
+        f"(95% interval {low:+.2f} to {high:+.2f}; "
+        f"target <= 0.5; median of the per-round differences "
         f"{paired('resolver', 'direct'):+.2f} ms), added p99 {added('resolver', 0.99):+.2f} ms; "
         f"of the p50, "
         f"LiteLLM's hook (hook path against direct) {added('hook', 0.5):+.2f} ms; the same "
         f"hop in front of the trivial upstream, interleaved: added p50 "
-        f"{added('resolver-trivial', 0.5, 'trivial'):+.2f} ms (per round "
+        f"{added('resolver-trivial', 0.5, 'trivial'):+.2f} ms (95% interval "
+        f"{control_low:+.2f} to {control_high:+.2f}; per round "
         f"{paired('resolver-trivial', 'trivial'):+.2f} ms)"
     )
 
