@@ -9,7 +9,9 @@ received, must be the same; the metrics tell which lane took the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -536,6 +538,30 @@ async def test_a_repeated_head_is_checked_again_each_time(
     assert r.service.metrics.repeated_heads == 2
 
 
+# A raw upstream (its handler's bytes, as a test writes them), the lane in front of it, and
+# a client connection to the lane.
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def lane_in_front_of(make_settings, database_url, start_resolver):
+    @contextlib.asynccontextmanager
+    async def start(answer: RawHandler) -> AsyncIterator[tuple[Any, Any, Any]]:
+        upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+        try:
+            lane = await start_resolver(make_settings(database_url=database_url, upstream=url))
+            reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+            try:
+                yield lane, reader, writer
+            finally:
+                writer.close()
+        finally:
+            upstream.close()
+
+    return start
+
+
 # A response's head goes to the client as it came (rebuilt, "X-A:1" would read "X-A: 1")
 # unless a header in it stays on its hop.
 PLAIN = b"HTTP/1.1 200 OK\r\nx-litellm-b: 2\r\nContent-Type: application/json\r\nX-A:1\r\n"
@@ -547,7 +573,7 @@ HOP = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Ho
     (HOP, b"HTTP/1.1 200 OK\r\n"),
 ], ids=["as_it_came", "rebuilt"])  # fmt: skip
 async def test_a_response_head_reaches_the_client_as_it_came(
-    make_settings, database_url, start_resolver, bearer, head, client_sees
+    lane_in_front_of, bearer, head, client_sees
 ):
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.readuntil(b"\r\n\r\n"):
@@ -555,19 +581,10 @@ async def test_a_response_head_reaches_the_client_as_it_came(
             await writer.drain()
             writer.write(b"{}")
 
-    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = upstream.sockets[0].getsockname()[1]
-    try:
-        lane = await start_resolver(
-            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
-        )
-        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+    async with lane_in_front_of(answer) as (_, reader, writer):
         writer.write(request("GET", "/x", bearer))
         got = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         body = await asyncio.wait_for(reader.readexactly(2), 10)
-        writer.close()
-    finally:
-        upstream.close()
     assert body == b"{}"
     assert got.startswith(client_sees)
     assert got.endswith(b"Content-Length: 2\r\n\r\n")
@@ -583,27 +600,18 @@ WHOLE = b"HTTP/1.1 200 OK\r\nX-A:1\r\nContent-Type: application/json\r\nContent-
     (WHOLE.replace(b"X-A:1", b"X-A: 1\r\nKeep-Alive: timeout=5"), False),
 ], ids=["may_pass", "stays_on_its_hop"])  # fmt: skip
 async def test_a_response_whole_in_one_read_goes_to_the_client_as_it_came(
-    make_settings, database_url, start_resolver, bearer, answer, passed
+    lane_in_front_of, bearer, answer, passed
 ):
     async def answer_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.readuntil(b"\r\n\r\n"):
             writer.write(answer)
 
-    upstream = await asyncio.start_server(answer_whole, "127.0.0.1", 0)
-    port = upstream.sockets[0].getsockname()[1]
-    try:
-        lane = await start_resolver(
-            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
-        )
-        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
-        got = []
+    got = []
+    async with lane_in_front_of(answer_whole) as (lane, reader, writer):
         for _ in range(2):  # the connection goes on after a passed response
             writer.write(request("GET", "/x", bearer))
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             got.append(head + await asyncio.wait_for(reader.readexactly(2), 10))
-        writer.close()
-    finally:
-        upstream.close()
     metrics = lane.service.metrics
     assert metrics.passed_responses == (2 if passed else 0)
     if passed:
@@ -612,9 +620,7 @@ async def test_a_response_whole_in_one_read_goes_to_the_client_as_it_came(
         assert all(b"keep-alive" not in g.lower() and g.endswith(b"{}") for g in got)
 
 
-async def test_a_passed_response_the_parser_refuses_cuts_the_client_off(
-    make_settings, database_url, start_resolver, bearer
-):
+async def test_a_passed_response_the_parser_refuses_cuts_the_client_off(lane_in_front_of, bearer):
     # Told passable by its bytes, refused by aiohttp's parser (a NUL in a value): the client
     # has it already, so its connection is cut; no answer (a 502) follows those bytes.
     refused = WHOLE.replace(b"X-A:1", b"X-A: a\x00b")
@@ -624,17 +630,8 @@ async def test_a_passed_response_the_parser_refuses_cuts_the_client_off(
         writer.write(refused)
         await reader.read()
 
-    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = upstream.sockets[0].getsockname()[1]
-    try:
-        lane = await start_resolver(
-            make_settings(database_url=database_url, upstream=f"http://127.0.0.1:{port}")
-        )
-        reader, writer = await asyncio.open_connection("127.0.0.1", lane.port)
+    async with lane_in_front_of(answer) as (lane, reader, writer):
         writer.write(request("GET", "/x", bearer))
         got = await asyncio.wait_for(reader.read(), 10)  # until the resolver closes
-        writer.close()
-    finally:
-        upstream.close()
     assert got == refused
     assert lane.service.metrics.upstream == {"error": 1}
