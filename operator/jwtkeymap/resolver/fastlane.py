@@ -53,7 +53,6 @@ from jwtkeymap.resolver.limits import TIMED_OUT, GuardedServer, Limits, refused_
 from jwtkeymap.resolver.metrics import Metrics
 from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
-    BUFFERED_BODY_MAX,
     UNREACHABLE,
     downstream_response_headers,
     is_bodiless,
@@ -61,7 +60,13 @@ from jwtkeymap.resolver.proxy import (
     upstream_request_headers,
 )
 from jwtkeymap.resolver.service import Service, header_digest
-from jwtkeymap.resolver.upstream import Connection, Upstream, UpstreamError, UpstreamResponse
+from jwtkeymap.resolver.upstream import (
+    BUFFERED_BODY_MAX,
+    Connection,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 

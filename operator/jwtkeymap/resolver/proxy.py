@@ -37,7 +37,12 @@ from jwtkeymap.resolver import check
 from jwtkeymap.resolver.check import HEADER_PREFIX, Answer
 from jwtkeymap.resolver.hops import HOP_BY_HOP, carries_hop_by_hop
 from jwtkeymap.resolver.metrics import Metrics
-from jwtkeymap.resolver.upstream import Upstream, UpstreamError, UpstreamResponse
+from jwtkeymap.resolver.upstream import (
+    BUFFERED_BODY_MAX,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 # The check for one request: the answer to its Authorization header.
 Checker = Callable[[web.Request], Awaitable[Answer]]
@@ -47,9 +52,6 @@ log = logging.getLogger("jwtkeymap.resolver.proxy")
 # Set by us (Host from the upstream URL) or meaningless on the next hop.
 _REQUEST_DROP: Final = HOP_BY_HOP | {"host", "expect"}
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
-# Bodies up to this size (with a Content-Length) are read whole before they are passed on,
-# requests and responses alike; larger or chunked ones are streamed.
-BUFFERED_BODY_MAX: Final = 64 * 1024
 
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream", Upstream)
 UNREACHABLE: Final = check.refuse(502, "upstream_unavailable", "the upstream is unreachable")

@@ -11,8 +11,8 @@ serializer (which refuses a CR or LF in a name or value).
 * A request is written in one write when its body is bytes (head and body together);
   a streamed body is sent by a task beside the wait for the response, framed by its
   ``Content-Length`` or chunked.
-* A response of at most ``PASSED_MAX`` bytes may be written to the client's connection
-  as it came once it has all arrived, before it is parsed (``through``; which ones may:
+* A response whose body is at most ``BUFFERED_BODY_MAX`` may be written to the client's
+  connection as it came once it has all arrived, before it is parsed (``through``; which ones may:
   ``resolver/hops.py``). The parser still reads every byte of it; where it reads them
   otherwise than as that one response, the exchange fails ``midway``.
 * A connection goes back to the pool when its response has been parsed to the end and
@@ -47,8 +47,10 @@ CONNECT_TIMEOUT_SECONDS: Final = 10.0
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
 READ_BUFFER_BYTES: Final = 2**16
-# A response passed to the client before it is parsed is held until it is whole: this much.
-PASSED_MAX: Final = 2**16
+# Bodies up to this size (with a Content-Length) are read whole before they are passed on,
+# requests and responses alike (here: a response passed before it is parsed is held until
+# it is whole); larger or chunked ones are streamed.
+BUFFERED_BODY_MAX: Final = 64 * 1024
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # A body sent in the head's write (a tuple: ``bytes | bytearray`` is built on each use).
 _BYTES: Final = (bytes, bytearray)
@@ -147,7 +149,6 @@ class Connection(BaseProtocol):
         "_body",
         "_broken",
         "_failed",
-        "_fresh",
         "_head_bytes",
         "_held",
         "_passed",
@@ -168,7 +169,6 @@ class Connection(BaseProtocol):
         self._failed: Failed | None = None
         self._body: StreamReader | None = None
         self._broken: Failed | None = None  # told if the body in flight is cut
-        self._fresh = False  # no byte of the expected response has arrived yet
         self._responses: HttpResponseParser | None = None
         self._sending: asyncio.Task[None] | None = None
         self._through: asyncio.WriteTransport | None = None  # the client's, if it may pass
@@ -201,7 +201,6 @@ class Connection(BaseProtocol):
                 self._responses = self._new_parser(with_body=True)
             self._parser = self._responses
         self._answered, self._failed = answered, failed
-        self._fresh = True
         self._through = None if head else through  # (a HEAD's length is not its body's)
         self._passed = 0
         self._held = b""
@@ -289,14 +288,11 @@ class Connection(BaseProtocol):
                 if self.transport is not None:
                     self.transport.close()
             return
-        fresh = self._fresh  # ``data`` begins with the response
-        if data:  # (the parser's end of body calls this again with nothing)
-            if self._through is not None:
-                passing = self._pass(data)
-                if passing is None:
-                    return  # held until the response is whole
-                data = passing  # all of it from its first byte: still ``fresh``
-            self._fresh = False
+        if data and self._through is not None:  # (the end of a body feeds nothing again)
+            passing = self._pass(data)
+            if passing is None:
+                return  # held until the response is whole
+            data = passing  # all of it, from its first byte
         try:
             messages, _, _ = parser.feed_data(data)
         except Exception as exc:
@@ -307,7 +303,6 @@ class Connection(BaseProtocol):
             return
         for message, payload in messages:
             if 100 <= message.code < 200 and message.code != 101:
-                fresh = False
                 continue  # an interim response (103 Early Hints): the real one follows
             answered = self._answered
             if answered is None:  # a second response to one request: out of step
@@ -315,9 +310,10 @@ class Connection(BaseProtocol):
                 if self.transport is not None:
                     self.transport.close()
                 continue
+            # A passed response is the whole of ``data``: one message, parsed to its end.
             passed = self._passed > 0
             if passed and not (
-                fresh and payload.is_eof() and parsed_as_sent(data, self._head_bytes, message)
+                payload.is_eof() and parsed_as_sent(data, self._head_bytes, message)
             ):
                 self.abandon()  # the client has a response the parser read otherwise
                 self._fail(UpstreamError("the response is not what was passed on"))
@@ -342,13 +338,14 @@ class Connection(BaseProtocol):
             data = held + data
         else:  # the first read of the response
             self._head_bytes, self._whole_bytes = passable_response(data)
-        if self._head_bytes and len(data) < self._whole_bytes <= PASSED_MAX:
+        head, whole = self._head_bytes, self._whole_bytes
+        if head and len(data) < whole and whole - head <= BUFFERED_BODY_MAX:
             self._held = data
             return None
         through, self._through = self._through, None
         self._held = b""
         assert through is not None
-        if self._head_bytes and len(data) == self._whole_bytes and not through.is_closing():
+        if head and len(data) == whole and not through.is_closing():
             through.write(data)
             self._passed = len(data)
         return data

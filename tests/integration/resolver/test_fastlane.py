@@ -23,7 +23,7 @@ from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver import fastlane
 from jwtkeymap.resolver.fastlane import LANE_BODY_MAX
 from jwtkeymap.resolver.handlers import create_app
-from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
+from jwtkeymap.resolver.upstream import BUFFERED_BODY_MAX
 from support.servers import serve
 
 # What differs between two servers for the same answer: its date, the server's name.

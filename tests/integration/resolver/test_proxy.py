@@ -16,7 +16,7 @@ import pytest
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver import upstream as upstream_module
-from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX
+from jwtkeymap.resolver.upstream import BUFFERED_BODY_MAX
 from support.servers import EchoUpstream
 
 SPOOFED = {

@@ -14,7 +14,12 @@ import pytest
 from multidict import CIMultiDict
 
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.resolver.upstream import PASSED_MAX, Upstream, UpstreamError, UpstreamResponse
+from jwtkeymap.resolver.upstream import (
+    BUFFERED_BODY_MAX,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 # What the scripted server answers to the n-th request it reads on any connection.
 Script = Callable[[int, bytes], bytes | None]
@@ -321,7 +326,8 @@ def in_pieces(*pieces: bytes, close: bool = False) -> Callable[..., Awaitable[No
     return handle
 
 
-BIG = PASSED_MAX + 1
+BIG = BUFFERED_BODY_MAX + 1
+HELD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BUFFERED_BODY_MAX
 
 
 @pytest.mark.parametrize(
@@ -332,11 +338,14 @@ BIG = PASSED_MAX + 1
         # Cut short: nothing was passed, so the parser tells the cut (a clean 502 there).
         ((b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"he"), True, "cut midway=False",
          b""),
+        # The longest body that is held, in two pieces (its head makes the whole longer).
+        ((HELD, b"x" * 10, b"x" * (BUFFERED_BODY_MAX - 10)), False, "passed",
+         HELD + b"x" * BUFFERED_BODY_MAX),
         # Longer than is held: parsed as it comes, and streamed by the caller.
         ((b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG, b"x" * BIG), False, "parsed",
          b""),
     ],
-    ids=["whole_at_last", "cut_short", "longer_than_held"],
+    ids=["whole_at_last", "cut_short", "longest_held", "longer_than_held"],
 )  # fmt: skip
 async def test_a_response_in_pieces_is_passed_once_it_is_whole(pieces, close, ended, client_sees):
     listener = await asyncio.start_server(in_pieces(*pieces, close=close), "127.0.0.1", 0)

@@ -14,8 +14,8 @@ from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 
 from jwtkeymap.resolver.check import Answer
 from jwtkeymap.resolver.heads import RepeatedHead
-from jwtkeymap.resolver.proxy import BUFFERED_BODY_MAX, upstream_request_headers
-from jwtkeymap.resolver.upstream import Upstream
+from jwtkeymap.resolver.proxy import upstream_request_headers
+from jwtkeymap.resolver.upstream import BUFFERED_BODY_MAX, Upstream
 
 MAPPED = Answer(200, {"x-jwtkeymap-decision": "mapped", "x-jwtkeymap-key-hash": "a" * 64})
 REPOINTED = Answer(200, {"x-jwtkeymap-decision": "mapped", "x-jwtkeymap-key-hash": "b" * 64})
