@@ -7,13 +7,14 @@ is written to the client as it came once all of it has arrived, before aiohttp's
 reads it, so the parse is not between the upstream's answer and the client
 (bench/README.md, "Responses passed before they are parsed").
 
-Which responses those are is told from their bytes here, conservatively: a final status
-that has a body, every head line ended by CRLF, no folded line, no field named like a
-hop-by-hop header whatever its case or spacing, one ``Content-Length``; the response is
-whole when exactly that many bytes follow its head. aiohttp's parser still reads every
-byte once they are written, and where it reads them otherwise than as that one response
-(``parsed_as_sent``), the client's connection is cut: never answered as if it had not
-been.
+Which responses those are is told from their bytes here, conservatively and in one pass
+of a regular expression: an HTTP/1.1 final status that has a body, then lines that are
+each a field name (a token), a colon and a value ended by CRLF with no CR or LF in it (so
+no folded line), none of them a hop-by-hop header in any case, and exactly one plain
+``Content-Length``; the response is whole when exactly that many bytes follow its head.
+aiohttp's parser still reads every byte once they are written, and where it reads them
+otherwise than as that one response (``parsed_as_sent``), the client's connection is cut:
+never answered as if it had not been.
 """
 
 from __future__ import annotations
@@ -38,13 +39,25 @@ HOP_BY_HOP: Final = frozenset(
         "upgrade",
     }
 )
-# A line that continues the one before it (obs-fold), or a field a proxy must not pass on.
 _HOP_NAMES: Final = b"|".join(re.escape(name.encode()) for name in sorted(HOP_BY_HOP))
-_FOLDED_OR_HOP: Final = re.compile(rb"\r\n(?:[ \t]|(?:" + _HOP_NAMES + rb")[ \t]*:)", re.I)
-_FINAL_STATUS: Final = (b"2", b"3", b"4", b"5")
-_NO_BODY: Final = (b"204", b"304")  # a length there is not the length of what follows
 # The Content-Length line of a head, as aiohttp's parser accepts it.
-LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.IGNORECASE)
+_LENGTH: Final = rb"content-length:[ \t]*([0-9]+)[ \t]*"
+LENGTH_LINE: Final = re.compile(rb"\r\n" + _LENGTH + rb"(?=\r\n)", re.IGNORECASE)
+# Any other header line: a field name (an RFC 9110 token: no blank, no CR or LF), its
+# colon and a value up to CRLF with no CR or LF in it; not a field a proxy must not pass
+# on, whatever its case, nor another length.
+_OTHER_LINE: Final = (
+    rb"(?!(?i:" + _HOP_NAMES + rb"|content-length):)[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n"
+)
+# A whole passable head, in one pass: an HTTP/1.1 final status that has a body (a length
+# after a 204 or 304 is not the length of what follows), one plain length among the lines.
+_PASSABLE: Final = re.compile(
+    rb"HTTP/1\.1 (?!204|304)[2-5][0-9][0-9](?: [^\r\n]*)?\r\n"
+    rb"(?:" + _OTHER_LINE + rb")*"
+    rb"(?i:" + _LENGTH + rb")\r\n"
+    rb"(?:" + _OTHER_LINE + rb")*"
+    rb"\r\n"
+)
 
 
 def carries_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
@@ -52,39 +65,19 @@ def carries_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> boo
     return any(map(headers.__contains__, HOP_BY_HOP))
 
 
-def passable_head(data: bytes) -> int:
-    """The length of the response head ``data`` begins with, when it may go to the client
-    as it came; else 0 (or when it is not all in ``data``)."""
-    if not data.startswith(b"HTTP/1.1 ") or data[9:10] not in _FINAL_STATUS:
-        return 0
-    if data[9:12] in _NO_BODY:
-        return 0
-    end = data.find(b"\r\n\r\n") + 4
-    if end < 4:
-        return 0
-    lines = data.count(b"\r\n", 0, end)
-    if data.count(b"\n", 0, end) != lines or data.count(b"\r", 0, end) != lines:
-        return 0  # a bare CR or LF: a line the parser may end elsewhere
-    if _FOLDED_OR_HOP.search(data, 0, end - 2) is not None:
-        return 0
-    return end
-
-
 def passable_response(data: bytes) -> tuple[int, int]:
     """The size of the head of the response ``data`` begins with and of that whole response
     (head and body), when it may go to the client as it came; (0, 0) when it may not or
     its head is not all in ``data``."""
-    end = passable_head(data)
-    if not end:
+    head = _PASSABLE.match(data)
+    if head is None:
         return 0, 0
-    lengths = LENGTH_LINE.findall(data, 0, end)
-    if len(lengths) != 1:
-        return 0, 0
-    return end, end + int(lengths[0])
+    end = head.end()
+    return end, end + int(head[1])
 
 
 def parsed_as_sent(data: bytes, end: int, message: RawResponseMessage) -> bool:
-    """Whether aiohttp's parse of the head ``data[:end]`` (from ``passable_head``) is what
+    """Whether aiohttp's parse of the head ``data[:end]`` (from ``passable_response``) is what
     the client reads in it: the same lines, one header each, none on the hop."""
     return (
         message.version == HttpVersion11

@@ -223,7 +223,9 @@ async def forward(
             log.debug("client went away while streaming")
         except UpstreamError as exc:
             # The upstream broke mid-response: the status is sent, so cut the connection.
-            log.warning("upstream failed mid-response", extra={"error": str(exc)})
+            log.warning(
+                "upstream failed mid-response: client connection cut", extra={"error": str(exc)}
+            )
             with contextlib.suppress(Exception):
                 if request.transport is not None:
                     request.transport.close()
@@ -241,6 +243,8 @@ async def _whole_response(upstream: UpstreamResponse, headers: CIMultiDict[str])
         body = await upstream.read()
     except UpstreamError as exc:
         # Nothing is sent yet, so the client gets a clean 502 rather than a cut response.
-        log.warning("upstream failed mid-response", extra={"error": str(exc)})
+        log.warning(
+            "upstream broke off before the response ended: answered 502", extra={"error": str(exc)}
+        )
         return _response(BROKE_OFF)
     return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)

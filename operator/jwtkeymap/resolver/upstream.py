@@ -131,8 +131,7 @@ class UpstreamResponse:
     def when_passed(self, done: Callable[[], None], broken: Failed) -> None:
         """For a response written to the client already: call ``done`` once the parser has
         read it to its end, or ``broken`` if it read more than that response."""
-        self._connection.until_ended(broken)
-        self._connection.passed_on = done
+        self._connection.until_parsed(done, broken)
 
     def close(self) -> None:
         """Give up on the rest of the body: the connection is closed unless it is complete
@@ -152,13 +151,13 @@ class Connection(BaseProtocol):
         "_head_bytes",
         "_held",
         "_passed",
+        "_passed_on",
         "_pool",
         "_responses",
         "_sending",
         "_through",
         "_whole_bytes",
         "idle_since",
-        "passed_on",
         "reusable",
     )
 
@@ -175,7 +174,7 @@ class Connection(BaseProtocol):
         self._passed = 0  # bytes of the response in flight written to the client before
         self._head_bytes = self._whole_bytes = 0  # they were parsed; its sizes
         self._held = b""  # what came of it, held until it is whole (nothing parsed yet)
-        self.passed_on: Callable[[], None] | None = None  # told when the parse has ended
+        self._passed_on: Callable[[], None] | None = None  # told when the parse has ended
         self.idle_since = 0.0
         self.reusable = True
 
@@ -208,6 +207,13 @@ class Connection(BaseProtocol):
     def until_ended(self, broken: Failed) -> None:
         """Have ``broken`` told if the connection breaks before the body in flight ends."""
         self._broken = broken
+
+    def until_parsed(self, done: Callable[[], None], broken: Failed) -> None:
+        """For a response passed on before it was parsed: have ``done`` told once the parser
+        has read it to its end, or ``broken`` if the parse ends elsewhere than the bytes
+        passed on (or the connection breaks first)."""
+        self._broken = broken
+        self._passed_on = done
 
     def _new_parser(self, *, with_body: bool) -> HttpResponseParser:
         return HttpResponseParser(
@@ -258,18 +264,22 @@ class Connection(BaseProtocol):
         if sending is not None and not sending.done():
             self.reusable = False  # the upstream answered before taking the whole body
             sending.cancel()
-        passed_on, broken = self.passed_on, self._broken
+        passed_on, broken = self._passed_on, self._broken
         body, self._body = self._body, None
-        self._parser = self._through = self.passed_on = None
+        self._parser = self._through = self._passed_on = None
         self._answered = self._failed = self._broken = None
-        if passed_on is not None:
-            if self._passed == self._head_bytes + (body.total_bytes if body else 0):
-                passed_on()
-            else:  # the parser read more than the response passed on: the client has those
-                self.abandon()
-                if broken is not None:
-                    broken(UpstreamError("the upstream sent more than its response", midway=True))
+        if passed_on is not None and self._passed != self._head_bytes + (
+            body.total_bytes if body else 0
+        ):  # the parser read more than the response passed on: the client has those
+            self.abandon()
+            self._pool.release(self)
+            if broken is not None:
+                broken(UpstreamError("the upstream sent more than its response", midway=True))
+            return
+        # Back in the pool before the caller goes on: a request it sends at once reuses it.
         self._pool.release(self)
+        if passed_on is not None:
+            passed_on()
 
     def abandon(self) -> None:
         """The caller stopped reading a response before its end: close the connection."""

@@ -14,6 +14,7 @@ import pytest
 from multidict import CIMultiDict
 
 from jwtkeymap.demo.ports import free_port
+from jwtkeymap.resolver import upstream as upstream_module
 from jwtkeymap.resolver.upstream import (
     BUFFERED_BODY_MAX,
     Upstream,
@@ -243,11 +244,14 @@ async def test_when_read_answers_from_the_read_that_completes_the_body(ending):
         listener.close()
 
 
-async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, bytes]:
+async def passed_through(
+    upstream: Upstream, *, wait: float = 5, then: Callable[[], object] | None = None
+) -> tuple[str, bytes]:
     """Send a GET with a client's transport as ``through``: how the exchange ended
-    ("passed"; "parsed" when it was not passed and its body was read, as the fast lane
-    reads a small one, then writes it; "cut", "failed" or "broken", with ``midway``), and
-    every byte the client was sent on the way."""
+    ("passed", followed by what ``then`` returns when it is called as the caller is told;
+    "parsed" when it was not passed and its body was read, as the fast lane reads a small
+    one, then writes it; "cut", "failed" or "broken", with ``midway``), and every byte the
+    client was sent on the way."""
     loop = asyncio.get_running_loop()
     client_side, proxy_side = socket.socketpair()
     client, client_writer = await asyncio.open_connection(sock=client_side)
@@ -262,7 +266,7 @@ async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, b
             )
             return
         response.when_passed(
-            lambda: outcome.set_result("passed"),
+            lambda: outcome.set_result("passed" if then is None else f"passed {then()}"),
             lambda exc: outcome.set_result(f"broken midway={exc.midway}"),
         )
 
@@ -289,10 +293,11 @@ async def passed_through(upstream: Upstream, *, wait: float = 5) -> tuple[str, b
         (ok(b"hi", b"Keep-Alive: timeout=5"), "parsed"),  # stays on its hop: rebuilt
         (ok(b"hi").replace(b"\r\n", b"\n"), "parsed"),
         (ok(b"hi") + ok(b"again"), "parsed"),  # more than one response in the read
-        # Told passable by its bytes, refused by the parser (a NUL in a value, a blank in
-        # a name): the client has those bytes, so the exchange ends midway, never answered.
+        # Told passable by its bytes, refused by the parser (a NUL in a value): the client
+        # has those bytes, so the exchange ends midway, never answered.
         (ok(b"hi", b"X-A: a\x00b"), "failed midway=True"),
-        (ok(b"hi", b"X A: 1"), "failed midway=True"),
+        # Not a name: not passed, so refused before the client has any of it.
+        (ok(b"hi", b"X A: 1"), "failed midway=False"),
     ],
     ids=["whole", "hop_by_hop", "bare_lf", "two_responses", "nul", "blank_in_name"],
 )
@@ -306,7 +311,28 @@ async def test_a_response_whole_in_one_read_is_written_to_the_client_before_it_i
         await upstream.close()
     assert got[0] == ended
     # What the client was sent by the connection: the read as it came, or nothing.
-    assert got[1] == (answer if ended != "parsed" else b"")
+    assert got[1] == (answer if ended in ("passed", "failed midway=True") else b"")
+
+
+async def test_a_parse_that_ends_before_what_was_passed_cuts_the_client_off(scripted, monkeypatch):
+    # Defence in depth: were the check of the bytes ever to count a response longer than
+    # aiohttp's parser reads it, the client has bytes of a response that is not the one
+    # parsed. Here the check is made to count the start of a second response as part of
+    # the first, which the parser reads to its end without error.
+    second = b"HTTP/1.1 2"
+    real = upstream_module.passable_response
+
+    def miscounted(data: bytes) -> tuple[int, int]:
+        head, whole = real(data)
+        return head, whole + len(second)
+
+    monkeypatch.setattr(upstream_module, "passable_response", miscounted)
+    _, upstream = await scripted(lambda n, _: ok(b"hi") + second)
+    try:
+        got = await passed_through(upstream)
+    finally:
+        await upstream.close()
+    assert got == ("broken midway=True", ok(b"hi") + second)
 
 
 def in_pieces(*pieces: bytes, close: bool = False) -> Callable[..., Awaitable[None]]:
@@ -366,3 +392,14 @@ async def test_a_passed_response_leaves_its_connection_ready_for_the_next(script
         await upstream.close()
     assert first == ("passed", ok(b"1")) and second == ("passed", ok(b"2"))
     assert server.connections == 1
+
+
+async def test_a_passed_response_s_connection_is_pooled_before_its_caller_goes_on(scripted):
+    # A caller told that a passed response ended may send its next request at once (a
+    # client's next request already read): it gets the same connection, not a new one.
+    _, upstream = await scripted(lambda n, _: ok(b"%d" % n))
+    try:
+        got = await passed_through(upstream, then=lambda: upstream.pooled() is not None)
+    finally:
+        await upstream.close()
+    assert got == ("passed True", ok(b"1"))
