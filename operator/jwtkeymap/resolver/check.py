@@ -24,7 +24,11 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Final
+
+from aiohttp.http_writer import _serialize_headers
+from multidict import CIMultiDict
 
 from jwtkeymap.core.assertion import HEADER, AssertionSigner
 from jwtkeymap.core.errors import InvalidToken
@@ -73,11 +77,24 @@ class Answer:
     # answer serves many requests.
     identity: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
     allowed: bool = dataclasses.field(init=False, repr=False, compare=False)
+    _wire: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         identity = {k: v for k, v in self.headers.items() if k.startswith(HEADER_PREFIX)}
         object.__setattr__(self, "identity", identity)
         object.__setattr__(self, "allowed", self.status == 200)
+
+    def wire(self) -> bytes:
+        """This answer as an HTTP/1.1 response on the wire (head and body), made once: a
+        remembered answer serves many requests. The fast lanes write it as it is."""
+        wire = self._wire
+        if wire is None:
+            headers = CIMultiDict(self.headers)
+            headers["Content-Length"] = str(len(self.body))
+            status = f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}"
+            wire = _serialize_headers(status, headers) + self.body
+            object.__setattr__(self, "_wire", wire)
+        return wire
 
 
 def bearer_token(authorization: str | None) -> str:

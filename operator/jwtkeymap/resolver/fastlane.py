@@ -1,56 +1,28 @@
 """Reverse-proxy mode's fast lane: the common request, forwarded below aiohttp's web server.
 
-Nearly every request a sidecar in front of an LLM gateway sees is alike: HTTP/1.1 on a
-kept-alive connection, a JSON body of a few KiB with a ``Content-Length``, a Bearer token
-the resolver has answered before. For that request aiohttp's web server (a request
-object, a response object, a stream writer, a handler task, the router) cost more CPU
-than the check and the forwarding together, and on a machine shared with the gateway
-that CPU is the latency the hop adds (bench/README.md, "The fast
-lane (session 7)").
-
-So each connection of the proxy's listener starts here. The request is read with aiohttp's
-own request parser (llhttp, the listener's line and field limits), or not parsed at all
-when its head repeats the connection's last one but for its length (``resolver/heads.py``),
-checked by the same ``Service`` call, forwarded with ``resolver.upstream`` and answered in
-one write when it is small. Anything else is handed, with every byte received since the
-last answered request, to the handler the listener would otherwise have used
-(``limits.GuardedRequestHandler``, then ``proxy``), which keeps the connection from then
-on and answers exactly as before. Handed over: a request that is not HTTP/1.1 keep-alive,
-is chunked, has an ``Expect`` or ``Upgrade`` header, a body over ``LANE_BODY_MAX``, or one
-over ``BUFFERED_BODY_MAX`` that does not fit in ``LANE_BODIES_BYTES`` or arrives slower
-than a head must (the application streams those), two ``Authorization`` headers, a head
-longer than one field may be, a path of the resolver's own (``/check``, ``/healthz``, ...)
-or one that is not a plain origin-form path (percent-escapes, dot segments, ``//``),
-pipelined requests, a parse error, and a head or body past the listener's caps.
-
-The lane keeps the listener's bounds: a head must be complete within the head timeout, an
-idle connection closes after the keep-alive, connections count against
-``max_connections``, and shutdown lets a request in flight finish.
+A request the lane takes (``resolver/lane.py``: HTTP/1.1 keep-alive, a body of at most
+``LANE_BODY_MAX`` with a ``Content-Length``, a path the application does not serve itself)
+is checked by the same ``Service`` call as the application's, forwarded with
+``resolver.upstream`` and answered in one write when its response is small (a response
+with nothing in its head to remove goes to the client as it came, before it is parsed:
+``resolver/hops.py``); larger and chunked responses are streamed as they arrive.
+Everything else goes to the application (``proxy``), which answers exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import math
-import re
 import time
-from collections.abc import Callable
-from http import HTTPStatus
-from typing import Any, Final
+from typing import ClassVar
 
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
-from aiohttp.http_writer import HttpVersion11, _serialize_headers
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict
 
 from jwtkeymap.resolver.check import Answer
-from jwtkeymap.resolver.heads import RepeatedHead
-from jwtkeymap.resolver.limits import TIMED_OUT, GuardedServer, Limits, refused_when_full
-from jwtkeymap.resolver.metrics import Metrics
+from jwtkeymap.resolver.lane import Lane, LaneConnection, LaneServer
 from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
     UNREACHABLE,
@@ -59,9 +31,7 @@ from jwtkeymap.resolver.proxy import (
     is_small,
     upstream_request_headers,
 )
-from jwtkeymap.resolver.service import Service, header_digest
 from jwtkeymap.resolver.upstream import (
-    BUFFERED_BODY_MAX,
     Connection,
     Upstream,
     UpstreamError,
@@ -70,274 +40,24 @@ from jwtkeymap.resolver.upstream import (
 
 log = logging.getLogger("jwtkeymap.resolver.proxy")
 
-# A path the router cannot read otherwise than as written: no percent-escape, no dot
-# segment, no empty segment (aiohttp normalizes those before it routes).
-_PLAIN_PATH: Final = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)*/?")
-# A body is read whole here before the request goes on: up to 1 MiB (a long prompt) ...
-LANE_BODY_MAX: Final = 2**20
-# ... and those over BUFFERED_BODY_MAX, at most this much of them at once across the lane's
-# connections (read at startup): the check comes after the body, so what a client without
-# a token can make the lane hold is bounded; a body that does not fit goes to the
-# application, which checks first and streams.
-LANE_BODIES_BYTES = 16 * 2**20
-
-
-class Budget:
-    """Bytes the lane may hold for large request bodies at once."""
-
-    __slots__ = ("free",)
-
-    def __init__(self, total: int) -> None:
-        self.free = total
-
-    def take(self, size: int) -> bool:
-        """Reserve ``size`` bytes, or tell that they are not there."""
-        if size > self.free:
-            return False
-        self.free -= size
-        return True
-
-    def give(self, size: int) -> None:
-        """Return ``size`` bytes taken before."""
-        self.free += size
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Lane:
-    """What every connection of the lane shares."""
+class ProxyLane(Lane):
+    """What every connection of the proxy's lane shares: the lane's, and the upstream."""
 
-    service: Service
     upstream: Upstream
-    limits: Limits
-    # Whether the application serves a path itself (the check, health, readiness, JWKS).
-    own_path: Callable[[str], bool]
-    bodies: Budget = dataclasses.field(default_factory=lambda: Budget(LANE_BODIES_BYTES))
-
-    @property
-    def metrics(self) -> Metrics:
-        """The service's metrics (the lane counts into them)."""
-        return self.service.metrics
-
-    def passes_on(self, message: RawRequestMessage, head_bytes: int) -> str | None:
-        """Why the lane leaves this request to the application, or None when it takes it."""
-        headers = message.headers
-        if message.version != HttpVersion11 or message.should_close:
-            return "not_keepalive"
-        if message.upgrade or message.chunked or "Transfer-Encoding" in headers:
-            return "framing"
-        if "Expect" in headers:
-            return "expect"
-        if head_bytes > self.limits.max_field_bytes:
-            return "head_size"
-        if len(headers.getall("Authorization", ())) > 1:
-            return "authorizations"
-        length = headers.get("Content-Length")
-        if length is not None and not (length.isdigit() and int(length) <= LANE_BODY_MAX):
-            return "body_size"
-        path = message.path.partition("?")[0]
-        if _PLAIN_PATH.fullmatch(path) is None:
-            return "path"
-        if self.own_path(path):
-            return "resolver_path"
-        return None
+    OTHER_PATH: ClassVar[str] = "resolver_path"
 
 
-class FastLaneServer(GuardedServer):
-    """The proxy listener's server: each connection starts in the fast lane."""
+class FastLane(LaneConnection):
+    """One client connection of the proxy's listener."""
 
-    def __init__(self, handler: Any, *, lane: Lane, **kwargs: Any) -> None:
-        super().__init__(handler, limits=lane.limits, **kwargs)
-        self.lane = lane
+    __slots__ = ("_method",)
+    lane: ProxyLane
 
-    def __call__(self) -> FastLane:  # type: ignore[override]
-        """The protocol of one new connection."""
-        return FastLane(self, self.lane, self._loop)
-
-    def application_handler(self) -> RequestHandler:
-        """The handler a connection is handed to: aiohttp's, bounded."""
-        return super().__call__()
-
-
-class FastLane(BaseProtocol):
-    """One client connection, answered here until a request needs the application."""
-
-    __slots__ = (
-        "_busy",
-        "_client",
-        "_closing",
-        "_deadline",
-        "_drained",
-        "_expected",
-        "_expired",
-        "_held",
-        "_later",
-        "_message",
-        "_method",
-        "_received",
-        "_repeat",
-        "_served",
-        "_server",
-        "_task",
-        "_task_handler",
-        "_timer",
-        "lane",
-    )
-
-    def __init__(self, server: FastLaneServer, lane: Lane, loop: asyncio.AbstractEventLoop):
-        super().__init__(loop)
-        limits = lane.limits
-        args = limits.handler_args()
-        self._parser = HttpRequestParser(
-            self,
-            loop,
-            LANE_BODY_MAX,  # the body's buffer never asks to pause reading: it is read whole
-            max_field_size=args["max_field_size"],
-            auto_decompress=args["auto_decompress"],
-        )
-        self._server = server
-        self.lane = lane
-        self._received = bytearray()  # every byte since the last answered request
-        self._message: tuple[RawRequestMessage, Any] | None = None
-        self._later: list[bytes] = []  # what arrives while a request is answered
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False  # a request is being answered
-        self._drained: asyncio.Future[None] | None = None  # shutdown waits on it
+    def __init__(self, server: LaneServer, lane: ProxyLane, loop: asyncio.AbstractEventLoop):
+        super().__init__(server, lane, loop)
         self._method = ""
-        self._task_handler = None  # what aiohttp's Server asks of a connection it tracks
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline = math.inf
-        self._expired: Callable[[], None] = self._idle_expired
-        self._closing = False
-        self._served = 0
-        self._client: str | None = None
-        self._held = 0  # bytes of the lane's body budget this connection holds
-        self._repeat: RepeatedHead | None = None  # the last head the parser read
-        self._expected: tuple[int, int] | None = None  # sizes of a repeated head, its body
-
-    # -- asyncio.Protocol ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Take the connection, or answer 503 and close it when the listener is full."""
-        if refused_when_full(self._server, self.lane.limits, transport):
-            return
-        super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        self._client = peer[0] if isinstance(peer, tuple | list) and peer else None
-        self._server.connection_made(self, transport)  # type: ignore[arg-type]
-        self._arm_head()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """Forget the connection; a request in flight finishes without writing."""
-        self._stop_timer()
-        self._release()
-        if self.transport is not None:
-            self._server.connection_lost(self, exc)  # type: ignore[arg-type]
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        """Collect one request; answer it here, or hand the connection to the application."""
-        if not data:
-            return  # aiohttp's stream reader resuming a parser that has nothing held back
-        if self._busy:
-            self._later.append(data)  # the next request, after this answer
-            if sum(map(len, self._later)) > self.lane.limits.max_head_bytes:
-                self._pause_transport_reading()
-            return
-        parser = self._parser
-        if parser is None:
-            return  # handed over: the transport reads into the application's handler now
-        if self._expected is None and not self._received and self._message is None:
-            repeat = self._repeat
-            if repeat is not None and (expected := repeat.sizes(data)) is not None:
-                self._expected = expected  # the last head again: its body may follow
-                self._disarm()
-        if self._expected is not None:
-            self._repeated(data)
-            return
-        self._received += data
-        try:
-            messages, upgraded, _ = parser.feed_data(data)
-        except Exception:
-            self._hand_over("malformed")  # the application's parser answers it (400, ...)
-            return
-        if upgraded or len(messages) > 1 or (messages and self._message is not None):
-            self._hand_over("pipelined")
-            return
-        if messages:
-            message, payload = messages[0]
-            reason = self.lane.passes_on(message, self._received.find(b"\r\n\r\n") + 4)
-            if reason is not None:
-                self._hand_over(reason)
-                return
-            self._message = (message, payload)
-            self._disarm()
-            length = int(message.headers.get("Content-Length") or 0)  # digits: passes_on
-            if length > BUFFERED_BODY_MAX:
-                if not self.lane.bodies.take(length):
-                    self._hand_over("body_budget")
-                    return
-                self._held = length
-                # A large body arrives as fast as a head must, or the application reads it.
-                self._set_deadline(self.lane.limits.header_timeout, self._body_expired)
-        elif self._message is None:
-            if len(self._received) > self.lane.limits.max_head_bytes:
-                self._hand_over("head_size")  # the application cuts it (431)
-            elif not self._head_timed():
-                self._arm_head()
-            return
-        message, payload = self._message
-        if not payload.is_eof():
-            return  # the body is still arriving (it is at most LANE_BODY_MAX)
-        body = payload.read_nowait()
-        head_end = self._received.find(b"\r\n\r\n") + 4
-        if head_end + len(body) != len(self._received):
-            # More than this request arrived: the application reads them all from the start.
-            self._hand_over("pipelined")
-            return
-        if self._received.count(b"\n", 0, head_end) != self._received.count(b"\r\n", 0, head_end):
-            self._hand_over("line_endings")  # a head line not ended by CRLF
-            return
-        authorization = message.headers.get("Authorization")
-        digest = header_digest(authorization)
-        self._repeat = RepeatedHead.of(
-            bytes(self._received[:head_end]),
-            message,
-            authorization=authorization,
-            digest=digest,
-            max_bytes=self.lane.limits.max_field_bytes,
-            max_length=BUFFERED_BODY_MAX,
-        )
-        self._received = bytearray()
-        self._message = None
-        if self._held:
-            self._disarm()
-            self._release()
-        self.lane.metrics.fast_lane += 1
-        self._busy = True
-        self._start(message, body, authorization, digest)
-
-    def _repeated(self, data: bytes) -> None:
-        """Bytes of a request whose head is the last one again (``_expected`` its sizes)."""
-        assert self._expected is not None and self._repeat is not None
-        head, length = self._expected
-        if self._received:  # the head came in an earlier read
-            self._received += data
-            data = bytes(self._received)
-        if len(data) != head + length:
-            if len(data) > head + length:
-                self._received[:] = data
-                self._hand_over("pipelined")  # the application reads them all from the start
-            elif not self._received:
-                self._received += data  # the body is still arriving (at most 64 KiB)
-            return
-        self._received = bytearray()
-        self._expected = None
-        metrics = self.lane.metrics
-        metrics.fast_lane += 1
-        metrics.repeated_heads += 1
-        self._busy = True
-        repeat = self._repeat
-        self._start(repeat.message, data[head:], repeat.authorization, repeat.digest)
 
     # -- one request -----------------------------------------------------------------
     # A request whose answer is remembered and whose upstream connection is idle goes out
@@ -361,7 +81,7 @@ class FastLane(BaseProtocol):
             return
         looked_up = time.perf_counter() - started
         if not result.allowed:
-            self._write(_answer_bytes(result))
+            self._write(result.wire())
             self._finish()
         elif (connection := self.lane.upstream.pooled()) is None:
             self._task = self._loop.create_task(
@@ -385,7 +105,7 @@ class FastLane(BaseProtocol):
             if result is None:
                 result = await lane.service.decide(authorization, digest)
             if not result.allowed:
-                self._write(_answer_bytes(result))
+                self._write(result.wire())
                 self._finish()
                 return
             connection = lane.upstream.pooled() or await lane.upstream.connect()
@@ -435,7 +155,7 @@ class FastLane(BaseProtocol):
             self._broke_midway(exc)
             return
         log.warning("upstream unreachable", extra={"error": str(exc)})
-        self._write(_answer_bytes(UNREACHABLE))
+        self._write(UNREACHABLE.wire())
         self._finish()
 
     def _answered(self, upstream: UpstreamResponse) -> None:
@@ -476,14 +196,18 @@ class FastLane(BaseProtocol):
 
     def _broke_midway(self, exc: UpstreamError) -> None:
         """What was written to the client is not the response the parser read: cut."""
-        log.warning("upstream failed mid-response", extra={"error": str(exc)})
+        log.warning(
+            "upstream failed mid-response: client connection cut", extra={"error": str(exc)}
+        )
         self._abort()
 
     def _cut(self, exc: UpstreamError) -> None:
         """The upstream broke off before a small response's end."""
         # Nothing is sent yet, so the client gets a clean 502, not a cut response.
-        log.warning("upstream failed mid-response", extra={"error": str(exc)})
-        self._write(_answer_bytes(BROKE_OFF))
+        log.warning(
+            "upstream broke off before the response ended: answered 502", extra={"error": str(exc)}
+        )
+        self._write(BROKE_OFF.wire())
         self._finish()
 
     async def _relay(
@@ -518,142 +242,13 @@ class FastLane(BaseProtocol):
                 self._write(b"0\r\n\r\n")
         except UpstreamError as exc:
             # The upstream broke mid-response: the status is sent, so cut the connection.
-            log.warning("upstream failed mid-response", extra={"error": str(exc)})
+            log.warning(
+                "upstream failed mid-response: client connection cut", extra={"error": str(exc)}
+            )
             if self.transport is not None:
                 self.transport.close()
         except ConnectionError:
             log.debug("client went away while streaming")
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-        self._finish()
-
-    def _finish(self) -> None:
-        """The answer is written (or the connection is gone): on to the next request."""
-        self._task = None
-        self._busy = False
-        self._served += 1
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
-        self._next()
-
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def _next(self) -> None:
-        """After an answer: the next request if it has arrived, else wait for it."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if self._closing:
-            transport.close()
-            return
-        if self._later:
-            data = b"".join(self._later)
-            self._later.clear()
-            self._resume_transport_reading()
-            self.data_received(data)
-            return
-        self._set_deadline(self.lane.limits.keepalive_timeout, self._idle_expired)
-
-    # -- handing over ----------------------------------------------------------------
-
-    def _hand_over(self, reason: str) -> None:
-        """Give the connection, and the bytes of the request it holds, to the application."""
-        self._stop_timer()
-        transport = self.transport
-        if transport is None:
-            return
-        self.lane.metrics.count_handover(reason)
-        self._release()
-        received = bytes(self._received)
-        self._received = bytearray()
-        self._parser = None
-        self._server.connection_lost(self, None)  # type: ignore[arg-type]
-        self.transport = None
-        handler = self._server.application_handler()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if received and not transport.is_closing():
-            handler.data_received(received)
-
-    # -- timers and shutdown ---------------------------------------------------------
-    # One timer per connection, moved lazily: an answered request only sets the next
-    # deadline, and the timer, when it fires early, sleeps again until that deadline.
-
-    def _set_deadline(self, delay: float, expired: Callable[[], None]) -> None:
-        self._deadline = deadline = self._loop.time() + delay
-        self._expired = expired
-        timer = self._timer
-        if timer is None or deadline < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._tick)
-
-    def _arm_head(self) -> None:
-        self._set_deadline(self.lane.limits.header_timeout, self._head_expired)
-
-    def _head_timed(self) -> bool:
-        return self._deadline != math.inf and self._expired == self._head_expired
-
-    def _disarm(self) -> None:
-        self._deadline = math.inf
-
-    def _stop_timer(self) -> None:
-        self._disarm()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _tick(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if deadline == math.inf or self.transport is None:
-            return
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._tick)
-            return
-        self._disarm()
-        self._expired()
-
-    def _head_expired(self) -> None:
-        if self.transport is not None:
-            if self._served == 0:
-                self.transport.write(TIMED_OUT)  # no earlier answer can be on the wire
-            self.transport.close()
-
-    def _body_expired(self) -> None:
-        self._hand_over("body_time")  # the application reads the rest, without a bound
-
-    def _release(self) -> None:
-        if self._held:
-            self.lane.bodies.give(self._held)
-            self._held = 0
-
-    def _idle_expired(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def close(self) -> None:
-        """Stop taking requests (shutdown): close now when idle, else after the answer."""
-        self._closing = True
-        if not self._busy and self.transport is not None:
-            self.transport.close()
-
-    async def shutdown(self, timeout: float | None) -> None:
-        """Let the request in flight finish within ``timeout``, then close."""
-        self._closing = True
-        if self._busy:
-            self._drained = drained = self._loop.create_future()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(drained, timeout)
-        if self._task is not None:
-            self._task.cancel()
-        if self.transport is not None:
-            self.transport.close()
 
 
 def _response_head(upstream: UpstreamResponse) -> bytes:
@@ -661,11 +256,3 @@ def _response_head(upstream: UpstreamResponse) -> bytes:
     goes to the client: without the headers that stay on the upstream's hop."""
     headers = downstream_response_headers(upstream.headers)
     return _serialize_headers(f"HTTP/1.1 {upstream.status} {upstream.reason}", headers)
-
-
-def _answer_bytes(result: Answer) -> bytes:
-    """The resolver's own answer (a refusal, a 502) as it goes on the wire."""
-    headers = CIMultiDict(result.headers)
-    headers["Content-Length"] = str(len(result.body))
-    status = f"HTTP/1.1 {result.status} {HTTPStatus(result.status).phrase}"
-    return _serialize_headers(status, headers) + result.body

@@ -64,10 +64,11 @@ class Metrics:
         self.check_seconds = _Histogram(_LATENCY_BUCKETS)
         # Database round trips of the policy engine, by operation (lookup, register).
         self.db_seconds: dict[str, _Histogram] = {}
-        # Reverse-proxy mode: upstream answers by status class ("error": unreachable),
-        # requests the fast lane answered (and of those, the ones whose head it knew
-        # already: resolver/heads.py, and whose response it passed on before parsing it:
-        # resolver/hops.py), connections it handed to the application.
+        # Requests the mode's fast lane answered (resolver/lane.py; of those, the ones
+        # whose head it knew already: resolver/heads.py), connections it handed to the
+        # application. Reverse-proxy mode: upstream answers by status class ("error":
+        # unreachable), fast-lane responses passed on before they were parsed
+        # (resolver/hops.py).
         self.upstream: dict[str, int] = {}
         self.fast_lane = 0
         self.repeated_heads = 0
@@ -172,14 +173,14 @@ class _CheckCollector(Collector):
             self._metrics.upstream,
         )
         yield CounterMetricFamily(
-            "jwtkeymap_proxy_fast_lane_requests",
-            "Reverse-proxy mode: requests answered by the fast lane.",
+            "jwtkeymap_fast_lane_requests",
+            "Requests answered by the fast lane (the check's or the proxy's).",
             value=self._metrics.fast_lane,
         )
         yield CounterMetricFamily(
-            "jwtkeymap_proxy_repeated_heads",
-            "Reverse-proxy mode: fast-lane requests whose head repeated the connection's "
-            "last one but for its Content-Length (not parsed again).",
+            "jwtkeymap_fast_lane_repeated_heads",
+            "Fast-lane requests whose head repeated the connection's last one but for "
+            "its Content-Length (not parsed again).",
             value=self._metrics.repeated_heads,
         )
         yield CounterMetricFamily(
@@ -189,9 +190,9 @@ class _CheckCollector(Collector):
             value=self._metrics.passed_responses,
         )
         yield _counter(
-            "jwtkeymap_proxy_handovers",
-            "Reverse-proxy mode: connections the fast lane handed to the application, by "
-            "the first request it did not take.",
+            "jwtkeymap_fast_lane_handovers",
+            "Connections the fast lane handed to the application, by the first request it "
+            "did not take.",
             "reason",
             self._metrics.handovers,
         )

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+from typing import Final
 
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver.check import refuse
-from jwtkeymap.resolver.fastlane import FastLaneServer, Lane
+from jwtkeymap.resolver.checklane import CheckLane
+from jwtkeymap.resolver.fastlane import FastLane, ProxyLane
 from jwtkeymap.resolver.handlers import (
     SERVICE,
     check_handler,
@@ -20,28 +22,32 @@ from jwtkeymap.resolver.handlers import (
     own_paths,
     parse_listen,
 )
-from jwtkeymap.resolver.limits import (
-    GuardedRequestHandler,
-    GuardedServer,
-    Limits,
-    oversized_field,
-)
+from jwtkeymap.resolver.lane import Lane, LaneServer
+from jwtkeymap.resolver.limits import GuardedRequestHandler, Limits, oversized_field
 from jwtkeymap.resolver.proxy import UPSTREAM
 
 log = logging.getLogger("jwtkeymap.resolver")
 
+# The methods a check comes with (Envoy asks with the client's own); a HEAD, whose answer
+# aiohttp frames its own way, is the application's.
+CHECK_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class ResolverRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections are bounded, and whose server answers ``/check`` first.
+    """An ``AppRunner`` whose connections start in a lane and are bounded, and whose server
+    answers ``/check`` first.
 
-    Every connection is a ``limits.GuardedRequestHandler`` (head size, head time,
-    connection count), and a request with an oversized header field other than
-    ``Authorization`` is answered 431 before anything else. In check mode ``/check``
-    goes straight to the check handler; every other path goes through the
-    application as usual. Skipping the router, match info and application dispatch
-    for the one path that sees every request of the proxy saves about a fifth of a
-    cache hit's CPU (bench/README.md); the check needs none of them. In
-    reverse-proxy mode the router answers ``/check`` with 404.
+    Each connection starts in the mode's lane (``resolver/lane.py``): in check mode the
+    check's (``resolver/checklane.py``), in reverse-proxy mode the proxy's
+    (``resolver/fastlane.py``). A connection the lane hands over is a
+    ``limits.GuardedRequestHandler`` (head size, head time, connection count), and a
+    request with an oversized header field other than ``Authorization`` is answered 431
+    before anything else. There, in check mode, ``/check`` goes straight to the check
+    handler; every other path goes through the application as usual. Skipping the
+    router, match info and application dispatch for the one path that sees every
+    request of the proxy saves about a fifth of a cache hit's CPU (bench/README.md); the
+    check needs none of them. In reverse-proxy mode the router answers ``/check`` with
+    404.
 
     It overrides ``AppRunner._make_server``, an underscore hook of aiohttp 3.x
     (pyproject.toml pins ``aiohttp<4``), and rebuilds the server from its ``_kwargs``.
@@ -79,14 +85,19 @@ class ResolverRunner(web.AppRunner):
             **server._kwargs,  # what the application built it with
         }
         if fast_check:
-            return GuardedServer(dispatch, limits=limits, **kwargs)
-        lane = Lane(
+            # The check's own lane takes a kept-alive check first (resolver/checklane.py).
+            lane = Lane(
+                service=service, limits=limits, takes_path=is_check_path, methods=CHECK_METHODS
+            )
+            return LaneServer(dispatch, lane=lane, protocol=CheckLane, **kwargs)
+        own = own_paths(service.settings)
+        lane = ProxyLane(
             service=service,
-            upstream=self.app[UPSTREAM],
             limits=limits,
-            own_path=own_paths(service.settings),
+            takes_path=lambda path: not own(path),
+            upstream=self.app[UPSTREAM],
         )
-        return FastLaneServer(dispatch, lane=lane, **kwargs)
+        return LaneServer(dispatch, lane=lane, protocol=FastLane, **kwargs)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -20,65 +20,12 @@ from prometheus_client import generate_latest
 
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
-from jwtkeymap.resolver import fastlane
-from jwtkeymap.resolver.fastlane import LANE_BODY_MAX
+from jwtkeymap.resolver import lane as lane_module
 from jwtkeymap.resolver.handlers import create_app
+from jwtkeymap.resolver.lane import LANE_BODY_MAX
 from jwtkeymap.resolver.upstream import BUFFERED_BODY_MAX
 from support.servers import serve
-
-# What differs between two servers for the same answer: its date, the server's name.
-UNCOMPARED = {"date", "server"}
-
-
-async def read_response(
-    reader: asyncio.StreamReader, *, head: bool = False
-) -> tuple[str, dict[str, str], bytes]:
-    """One HTTP/1.1 response: status line, headers (lower-cased names), body (unchunked);
-    none after a ``head`` request."""
-    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    status, *lines = raw.decode("latin-1").split("\r\n")[:-2]
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while size := int((await reader.readline()).strip(), 16):
-            body += await reader.readexactly(size)
-            await reader.readline()
-        await reader.readline()
-    elif "content-length" in headers and not head and status.split(" ")[1] not in ("204", "304"):
-        body = await reader.readexactly(int(headers["content-length"]))
-    else:
-        body = b""
-    return status, headers, body
-
-
-async def exchange(port: int, requests: list[bytes], answers: int) -> list[tuple[str, dict, bytes]]:
-    """Write each of ``requests`` on one connection; read ``answers`` responses."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for data in requests:
-            writer.write(data)
-            await writer.drain()
-        head = requests[0].startswith(b"HEAD ")
-        return [await read_response(reader, head=head) for _ in range(answers)]
-    finally:
-        writer.close()
-
-
-async def in_turn(port: int, requests: list[bytes]) -> list[tuple[str, dict, bytes]]:
-    """Each of ``requests`` on one connection, each written once the last is answered."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        answers = []
-        for data in requests:
-            writer.write(data)
-            await writer.drain()
-            answers.append(await read_response(reader, head=data.startswith(b"HEAD ")))
-        return answers
-    finally:
-        writer.close()
+from support.wire import UNCOMPARED, exchange, in_turn, read_response, request
 
 
 class Pair:
@@ -132,13 +79,6 @@ async def pair(make_settings, database_url, start_resolver, upstream):
     app_port = free_port()
     async with serve(create_app(settings), port=app_port, runner_class=web.AppRunner):
         yield Pair(lane, app_port, echo)
-
-
-def request(method: str, target: str, *headers: str, body: bytes = b"", version: str = "1.1"):
-    lines = [f"{method} {target} HTTP/{version}", "Host: proxy.test", *headers]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 @pytest.fixture
@@ -263,7 +203,7 @@ async def test_a_request_arriving_in_pieces_stays_in_the_lane(pair, bearer):
 @pytest.fixture
 async def one_long_body(make_settings, database_url, start_resolver, upstream, monkeypatch):
     """A resolver whose lane may hold one LONG body at a time: (port, echo, metrics)."""
-    monkeypatch.setattr(fastlane, "LANE_BODIES_BYTES", len(LONG) + BUFFERED_BODY_MAX)
+    monkeypatch.setattr(lane_module, "LANE_BODIES_BYTES", len(LONG) + BUFFERED_BODY_MAX)
     echo, port = upstream
     settings = make_settings(
         database_url=database_url,
@@ -423,8 +363,8 @@ async def test_a_repeated_head_is_answered_as_the_application_answers_it(pair, b
     assert pair.lanes() == (7, {})
     assert pair.counts.repeated_heads == 4  # the 2nd to 4th POST, the 2nd GET
     scraped = generate_latest(pair.counts.registry).decode()
-    assert "jwtkeymap_proxy_repeated_heads_total 4.0" in scraped
-    assert "jwtkeymap_proxy_fast_lane_requests_total 7.0" in scraped
+    assert "jwtkeymap_fast_lane_repeated_heads_total 4.0" in scraped
+    assert "jwtkeymap_fast_lane_requests_total 7.0" in scraped
 
 
 async def test_a_repeated_heads_body_may_arrive_in_pieces(pair, bearer):
