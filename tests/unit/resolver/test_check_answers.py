@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpResponseParser
 
 from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.keys import KeyIdentity
@@ -136,3 +139,26 @@ def test_identity_values_outside_the_strict_form_are_not_sent(value, caplog):
 def test_identity_values_in_the_strict_form_are_sent_as_they_are(value):
     key = KeyIdentity(token_hash="c" * 64, team_id=value)
     assert check.answer(Decision(Verdict.MAPPED, key=key)).headers["x-jwtkeymap-team-id"] == value
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        check.answer(Decision(Verdict.MAPPED, key=KEY)),
+        check.invalid_token("the token has expired"),
+        check.refuse(503, "database_unavailable", "down"),
+    ],
+    ids=["allowed", "401", "503"],
+)
+async def test_an_answer_on_the_wire_is_made_once_and_parses_back_to_itself(result):
+    wire = result.wire()
+    assert result.wire() is wire  # kept with the answer: a remembered one serves many
+    loop = asyncio.get_running_loop()
+    parser = HttpResponseParser(BaseProtocol(loop), loop, 2**16, response_with_body=True)
+    (message, payload), *rest = parser.feed_data(wire)[0]
+    assert not rest and payload.is_eof()
+    assert message.code == result.status and message.version == (1, 1)
+    assert payload.read_nowait() == result.body
+    sent = {k.lower(): v for k, v in message.headers.items()}
+    assert sent == {**{k.lower(): v for k, v in result.headers.items()},
+                    "content-length": str(len(result.body))}  # fmt: skip
