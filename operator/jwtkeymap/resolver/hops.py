@@ -7,14 +7,14 @@ is written to the client as it came once all of it has arrived, before aiohttp's
 reads it, so the parse is not between the upstream's answer and the client
 (bench/README.md, "Responses passed before they are parsed").
 
-Which responses those are is told from their bytes here, conservatively and in one pass
-of a regular expression: an HTTP/1.1 final status that has a body, then lines that are
-each a field name (a token), a colon and a value ended by CRLF with no CR or LF in it (so
-no folded line), none of them a hop-by-hop header in any case, and exactly one plain
-``Content-Length``; the response is whole when exactly that many bytes follow its head.
-aiohttp's parser still reads every byte once they are written, and where it reads them
-otherwise than as that one response (``parsed_as_sent``), the client's connection is cut:
-never answered as if it had not been.
+Which responses those are is told from their bytes here, conservatively: an HTTP/1.1
+final status that has a body, then lines that are each a field name (a token), a colon
+and a value ended by CRLF with no CR or LF in it (so no folded line), none of them a
+hop-by-hop header in any case, and exactly one ``Content-Length`` line, a plain number;
+the response is whole when exactly that many bytes follow its head. aiohttp's parser
+still reads every byte once they are written, and where it reads them otherwise than as
+that one response (``parsed_as_sent``), the client's connection is cut: never answered
+as if it had not been.
 """
 
 from __future__ import annotations
@@ -40,24 +40,18 @@ HOP_BY_HOP: Final = frozenset(
     }
 )
 _HOP_NAMES: Final = b"|".join(re.escape(name.encode()) for name in sorted(HOP_BY_HOP))
-# The Content-Length line of a head, as aiohttp's parser accepts it.
-_LENGTH: Final = rb"content-length:[ \t]*([0-9]+)[ \t]*"
-LENGTH_LINE: Final = re.compile(rb"\r\n" + _LENGTH + rb"(?=\r\n)", re.IGNORECASE)
-# Any other header line: a field name (an RFC 9110 token: no blank, no CR or LF), its
-# colon and a value up to CRLF with no CR or LF in it; not a field a proxy must not pass
-# on, whatever its case, nor another length.
-_OTHER_LINE: Final = (
-    rb"(?!(?i:" + _HOP_NAMES + rb"|content-length):)[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n"
-)
-# A whole passable head, in one pass: an HTTP/1.1 final status that has a body (a length
-# after a 204 or 304 is not the length of what follows), one plain length among the lines.
-_PASSABLE: Final = re.compile(
-    rb"HTTP/1\.1 (?!204|304)[2-5][0-9][0-9](?: [^\r\n]*)?\r\n"
-    rb"(?:" + _OTHER_LINE + rb")*"
-    rb"(?i:" + _LENGTH + rb")\r\n"
-    rb"(?:" + _OTHER_LINE + rb")*"
-    rb"\r\n"
-)
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"  # a field name (RFC 9110)
+# A head line that is not a field name, a colon and a value (a blank in or before the
+# name, a folded line, no colon), or a field that stays on its hop in any case; the CRLF
+# that ends the last line is followed by the empty line.
+_BAD_LINE: Final = re.compile(rb"\r\n(?:(?!" + _TOKEN + rb":|\r\n|\Z)|(?i:" + _HOP_NAMES + rb"):)")
+# The Content-Length line of a head, as aiohttp's parser accepts it; and any line of
+# that name, whatever its value.
+LENGTH_LINE: Final = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I)
+_LENGTH_NAME: Final = re.compile(rb"\r\ncontent-length:", re.I)
+_FINAL_STATUS: Final = (b"2", b"3", b"4", b"5")
+_NO_BODY: Final = (b"204", b"304")  # a length there is not the length of what follows
+_AFTER_STATUS: Final = (b" ", b"\r")
 
 
 def carries_hop_by_hop(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
@@ -69,11 +63,23 @@ def passable_response(data: bytes) -> tuple[int, int]:
     """The size of the head of the response ``data`` begins with and of that whole response
     (head and body), when it may go to the client as it came; (0, 0) when it may not or
     its head is not all in ``data``."""
-    head = _PASSABLE.match(data)
-    if head is None:
+    # Bytes operations and searches that skip to each CRLF: a head is a KiB, read cold.
+    if not data.startswith(b"HTTP/1.1 ") or data[9:10] not in _FINAL_STATUS:
         return 0, 0
-    end = head.end()
-    return end, end + int(head[1])
+    if data[9:12] in _NO_BODY or not data[10:12].isdigit() or data[12:13] not in _AFTER_STATUS:
+        return 0, 0
+    end = data.find(b"\r\n\r\n") + 4
+    if end < 4:
+        return 0, 0
+    lines = data.count(b"\r\n", 0, end)
+    if data.count(b"\n", 0, end) != lines or data.count(b"\r", 0, end) != lines:
+        return 0, 0  # a bare CR or LF: a line the parser may end elsewhere
+    if _BAD_LINE.search(data, 0, end - 2) is not None:
+        return 0, 0
+    length = LENGTH_LINE.search(data, 0, end)
+    if length is None or len(_LENGTH_NAME.findall(data, 0, end)) != 1:
+        return 0, 0  # none, or another Content-Length line (a list, a sign, a second one)
+    return end, end + int(length[1])
 
 
 def parsed_as_sent(data: bytes, end: int, message: RawResponseMessage) -> bool:

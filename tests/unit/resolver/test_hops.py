@@ -104,8 +104,18 @@ def test_a_head_the_client_may_read_otherwise_is_not_passed(name):
         (response(body=b"hi") + response(body=b"again"), 2),
         (b"HTTP/1.1 200 OK\r\nContent-Length:  12 \r\n\r\nhi", 12),
         (b"HTTP/1.1 200 OK\r\ncontent-length:3\r\n\r\nabc", 3),
+        (b"HTTP/1.1 200\r\nX-Empty:\r\nContent-Length: 2\r\n\r\nhi", 2),
     ],
-    ids=["body", "empty", "short", "longer", "two_responses", "blanks", "lower_case"],
+    ids=[
+        "body",
+        "empty",
+        "short",
+        "longer",
+        "two_responses",
+        "blanks",
+        "lower_case",
+        "no_reason_empty_value",
+    ],
 )
 def test_a_response_is_whole_when_its_length_follows_its_head(data, size):
     end = head_size(data)
@@ -118,11 +128,20 @@ def test_a_response_is_whole_when_its_length_follows_its_head(data, size):
         response("Content-Length: 2", body=b"hi"),  # two lengths
         response("content-length: 2", body=b"hi"),
         response("Content-Length : 2", body=b"hi"),
+        response("Content-Length: 2, 2", body=b"hi"),
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nhi",  # no length: until the close
         b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nhi",
     ],
-    ids=["two_lengths", "two_spellings", "one_not_plain", "no_length", "signed", "list"],
+    ids=[
+        "two_lengths",
+        "two_spellings",
+        "one_not_plain",
+        "one_a_list",
+        "no_length",
+        "signed",
+        "list",
+    ],
 )
 def test_a_response_without_one_plain_length_is_not_passed(data):
     assert passable_response(data) == (0, 0)
