@@ -3,13 +3,13 @@
 Envoy's ext_authz and nginx's ``auth_request`` ask the check once per request of the
 gateway behind them, on kept-alive connections, with the same ``Authorization`` header
 time after time. A check the lane takes (``resolver/lane.py``: HTTP/1.1 keep-alive, a
-plain path under ``/check``, one ``Authorization``) is decided by the same ``Service``
-calls as the application's check handler, and its answer is written as one prepared
-response (``Answer.wire``, made once per answer and kept with it while it is
-remembered): a check whose answer is remembered costs the read, a dictionary lookup and
-a write. Everything else (``/healthz``, ``/metrics``, a head over the field limit, two
-``Authorization`` headers, HTTP/1.0 ...) goes to the application, which answers exactly
-as before.
+plain path under ``/check``, one ``Authorization``, not a ``HEAD``) is decided by the
+same ``Service`` calls as the application's check handler, and answered in one write:
+the answer's prepared head (``Answer.head_lines``, made once per answer and kept with it
+while it is remembered), the second's ``Date`` and the body. A check whose answer is
+remembered costs the read, a dictionary lookup and that write. Everything else
+(``/healthz``, ``/metrics``, a head over the field limit, two ``Authorization`` headers,
+HTTP/1.0 ...) goes to the application, which answers exactly as before.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import logging
 from aiohttp.http_parser import RawRequestMessage
 
 from jwtkeymap.resolver.check import Answer
-from jwtkeymap.resolver.lane import LaneConnection
+from jwtkeymap.resolver.lane import LaneConnection, answer_bytes
 
 log = logging.getLogger("jwtkeymap.resolver")
 
@@ -49,5 +49,5 @@ class CheckLane(LaneConnection):
         self._answer(result)
 
     def _answer(self, result: Answer) -> None:
-        self._write(result.wire())  # (never after a HEAD: the lane leaves those)
+        self._write(answer_bytes(result))  # (never after a HEAD: the lane leaves those)
         self._finish()

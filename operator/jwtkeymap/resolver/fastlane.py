@@ -22,7 +22,7 @@ from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict
 
 from jwtkeymap.resolver.check import Answer
-from jwtkeymap.resolver.lane import Lane, LaneConnection, LaneServer
+from jwtkeymap.resolver.lane import Lane, LaneConnection, LaneServer, answer_bytes
 from jwtkeymap.resolver.proxy import (
     BROKE_OFF,
     UNREACHABLE,
@@ -81,7 +81,7 @@ class FastLane(LaneConnection):
             return
         looked_up = time.perf_counter() - started
         if not result.allowed:
-            self._write(result.wire())
+            self._write(answer_bytes(result))
             self._finish()
         elif (connection := self.lane.upstream.pooled()) is None:
             self._task = self._loop.create_task(
@@ -105,7 +105,7 @@ class FastLane(LaneConnection):
             if result is None:
                 result = await lane.service.decide(authorization, digest)
             if not result.allowed:
-                self._write(result.wire())
+                self._write(answer_bytes(result))
                 self._finish()
                 return
             connection = lane.upstream.pooled() or await lane.upstream.connect()
@@ -155,7 +155,7 @@ class FastLane(LaneConnection):
             self._broke_midway(exc)
             return
         log.warning("upstream unreachable", extra={"error": str(exc)})
-        self._write(UNREACHABLE.wire())
+        self._write(answer_bytes(UNREACHABLE))
         self._finish()
 
     def _answered(self, upstream: UpstreamResponse) -> None:
@@ -207,7 +207,7 @@ class FastLane(LaneConnection):
         log.warning(
             "upstream broke off before the response ended: answered 502", extra={"error": str(exc)}
         )
-        self._write(BROKE_OFF.wire())
+        self._write(answer_bytes(BROKE_OFF))
         self._finish()
 
     async def _relay(

@@ -38,10 +38,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
 from aiohttp.http_writer import HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 
+from jwtkeymap.resolver.check import Answer
 from jwtkeymap.resolver.heads import RepeatedHead
 from jwtkeymap.resolver.limits import TIMED_OUT, GuardedServer, Limits, refused_when_full
 from jwtkeymap.resolver.metrics import Metrics
@@ -78,6 +80,20 @@ class Budget:
     def give(self, size: int) -> None:
         """Return ``size`` bytes taken before."""
         self.free += size
+
+
+# The Date line of the second (aiohttp's own clock string, made once a second).
+_date: tuple[str, bytes] = ("", b"")
+
+
+def answer_bytes(result: Answer) -> bytes:
+    """The resolver's own answer (a check's, a refusal, a 502) as it goes on the wire, with
+    the ``Date`` an origin server sends."""
+    global _date
+    now = rfc822_formatted_time()
+    if now is not _date[0]:
+        _date = (now, b"Date: %s\r\n" % now.encode())
+    return result.head_lines() + _date[1] + b"\r\n" + result.body
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

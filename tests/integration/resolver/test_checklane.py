@@ -114,6 +114,7 @@ async def test_an_allowed_check_carries_the_identity_and_a_reused_assertion(pair
     assert status == "HTTP/1.1 200 OK"
     assert headers["x-jwtkeymap-decision"] == "mapped"
     assert len(headers["x-jwtkeymap-key-hash"]) == 64
+    assert "date" in headers and "server" not in headers  # (no version to show)
     # The same prepared answer serves the next checks: one assertion, signed once.
     assert {a[1][ASSERTION] for a in answers} == {headers[ASSERTION]}
     assert pair.service.signer.signed == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from email.utils import parsedate_to_datetime
 
 import pytest
 from aiohttp.base_protocol import BaseProtocol
@@ -13,6 +15,7 @@ from jwtkeymap.core.errors import InvalidToken
 from jwtkeymap.core.keys import KeyIdentity
 from jwtkeymap.core.policy import ADMIN, FALLBACK, Decision, DenialReason, Verdict, denial
 from jwtkeymap.resolver import check
+from jwtkeymap.resolver.lane import answer_bytes
 
 KEY = KeyIdentity(token_hash="a" * 64, team_id="t", user_id=None, org_id="o")
 
@@ -150,9 +153,10 @@ def test_identity_values_in_the_strict_form_are_sent_as_they_are(value):
     ],
     ids=["allowed", "401", "503"],
 )
-async def test_an_answer_on_the_wire_is_made_once_and_parses_back_to_itself(result):
-    wire = result.wire()
-    assert result.wire() is wire  # kept with the answer: a remembered one serves many
+async def test_an_answer_on_the_wire_is_prepared_once_and_parses_back_to_itself(result):
+    head = result.head_lines()
+    assert result.head_lines() is head  # kept with the answer: a remembered one serves many
+    wire = answer_bytes(result)
     loop = asyncio.get_running_loop()
     parser = HttpResponseParser(BaseProtocol(loop), loop, 2**16, response_with_body=True)
     (message, payload), *rest = parser.feed_data(wire)[0]
@@ -160,5 +164,8 @@ async def test_an_answer_on_the_wire_is_made_once_and_parses_back_to_itself(resu
     assert message.code == result.status and message.version == (1, 1)
     assert payload.read_nowait() == result.body
     sent = {k.lower(): v for k, v in message.headers.items()}
+    # An origin server's Date (RFC 9110, 6.6.1), of this second.
+    date = parsedate_to_datetime(sent.pop("date"))
+    assert abs(date.timestamp() - time.time()) < 5
     assert sent == {**{k.lower(): v for k, v in result.headers.items()},
                     "content-length": str(len(result.body))}  # fmt: skip
