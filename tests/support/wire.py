@@ -8,7 +8,9 @@ import asyncio
 UNCOMPARED = {"date", "server"}
 
 
-def request(method: str, target: str, *headers: str, body: bytes = b"", version: str = "1.1"):
+def request(
+    method: str, target: str, *headers: str, body: bytes = b"", version: str = "1.1"
+) -> bytes:
     """A request's bytes: ``headers`` as given, a ``Content-Length`` when there is a body."""
     lines = [f"{method} {target} HTTP/{version}", "Host: proxy.test", *headers]
     if body:
@@ -40,7 +42,9 @@ async def read_response(
     return status, headers, body
 
 
-async def exchange(port: int, requests: list[bytes], answers: int) -> list[tuple[str, dict, bytes]]:
+async def exchange(
+    port: int, requests: list[bytes], answers: int
+) -> list[tuple[str, dict[str, str], bytes]]:
     """Write each of ``requests`` on one connection; read ``answers`` responses."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -53,7 +57,7 @@ async def exchange(port: int, requests: list[bytes], answers: int) -> list[tuple
         writer.close()
 
 
-async def in_turn(port: int, requests: list[bytes]) -> list[tuple[str, dict, bytes]]:
+async def in_turn(port: int, requests: list[bytes]) -> list[tuple[str, dict[str, str], bytes]]:
     """Each of ``requests`` on one connection, each written once the last is answered."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
