@@ -77,7 +77,9 @@ class Answer:
     # answer serves many requests.
     identity: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
     allowed: bool = dataclasses.field(init=False, repr=False, compare=False)
-    _wire: bytes | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    _head_lines: bytes | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         identity = {k: v for k, v in self.headers.items() if k.startswith(HEADER_PREFIX)}
@@ -88,14 +90,14 @@ class Answer:
         """This answer's status line and header lines as an HTTP/1.1 response sends them
         (each ended by CRLF; no ``Date`` and no blank line yet), made once: a remembered
         answer serves many requests. The fast lanes write it (``lane.answer_bytes``)."""
-        wire = self._wire
-        if wire is None:
+        lines = self._head_lines
+        if lines is None:
             headers = CIMultiDict(self.headers)
             headers["Content-Length"] = str(len(self.body))
             status = f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}"
-            wire = _serialize_headers(status, headers)[:-2]  # (the blank line)
-            object.__setattr__(self, "_wire", wire)
-        return wire
+            lines = _serialize_headers(status, headers)[:-2]  # (the blank line)
+            object.__setattr__(self, "_head_lines", lines)
+        return lines
 
 
 def bearer_token(authorization: str | None) -> str:

@@ -14,14 +14,16 @@ HTTP/1.0 ...) goes to the application, which answers exactly as before.
 
 from __future__ import annotations
 
-import logging
+from typing import Final
 
 from aiohttp.http_parser import RawRequestMessage
 
 from jwtkeymap.resolver.check import Answer
 from jwtkeymap.resolver.lane import LaneConnection, answer_bytes
 
-log = logging.getLogger("jwtkeymap.resolver")
+# The methods of the checks the lane takes (Envoy asks with the client's own); a HEAD,
+# whose answer aiohttp frames its own way, is the application's.
+CHECK_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class CheckLane(LaneConnection):

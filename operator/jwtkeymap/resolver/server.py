@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import gc
 import logging
-from typing import Final
 
 from aiohttp import web
 
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver.check import refuse
-from jwtkeymap.resolver.checklane import CheckLane
+from jwtkeymap.resolver.checklane import CHECK_METHODS, CheckLane
 from jwtkeymap.resolver.fastlane import FastLane, ProxyLane
 from jwtkeymap.resolver.handlers import (
     SERVICE,
@@ -27,10 +26,6 @@ from jwtkeymap.resolver.limits import GuardedRequestHandler, Limits, oversized_f
 from jwtkeymap.resolver.proxy import UPSTREAM
 
 log = logging.getLogger("jwtkeymap.resolver")
-
-# The methods a check comes with (Envoy asks with the client's own); a HEAD, whose answer
-# aiohttp frames its own way, is the application's.
-CHECK_METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ResolverRunner(web.AppRunner):

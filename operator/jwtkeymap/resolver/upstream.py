@@ -12,8 +12,8 @@ serializer (which refuses a CR or LF in a name or value).
   a streamed body is sent by a task beside the wait for the response, framed by its
   ``Content-Length`` or chunked.
 * A response whose body is at most ``BUFFERED_BODY_MAX`` may be written to the client's
-  connection as it came once it has all arrived, before it is parsed (``through``; which ones may:
-  ``resolver/hops.py``). The parser still reads every byte of it; where it reads them
+  connection as it came once it has all arrived, before it is parsed (``through``; which
+  ones may: ``resolver/hops.py``). The parser still reads every byte of it; where it reads them
   otherwise than as that one response, the exchange fails ``midway``.
 * A connection goes back to the pool when its response has been parsed to the end and
   neither side asked to close; one whose response was abandoned is closed.
@@ -268,17 +268,18 @@ class Connection(BaseProtocol):
         body, self._body = self._body, None
         self._parser = self._through = self._passed_on = None
         self._answered = self._failed = self._broken = None
-        if passed_on is not None and self._passed != self._head_bytes + (
+        # The parser read more than the response passed on: the client has those.
+        overran = passed_on is not None and self._passed != self._head_bytes + (
             body.total_bytes if body else 0
-        ):  # the parser read more than the response passed on: the client has those
+        )
+        if overran:
             self.abandon()
-            self._pool.release(self)
-            if broken is not None:
-                broken(UpstreamError("the upstream sent more than its response", midway=True))
-            return
         # Back in the pool before the caller goes on: a request it sends at once reuses it.
         self._pool.release(self)
-        if passed_on is not None:
+        if overran:
+            if broken is not None:
+                broken(UpstreamError("the upstream sent more than its response", midway=True))
+        elif passed_on is not None:
             passed_on()
 
     def abandon(self) -> None:
