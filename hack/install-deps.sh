@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the tests and the demo use, only those missing.
 # Debian/Ubuntu: PostgreSQL, Redis, PgBouncer, nginx, etcd and wrk from the distribution, and what
-# hack/node/images.sh builds container images with (podman, debootstrap, gcc, libc6-dev).
+# hack/node/images.sh builds container images with (podman, runc, debootstrap, gcc, libc6-dev).
 set -euo pipefail
 
 need=()
@@ -17,6 +17,9 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # hack/node/images.sh: container images built without a registry.
 command -v podman >/dev/null 2>&1 || need+=(podman)
+# The OCI runtime of podman's builds and of the real node's containerd: Debian's runc. (Asked
+# for by name: podman may bring crun instead, which refuses hybrid cgroups v1 + v2 hosts.)
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need+=(runc)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)

@@ -507,6 +507,9 @@ netns = "none"
 network_config_dir = "$PODMAN_DIR/networks"
 
 [engine]
+# Debian's runc, as the real node's containerd uses (crun, podman's other choice, refuses a
+# host with cgroups v1 and v2 mounted side by side: "cgroups in hybrid mode not supported").
+runtime = "runc"
 # No systemd needed (cgroups v1 or v2, any init).
 cgroup_manager = "cgroupfs"
 events_logger = "file"
