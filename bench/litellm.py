@@ -26,6 +26,14 @@ At c=1 two more paths are interleaved with those three, a control for the resolv
 
 so the hop's cost in front of LiteLLM can be told from its cost on this machine at the
 same moment: the requests are as far apart (LiteLLM's ~30 ms) and the CPUs as busy.
+
+``--front envoy`` and ``--front nginx`` add the other data path the resolver serves: a
+front proxy in front of LiteLLM (the repository's ``examples/envoy`` or ``examples/nginx``,
+ports rewritten, one worker) that asks a resolver in check mode (its own process, the same
+signing key) for each request and passes the assertion of the answer upstream:
+
+* envoy, nginx:      client → front proxy → (check → resolver) → LiteLLM
+
 No server process is pinned to a CPU: LiteLLM's main thread keeps one vCPU busy at c=1,
 and a resolver pinned beside it waits for it (bench/README.md).
 
@@ -106,6 +114,7 @@ BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}]}
 sys.path.insert(0, str(REPO / "tests"))
 from support.assertion_keys import write_signing_keys  # noqa: E402
 from support.modules import load_by_path  # noqa: E402
+from support.servers import Envoy, Nginx  # noqa: E402
 
 check = load_by_path(REPO / "bench" / "check.py", "bench_check")
 LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
@@ -200,8 +209,12 @@ async def paired(
     return latencies
 
 
+# The front proxies ``--front`` can add, by the path's name.
+FRONTS: dict[str, type[Envoy] | type[Nginx]] = {"envoy": Envoy, "nginx": Nginx}
+
+
 def run(
-    seconds: float, rounds: int, connections: int, pairs: int
+    seconds: float, rounds: int, connections: int, pairs: int, fronts: list[str]
 ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
     """The paths under wrk in interleaved rounds, then paired at c=1; the figures of each."""
     install = harness.find_install()
@@ -251,6 +264,19 @@ def run(
             "resolver": (f"http://127.0.0.1:{port}/chat/completions", f"Bearer {token}"),
             "hook": (f"{proxy.url}/chat/completions", f"Bearer {token}"),
         }
+        # The resolver process each path goes through (its CPU per request is read).
+        resolvers = {"resolver": resolver_pid}
+        if fronts:
+            check_port = free_port()
+            argv = [jwtkeymap, "--config", str(config), "resolver",
+                    "--listen", f"127.0.0.1:{check_port}"]  # fmt: skip
+            check_pid = stack.enter_context(check.server(argv, check_port, cpu=None)).pid
+            for name in fronts:
+                front = FRONTS[name](resolver_port=check_port, upstream_port=proxy.port)
+                stack.callback(front.stop)
+                asyncio.run(front.start())
+                paths[name] = (f"{front.url}/chat/completions", f"Bearer {token}")
+                resolvers[name] = check_pid
         signer = AssertionSigner(read_signing_keys(key_file), ttl_seconds=MAX_TTL_SECONDS)
         identity = MappingIdentity(ISS, "sub", "bench")
 
@@ -274,11 +300,12 @@ def run(
             random.shuffle(order)  # LiteLLM drifts within a round too: no fixed order
             for name in order:
                 target = paths[name][0]
-                resolver_cpu = check.cpu_seconds(resolver_pid)
+                pid = resolvers.get(name)
+                resolver_cpu = check.cpu_seconds(pid) if pid else 0.0
                 got = check.wrk(target, seconds=seconds, connections=connections,
                                 script=fresh[name], pid=litellm_pid)  # fmt: skip
                 served = got["rps"] * max(1, round(seconds))
-                spent = check.cpu_seconds(resolver_pid) - resolver_cpu
+                spent = check.cpu_seconds(pid) - resolver_cpu if pid else 0.0
                 got["resolver_cpu"] = spent / served * 1e6
                 figures[name].append(got)
                 print(f"  round {r + 1}: {name}: {got['rps']:,.0f} req/s, "
@@ -332,15 +359,19 @@ def summary(
     connections: int,
 ) -> str:
     """Two Markdown tables (throughput, paired latency) and the figures the targets are about."""
-    direct, resolver = figures["direct"], figures["resolver"]
-    ratio = statistics.median(r["rps"] / d["rps"] for r, d in zip(resolver, direct, strict=True))
+    direct = figures["direct"]
+
+    def ratio_of(name: str) -> float:
+        runs = zip(figures[name], direct, strict=True)
+        return statistics.median(r["rps"] / d["rps"] for r, d in runs)
+
     rows = [
         f"| path (wrk, c={connections}) | req/s | LiteLLM CPU µs/req | resolver CPU µs/req |",
         "|---|---:|---:|---:|",
     ]
     for name, runs in figures.items():
         med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "cpu", "resolver_cpu")}
-        resolver_cpu = f"{med['resolver_cpu']:,.0f}" if name == "resolver" else "-"
+        resolver_cpu = f"{med['resolver_cpu']:,.0f}" if med["resolver_cpu"] else "-"
         rows.append(f"| {name} | {med['rps']:,.1f} | {med['cpu']:,.0f} | {resolver_cpu} |")
     pairs = len(latencies["direct"])
     rows += [
@@ -363,8 +394,18 @@ def summary(
 
     low, high = interval(latencies, "resolver", "direct")
     control_low, control_high = interval(latencies, "resolver-trivial", "trivial")
+
+    def front(name: str) -> str:
+        front_low, front_high = interval(latencies, name, "direct")
+        return (
+            f"\n{name} path (front proxy, resolver in check mode): {ratio_of(name):.2f}x the "
+            f"direct throughput; at c=1 added p50 {added(name, 0.5):+.2f} ms (95% interval "
+            f"{front_low:+.2f} to {front_high:+.2f}; per round {paired(name, 'direct'):+.2f} "
+            f"ms), added p99 {added(name, 0.99):+.2f} ms"
+        )
+
     return "\n".join(rows) + (
-        f"\n\nresolver path: {ratio:.2f}x the direct throughput at c={connections} "
+        f"\n\nresolver path: {ratio_of('resolver'):.2f}x the direct throughput at c={connections} "
         f"(target >= 0.95); at c=1 added p50 {added('resolver', 0.5):+.2f} ms "
         f"(95% interval {low:+.2f} to {high:+.2f}; "
         f"target <= 0.5; median of the per-round differences "
@@ -375,6 +416,7 @@ def summary(
         f"{added('resolver-trivial', 0.5, 'trivial'):+.2f} ms (95% interval "
         f"{control_low:+.2f} to {control_high:+.2f}; per round "
         f"{paired('resolver-trivial', 'trivial'):+.2f} ms)"
+        + "".join(front(name) for name in figures if name in FRONTS)
     )
 
 
@@ -385,6 +427,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--pairs", type=int, default=600, help="c=1 requests per path")
+    parser.add_argument(
+        "--front",
+        action="append",
+        choices=sorted(FRONTS),
+        default=[],
+        help="add the path through this front proxy and a resolver in check mode (repeatable)",
+    )
     parser.add_argument("--serve-completion", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_completion:
@@ -393,7 +442,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk not found: run `make deps` (Debian package wrk)")
     os.environ.pop("JWTKEYMAP_DATABASE_URL", None)
-    figures, latencies = run(args.seconds, args.rounds, args.connections, args.pairs)
+    figures, latencies = run(args.seconds, args.rounds, args.connections, args.pairs, args.front)
     print(summary(figures, latencies, args.connections))
 
 
