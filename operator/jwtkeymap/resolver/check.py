@@ -13,8 +13,10 @@ reverse-proxy mode.
   ``x-envoy-auth-headers-to-remove``: Envoy does not show the client's headers
   to the check, so naming the unset ones is what keeps a spoofed copy from
   reaching the upstream (the set ones are overwritten).
-* Denials carry a JSON body ``{"error": {type, code, reason, message}}``; 401
-  adds ``WWW-Authenticate``, 503 adds ``Retry-After``.
+* Denials carry a JSON body ``{"error": {type, code, reason, message}}`` and the
+  reason again in ``jwtkeymap-denial-reason`` (for a proxy that answers a denial with a
+  body of its own, as nginx's ``auth_request`` does; outside the ``x-jwtkeymap-`` names,
+  which a denial never carries); 401 adds ``WWW-Authenticate``, 503 adds ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ KEY_HASH_HEADER: Final = "x-jwtkeymap-key-hash"
 TEAM_HEADER: Final = "x-jwtkeymap-team-id"
 USER_HEADER: Final = "x-jwtkeymap-user-id"
 ORG_HEADER: Final = "x-jwtkeymap-org-id"
+DENIAL_REASON_HEADER: Final = "jwtkeymap-denial-reason"
 ASSERTION_HEADER: Final = HEADER
 REMOVE_HEADER: Final = "x-envoy-auth-headers-to-remove"
 IDENTITY_HEADERS: Final = (
@@ -173,7 +176,7 @@ def refuse(status: int, reason: str, message: str) -> Answer:
     body = json.dumps(
         {"error": {"type": "auth_error", "code": status, "reason": reason, "message": message}}
     ).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", DENIAL_REASON_HEADER: reason}
     if status == 401:
         headers["WWW-Authenticate"] = _WWW_AUTHENTICATE
     elif status == 503:

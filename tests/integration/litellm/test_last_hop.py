@@ -1,7 +1,7 @@
 """The last hop: a real LiteLLM proxy serves each JWT client as its mapped virtual key.
 
 Clients send a JWT; the resolver (reverse-proxy mode, or check mode behind real
-Envoy ext_authz) resolves it to a key and sends a signed assertion upstream;
+Envoy ext_authz or real nginx auth_request) resolves it to a key and sends a signed assertion upstream;
 jwtkeymap's hook in LiteLLM loads that key with LiteLLM's own validation. So
 LiteLLM's own answers (model access, budget, rate limit) reach the client
 unchanged, and spend lands on the mapped key.
@@ -35,7 +35,7 @@ from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
 from jwtkeymap.resolver.server import ResolverRunner
-from support.servers import Envoy, serve
+from support.servers import Envoy, Nginx, serve
 
 HEADER = "x-jwtkeymap-assertion"
 
@@ -93,11 +93,12 @@ async def chat(
         return resp.status, json.loads(await resp.read() or b"{}")
 
 
-@pytest.fixture(params=["proxy", "envoy"])
+@pytest.fixture(params=["proxy", "envoy", "nginx"])
 async def gateway(
     request, litellm_proxy, litellm_store, litellm_database_url, assertion_keys, make_settings
 ) -> AsyncIterator[Gateway]:
-    """The resolver in reverse-proxy mode, or in check mode behind Envoy, in front of LiteLLM."""
+    """The resolver in reverse-proxy mode, or in check mode behind Envoy or nginx, in front of
+    LiteLLM."""
     proxy_mode = request.param == "proxy"
     settings = make_settings(
         database_url=litellm_database_url,
@@ -110,12 +111,14 @@ async def gateway(
         if proxy_mode:
             yield Gateway(url, litellm_store, litellm_proxy)
             return
-        envoy = Envoy(resolver_port=port, upstream_port=litellm_proxy.port)
-        await envoy.start()
+        front = {"envoy": Envoy, "nginx": Nginx}[request.param](
+            resolver_port=port, upstream_port=litellm_proxy.port
+        )
+        await front.start()
         try:
-            yield Gateway(envoy.url, litellm_store, litellm_proxy)
+            yield Gateway(front.url, litellm_store, litellm_proxy)
         finally:
-            await asyncio.to_thread(envoy.stop)
+            await asyncio.to_thread(front.stop)
 
 
 async def spend_of(database_url: str, key: KeyIdentity) -> tuple[float, int, float]:
@@ -150,6 +153,26 @@ async def test_mapped_client_is_served_and_charged(
 
     await wait_until(charged, timeout=30, what="spend on the mapped key")
     assert (await spend_of(litellm_database_url, key))[2] == pytest.approx(REQUEST_COST)
+
+
+async def test_a_clients_own_assertion_is_replaced_not_passed_on(
+    gateway, http, signing_key, assertion_keys, litellm_database_url
+):
+    _, mine = await gateway.key(models=["fake"])
+    _, other = await gateway.key(models=["fake"])
+    token = signing_key.sign(sub=await gateway.client(mine))
+    # Even a genuine assertion for another key (replayed from a log, say) goes no further
+    # than the resolver's side: LiteLLM gets the one made for this client's own key.
+    signer = AssertionSigner([_session_key(assertion_keys.key_file.read_bytes())])
+    replayed = signer.assertion("mapped", other, None)
+    status, body = await chat(http, gateway.url, token, headers={HEADER: replayed})
+    assert status == 200, body
+
+    async def charged() -> bool:
+        return (await spend_of(litellm_database_url, mine))[1] == 1
+
+    await wait_until(charged, timeout=30, what="spend on the client's own key")
+    assert await spend_of(litellm_database_url, other) == (0.0, 0, 0.0)
 
 
 async def test_litellms_own_refusals_reach_the_client_unchanged(

@@ -86,6 +86,8 @@ def test_denials_carry_the_json_error_body(status, reason, extra):
         }
     }
     assert result.headers["Content-Type"] == "application/json"
+    # The reason as a header too, for a proxy that answers with a body of its own (nginx).
+    assert result.headers["jwtkeymap-denial-reason"] == reason.value
     if extra:
         assert extra in result.headers
     assert not result.identity
