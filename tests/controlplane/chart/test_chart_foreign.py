@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,23 +54,36 @@ def dry_run(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    ("values", "kinds"),
+    [
+        (EVERY_KIND, FOREIGN),
+        # An existing ClusterIssuer: the webhook's Certificate alone.
+        (CHART / "ci" / "minimal-values.yaml", {"Certificate"}),
+        # The defaults: none (the chart's own certificate, no monitors).
+        (CHART / "ci" / "default-values.yaml", set()),
+    ],
+    ids=lambda v: v.name if isinstance(v, Path) else "",
+)
 def test_every_foreign_object_is_accepted_by_its_projects_crd(
     controlplane: ControlPlane,
     foreign_crds: set[str],
     render: Render,
     namespace: str,
-    values: object,
+    values: Path,
+    kinds: set[str],
 ) -> None:
     docs = [d for d in render(values, namespace=namespace) if d["kind"] in foreign_crds]
+    assert {d["kind"] for d in docs} == kinds
     for doc in docs:
         done = dry_run(controlplane, namespace, doc)
         assert done.returncode == 0, f"{doc['kind']} {doc['metadata']['name']}: {done.stderr}"
         assert "(server dry run)" in done.stdout
 
 
-def test_the_values_render_every_foreign_kind(foreign_crds: set[str], render: Render) -> None:
-    assert {d["kind"] for d in render(EVERY_KIND)} >= foreign_crds
+def test_the_values_above_are_every_ci_values_file() -> None:
+    named = {EVERY_KIND.name, "minimal-values.yaml", "default-values.yaml"}
+    assert {p.name for p in CI_VALUES} == named
 
 
 @pytest.mark.parametrize(
