@@ -114,7 +114,7 @@ BODY = {"model": "fake", "messages": [{"role": "user", "content": "hello"}]}
 sys.path.insert(0, str(REPO / "tests"))
 from support.assertion_keys import write_signing_keys  # noqa: E402
 from support.modules import load_by_path  # noqa: E402
-from support.servers import Envoy, Nginx  # noqa: E402
+from support.servers import FRONT_PROXIES  # noqa: E402
 
 check = load_by_path(REPO / "bench" / "check.py", "bench_check")
 LITELLM_TIER = REPO / "tests" / "integration" / "litellm"
@@ -209,10 +209,6 @@ async def paired(
     return latencies
 
 
-# The front proxies ``--front`` can add, by the path's name.
-FRONTS: dict[str, type[Envoy] | type[Nginx]] = {"envoy": Envoy, "nginx": Nginx}
-
-
 def run(
     seconds: float, rounds: int, connections: int, pairs: int, fronts: list[str]
 ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
@@ -272,7 +268,7 @@ def run(
                     "--listen", f"127.0.0.1:{check_port}"]  # fmt: skip
             check_pid = stack.enter_context(check.server(argv, check_port, cpu=None)).pid
             for name in fronts:
-                front = FRONTS[name](resolver_port=check_port, upstream_port=proxy.port)
+                front = FRONT_PROXIES[name](resolver_port=check_port, upstream_port=proxy.port)
                 stack.callback(front.stop)
                 asyncio.run(front.start())
                 paths[name] = (f"{front.url}/chat/completions", f"Bearer {token}")
@@ -416,7 +412,7 @@ def summary(
         f"{added('resolver-trivial', 0.5, 'trivial'):+.2f} ms (95% interval "
         f"{control_low:+.2f} to {control_high:+.2f}; per round "
         f"{paired('resolver-trivial', 'trivial'):+.2f} ms)"
-        + "".join(front(name) for name in figures if name in FRONTS)
+        + "".join(front(name) for name in figures if name in FRONT_PROXIES)
     )
 
 
@@ -430,7 +426,7 @@ def main() -> None:
     parser.add_argument(
         "--front",
         action="append",
-        choices=sorted(FRONTS),
+        choices=sorted(FRONT_PROXIES),
         default=[],
         help="add the path through this front proxy and a resolver in check mode (repeatable)",
     )

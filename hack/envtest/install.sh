@@ -82,9 +82,9 @@ NODE_CACHE_DIR=$(dirname "$CACHE_DIR")
 CONTAINERD_DIR=$NODE_CACHE_DIR/containerd-$CONTAINERD_VERSION
 COREDNS_DIR=$NODE_CACHE_DIR/coredns-$COREDNS_VERSION
 KUBE_NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+CONTAINERD_TOOLS=(containerd containerd-shim-runc-v2 ctr)
 # Named by the pins, so a new pin fetches anew.
 FOREIGN_CRDS_DIR=$NODE_CACHE_DIR/foreign-crds/$(printf '%s\n' "${FOREIGN_CRDS[@]}" | sha256sum | cut -c1-12)
-CONTAINERD_TOOLS=(containerd containerd-shim-runc-v2 ctr)
 
 is_exe() { [[ -f $1 && -x $1 ]]; }
 
@@ -282,8 +282,9 @@ fetch_foreign_crds() {
     read -r module hash _ <<<"$pin"
     log "fetching the CRDs of $module"
     json=$(cd "$work" && GOWORK=off GOTOOLCHAIN=local GOFLAGS='' "$go_bin" mod download -json "$module")
-    sum=$(sed -n 's/^[[:space:]]*"Sum": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
-    dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+    { read -r sum; read -r dir; } < <(python3 -c 'import json, sys
+got = json.load(sys.stdin)
+print(got.get("Sum", "")); print(got.get("Dir", ""))' <<<"$json")
     if [[ $sum != "$hash" || ! -d $dir ]]; then
       echo "install.sh: $module: expected $hash, the go command gave ${sum:-nothing}:" >&2
       echo "$json" >&2

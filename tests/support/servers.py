@@ -384,6 +384,10 @@ class Envoy(_FrontProxy):
             return False
 
 
+# The front proxies of check mode, by name: each runs its example from examples/.
+FRONT_PROXIES: dict[str, type[Nginx] | type[Envoy]] = {"nginx": Nginx, "envoy": Envoy}
+
+
 class RedisServer(ChildProcess):
     """redis-server on a free port, without persistence; can be stopped and restarted."""
 

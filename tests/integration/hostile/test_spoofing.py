@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from jwtkeymap.core.claims import MappingIdentity
 from jwtkeymap.core.db.keys import NewKey
 from jwtkeymap.demo.ports import free_port
-from support.servers import EchoUpstream, Envoy, Nginx, serve, trusting_resolver
+from support.servers import FRONT_PROXIES, EchoUpstream, Envoy, Nginx, serve, trusting_resolver
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ async def gateway(request, database_url, store, signing_key) -> AsyncIterator[An
             if request.param == "reverse-proxy":
                 url = resolver.url
             else:
-                kind = Nginx if request.param == "nginx" else Envoy
+                kind = FRONT_PROXIES[request.param]
                 proxy = kind(resolver_port=resolver.port, upstream_port=upstream_port)
                 await proxy.start()
                 url = proxy.url

@@ -35,7 +35,7 @@ from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
 from jwtkeymap.resolver.server import ResolverRunner
-from support.servers import Envoy, Nginx, serve
+from support.servers import FRONT_PROXIES, serve
 
 HEADER = "x-jwtkeymap-assertion"
 
@@ -111,9 +111,7 @@ async def gateway(
         if proxy_mode:
             yield Gateway(url, litellm_store, litellm_proxy)
             return
-        front = {"envoy": Envoy, "nginx": Nginx}[request.param](
-            resolver_port=port, upstream_port=litellm_proxy.port
-        )
+        front = FRONT_PROXIES[request.param](resolver_port=port, upstream_port=litellm_proxy.port)
         await front.start()
         try:
             yield Gateway(front.url, litellm_store, litellm_proxy)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from jwtkeymap.demo.ports import free_port
-from support.servers import Envoy, Nginx
+from support.servers import FRONT_PROXIES, Envoy, Nginx
 
 SPOOFED = {
     "X-JWTKeyMap-Decision": "admin",
@@ -35,7 +35,7 @@ async def gateway(request, make_settings, database_url, start_resolver, upstream
             admin={"claim": "scope", "value": "litellm_proxy_admin"},
         )
     )
-    kind = Nginx if request.param == "nginx" else Envoy
+    kind = FRONT_PROXIES[request.param]
     proxy = kind(resolver_port=r.port, upstream_port=upstream_port)
     try:
         await proxy.start()
