@@ -24,7 +24,7 @@ COPY operator ./operator
 RUN /opt/jwtkeymap/bin/pip install '.[redis,fast]' \
  && /opt/jwtkeymap/bin/jwtkeymap --version
 
-# --- runtime: the same slim base, the virtualenv, a non-root user, nothing else.
+# --- runtime: the same slim base, the virtualenv, nginx, a non-root user, nothing else.
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="jwtkeymap" \
       org.opencontainers.image.description="JWT claim to LLM-gateway key mapping: operator and resolver sidecar" \
@@ -32,6 +32,11 @@ LABEL org.opencontainers.image.title="jwtkeymap" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/jwtkeymap/bin:$PATH
+# nginx: the resolver's engine when a sidecar asks for it (`jwtkeymap.io/proxy-engine:
+# nginx`); the resolver runs it as its own child, configured in /tmp, never as a service.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx-light \
+ && rm -rf /var/lib/apt/lists/* /var/log/nginx /etc/nginx/sites-enabled/*
 # The uid/gid the chart's securityContext and the injected sidecar run as.
 RUN groupadd --system --gid 10001 jwtkeymap \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

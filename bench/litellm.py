@@ -34,6 +34,15 @@ signing key) for each request and passes the assertion of the answer upstream:
 
 * envoy, nginx:      client → front proxy → (check → resolver) → LiteLLM
 
+``--engine nginx`` adds the resolver in reverse-proxy mode with nginx as its engine
+(``proxy_engine: nginx``: the resolver runs nginx, which asks its check over a Unix
+socket), in front of LiteLLM and, at c=1, in front of the trivial upstream too:
+
+* resolver-nginx:        client → resolver's nginx → (check) → LiteLLM
+* resolver-nginx-trivial: the same in front of the trivial handler (its control pair)
+
+Its CPU per request is the resolver's and its nginx's together.
+
 No server process is pinned to a CPU: LiteLLM's main thread keeps one vCPU busy at c=1,
 and a resolver pinned beside it waits for it (bench/README.md).
 
@@ -210,7 +219,7 @@ async def paired(
 
 
 def run(
-    seconds: float, rounds: int, connections: int, pairs: int, fronts: list[str]
+    seconds: float, rounds: int, connections: int, pairs: int, fronts: list[str], engines: list[str]
 ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
     """The paths under wrk in interleaved rounds, then paired at c=1; the figures of each."""
     install = harness.find_install()
@@ -231,18 +240,15 @@ def run(
         stack.callback(proxy.stop)
         litellm_pid = proxy.proc.pid
         port = free_port()
+        settings = {
+            "database_url": url,
+            "unregistered_client_behavior": "reject",
+            "issuers": [{"issuer": ISS, "public_keys": [idp.public_pem]}],
+            "assertion": {"signing_key_file": str(key_file)},
+            "log_level": "warning",
+        }
         config = work / "resolver.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "database_url": url,
-                    "unregistered_client_behavior": "reject",
-                    "issuers": [{"issuer": ISS, "public_keys": [idp.public_pem]}],
-                    "assertion": {"signing_key_file": str(key_file)},
-                    "log_level": "warning",
-                }
-            )
-        )
+        config.write_text(yaml.safe_dump(settings))
         jwtkeymap = str(Path(sys.executable).parent / "jwtkeymap")
         argv = [jwtkeymap, "--config", str(config), "resolver",
                 "--listen", f"127.0.0.1:{port}", "--upstream", proxy.url]  # fmt: skip
@@ -273,6 +279,27 @@ def run(
                 asyncio.run(front.start())
                 paths[name] = (f"{front.url}/chat/completions", f"Bearer {token}")
                 resolvers[name] = check_pid
+        controls = {
+            "trivial": (f"{trivial}/chat/completions", f"Bearer {token}"),
+            "resolver-trivial": (
+                f"http://127.0.0.1:{control_port}/chat/completions",
+                f"Bearer {token}",
+            ),
+        }
+        for engine in engines:
+            engine_config = work / f"resolver-{engine}.yaml"
+            engine_config.write_text(yaml.safe_dump({**settings, "proxy_engine": engine}))
+            for name, upstream, kind in (
+                (f"resolver-{engine}", proxy.url, paths),
+                (f"resolver-{engine}-trivial", trivial, controls),
+            ):
+                engine_port = free_port()
+                argv = [jwtkeymap, "--config", str(engine_config), "resolver",
+                        "--listen", f"127.0.0.1:{engine_port}", "--upstream", upstream]  # fmt: skip
+                engine_pid = stack.enter_context(check.server(argv, engine_port, cpu=None)).pid
+                kind[name] = (f"http://127.0.0.1:{engine_port}/chat/completions", f"Bearer {token}")
+                if kind is paths:
+                    resolvers[name] = engine_pid
         signer = AssertionSigner(read_signing_keys(key_file), ttl_seconds=MAX_TTL_SECONDS)
         identity = MappingIdentity(ISS, "sub", "bench")
 
@@ -297,22 +324,15 @@ def run(
             for name in order:
                 target = paths[name][0]
                 pid = resolvers.get(name)
-                resolver_cpu = check.cpu_seconds(pid) if pid else 0.0
+                resolver_cpu = check.tree_cpu_seconds(pid) if pid else 0.0
                 got = check.wrk(target, seconds=seconds, connections=connections,
                                 script=fresh[name], pid=litellm_pid)  # fmt: skip
                 served = got["rps"] * max(1, round(seconds))
-                spent = check.cpu_seconds(pid) - resolver_cpu if pid else 0.0
+                spent = check.tree_cpu_seconds(pid) - resolver_cpu if pid else 0.0
                 got["resolver_cpu"] = spent / served * 1e6
                 figures[name].append(got)
                 print(f"  round {r + 1}: {name}: {got['rps']:,.0f} req/s, "
                       f"p50 {got['p50'] / 1000:.2f} ms", file=sys.stderr)  # fmt: skip
-        controls = {
-            "trivial": (f"{trivial}/chat/completions", f"Bearer {token}"),
-            "resolver-trivial": (
-                f"http://127.0.0.1:{control_port}/chat/completions",
-                f"Bearer {token}",
-            ),
-        }
         latencies: dict[str, list[float]] = {name: [] for name in paths | controls}
         for start in range(0, pairs, 200):  # re-signed every 200 rounds, well within the TTL
             asserted = {HEADER: signer.assertion("mapped", key, identity)}
@@ -400,6 +420,18 @@ def summary(
             f"ms), added p99 {added(name, 0.99):+.2f} ms"
         )
 
+    def engine(name: str) -> str:
+        engine_low, engine_high = interval(latencies, name, "direct")
+        control_low, control_high = interval(latencies, f"{name}-trivial", "trivial")
+        return (
+            f"\n{name} path (reverse-proxy mode, nginx as the resolver's engine): "
+            f"{ratio_of(name):.2f}x the direct throughput; at c=1 added p50 "
+            f"{added(name, 0.5):+.2f} ms (95% interval {engine_low:+.2f} to {engine_high:+.2f}; "
+            f"per round {paired(name, 'direct'):+.2f} ms), added p99 {added(name, 0.99):+.2f} "
+            f"ms; in front of the trivial upstream {added(f'{name}-trivial', 0.5, 'trivial'):+.2f}"
+            f" ms (95% interval {control_low:+.2f} to {control_high:+.2f})"
+        )
+
     return "\n".join(rows) + (
         f"\n\nresolver path: {ratio_of('resolver'):.2f}x the direct throughput at c={connections} "
         f"(target >= 0.95); at c=1 added p50 {added('resolver', 0.5):+.2f} ms "
@@ -413,6 +445,7 @@ def summary(
         f"{control_low:+.2f} to {control_high:+.2f}; per round "
         f"{paired('resolver-trivial', 'trivial'):+.2f} ms)"
         + "".join(front(name) for name in figures if name in FRONT_PROXIES)
+        + "".join(engine(name) for name in figures if name.startswith("resolver-"))
     )
 
 
@@ -430,6 +463,13 @@ def main() -> None:
         default=[],
         help="add the path through this front proxy and a resolver in check mode (repeatable)",
     )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        choices=["nginx"],
+        default=[],
+        help="add the path through a resolver in reverse-proxy mode with this proxy_engine",
+    )
     parser.add_argument("--serve-completion", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_completion:
@@ -438,7 +478,9 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk not found: run `make deps` (Debian package wrk)")
     os.environ.pop("JWTKEYMAP_DATABASE_URL", None)
-    figures, latencies = run(args.seconds, args.rounds, args.connections, args.pairs, args.front)
+    figures, latencies = run(
+        args.seconds, args.rounds, args.connections, args.pairs, args.front, args.engine
+    )
     print(summary(figures, latencies, args.connections))
 
 

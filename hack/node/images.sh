@@ -334,6 +334,10 @@ verify_project() {
   [[ $id == 10001:10001 ]] || die "$1 runs as uid:gid $id, not 10001:10001"
   vpodman run --rm --network none --read-only --entrypoint python "$1" \
     -c 'import jwtkeymap, redis, uvloop' || die "$1 lacks its package or the redis/fast extras"
+  # The resolver's nginx engine: on PATH for uid 10001, with the auth_request module.
+  vpodman run --rm --network none --read-only --entrypoint sh "$1" \
+    -c 'nginx -V 2>&1 | grep -q -- --with-http_auth_request_module' ||
+    die "$1 lacks nginx with auth_request (the resolver's nginx engine)"
   log "jwtkeymap: --version prints '$out', runs as uid:gid $id"
 }
 

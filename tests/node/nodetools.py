@@ -55,9 +55,15 @@ ECHO_PROBE = (
 
 
 def echo_workload(
-    namespace: str, name: str, image: str, *, labelled: bool = True
+    namespace: str,
+    name: str,
+    image: str,
+    *,
+    labelled: bool = True,
+    annotations: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """A Deployment of the echo upstream and its Service (to the resolver when labelled)."""
+    """A Deployment of the echo upstream (its pods annotated with ``annotations``) and its
+    Service (to the resolver when labelled)."""
     labels = {"app": name}
     pod_labels = {**labels, INJECT_LABEL: "true"} if labelled else dict(labels)
     deployment = {
@@ -68,7 +74,7 @@ def echo_workload(
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {"labels": pod_labels, "annotations": dict(annotations or {})},
                 "spec": {
                     "terminationGracePeriodSeconds": 2,
                     "containers": [

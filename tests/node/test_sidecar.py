@@ -48,10 +48,18 @@ SPOOFED = {
 }
 
 
-def deploy_echo(kube: ControlPlane, namespace: str, image: str, *, labelled: bool = True) -> str:
+def deploy_echo(
+    kube: ControlPlane,
+    namespace: str,
+    image: str,
+    *,
+    labelled: bool = True,
+    name: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> str:
     """Deploy the echo upstream and return its name."""
-    name = "echo" if labelled else "plain-echo"
-    apply(kube, echo_workload(namespace, name, image, labelled=labelled))
+    name = name or ("echo" if labelled else "plain-echo")
+    apply(kube, echo_workload(namespace, name, image, labelled=labelled, annotations=annotations))
     return name
 
 
@@ -242,3 +250,51 @@ def test_an_unlabelled_deployment_is_untouched(
     assert reply.status == 200
     assert ("x-probe", "direct") in reply.echoed()
     assert not [h for h in reply.echoed() if h[0].startswith("x-jwtkeymap-")]
+
+
+def test_a_sidecar_with_nginx_as_its_engine_serves_the_same_contract(
+    kube: ControlPlane, release: Any, workload_namespace: str, node_postgres: Any, idp: SigningKey
+) -> None:
+    # jwtkeymap.io/proxy-engine: nginx: the image's nginx, run by the resolver as uid 10001 on
+    # a read-only root (its files in the sidecar's /tmp), carries the bytes.
+    ns = workload_namespace
+    key = create_key(node_postgres.url, team_id="team-nginx")
+    alice = f"alice-nginx-{ns}"
+    mapping_id = add_mapping(node_postgres.url, idp.issuer, alice, key)
+    try:
+        name = deploy_echo(
+            kube, ns, release.image, name="echo-nginx",
+            annotations={"jwtkeymap.io/proxy-engine": "nginx"},
+        )  # fmt: skip
+        rollout(kube, ns, name)
+        pod = only_pod(kube, ns, f"app={name}")
+        pod_name = pod["metadata"]["name"]
+        resolver = container_status(pod, RESOLVER)
+        assert resolver["ready"] and resolver["restartCount"] == 0, logs(
+            kube, ns, pod_name, RESOLVER
+        )
+        assert "nginx relaying" in logs(kube, ns, pod_name, RESOLVER)
+        service = routed(kube, ns, name)
+
+        token = idp.sign({"sub": alice})
+        allowed = request(service, 80, "/v1/models", token=token, headers=SPOOFED)
+        assert allowed.status == 200, allowed
+        seen = allowed.echoed()
+        assert not [h for h in seen if "spoofed" in h[1] or h[1] == "f" * 64], seen
+        assert dict(seen)["x-jwtkeymap-decision"] == "mapped"
+        assert dict(seen)["x-jwtkeymap-key-hash"] == key.token_hash
+        assert [h[0] for h in seen].count("x-jwtkeymap-key-hash") == 1
+
+        marker = uuid.uuid4().hex
+        anonymous = request(service, 80, f"/anonymous-{marker}")
+        assert anonymous.status == 401, anonymous
+        assert anonymous.json()["error"]["reason"] == "invalid_token"
+        unmapped = request(service, 80, f"/unmapped-{marker}", token=idp.sign({"sub": "nobody"}))
+        assert unmapped.status == 403, unmapped
+        assert unmapped.json()["error"]["reason"] == "unregistered_client"
+        check = request(service, 80, "/check", token=token)
+        assert check.status == 404, check
+        paths = request(service, 80, "/__seen", token=token).json()["paths"]
+        assert "/v1/models" in paths and not [p for p in paths if marker in p or "check" in p]
+    finally:
+        remove_mapping(node_postgres.url, mapping_id)

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from jwtkeymap.demo.polling import wait_until
@@ -35,6 +36,11 @@ from support.tokens import jwks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO_ROOT / "examples"
+
+# A test of what reverse-proxy mode promises whichever engine carries the bytes: the
+# resolver's own, or nginx asking the resolver's check (``proxy_engine: nginx``). The
+# resolver tests' ``start_resolver`` applies it to every reverse proxy it starts.
+BOTH_ENGINES = pytest.mark.parametrize("proxy_engine", ["resolver", "nginx"])
 
 
 @contextlib.asynccontextmanager

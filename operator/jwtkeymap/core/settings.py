@@ -227,6 +227,13 @@ class Settings(BaseSettings):
     # to scrape a proxy.
     metrics_listen: str | None = None
     upstream: str | None = None
+    # What carries the bytes in reverse-proxy mode: the resolver itself, or an nginx it
+    # runs as its child process, asking the resolver's check over a private Unix socket
+    # for every request (docs/resolver.md, "nginx as the proxy engine"). The decision is
+    # the resolver's either way.
+    proxy_engine: Literal["resolver", "nginx"] = "resolver"
+    # The nginx binary of ``proxy_engine: nginx`` (a name on PATH, or a path).
+    nginx_binary: str = "nginx"
     strip_authorization: bool = False
     assertion: AssertionSettings = Field(default_factory=AssertionSettings)
     shutdown_grace_seconds: float = Field(default=20, ge=0)
@@ -280,6 +287,12 @@ class Settings(BaseSettings):
     def _head_holds_authorization(self) -> Settings:
         if self.max_request_head_bytes <= self.max_authorization_bytes:
             raise ValueError("max_request_head_bytes must exceed max_authorization_bytes")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_needs_upstream(self) -> Settings:
+        if self.proxy_engine == "nginx" and not self.upstream:
+            raise ValueError("proxy_engine: nginx is reverse-proxy mode's: set upstream too")
         return self
 
     @model_validator(mode="after")

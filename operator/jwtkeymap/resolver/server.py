@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.settings import Settings
 from jwtkeymap.resolver.check import refuse
 from jwtkeymap.resolver.checklane import CHECK_METHODS, CheckLane
@@ -23,6 +26,7 @@ from jwtkeymap.resolver.handlers import (
 )
 from jwtkeymap.resolver.lane import Lane, LaneServer
 from jwtkeymap.resolver.limits import GuardedRequestHandler, Limits, oversized_field
+from jwtkeymap.resolver.nginx import EngineExited, NginxEngine
 from jwtkeymap.resolver.proxy import UPSTREAM
 
 log = logging.getLogger("jwtkeymap.resolver")
@@ -103,15 +107,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def run(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then finish in-flight requests within the grace bound."""
-    host, port = parse_listen(settings.listen)
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    log.info(
-        "resolver listening",
-        extra={"listen": f"{host}:{port}", "upstream": bool(settings.upstream)},
-    )
+def _freezing_app(settings: Settings) -> web.Application:
     app = create_app(settings)
 
     async def freeze(_app: web.Application) -> None:
@@ -120,23 +116,87 @@ def run(settings: Settings) -> None:
         gc.freeze()
 
     app.on_startup.append(freeze)
+    return app
+
+
+async def _serve(settings: Settings) -> None:
+    """Serve on ``listen`` until SIGTERM/SIGINT (aiohttp's signal handling)."""
+    host, port = parse_listen(settings.listen)
     runner = ResolverRunner(
-        app,
+        _freezing_app(settings),
         handle_signals=True,
         access_log=None,
         shutdown_timeout=settings.shutdown_grace_seconds,
     )
+    # What web.run_app does, with the resolver's runner.
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
-    async def serve() -> None:
-        # What web.run_app does, with the resolver's runner.
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
 
-    main = loop.create_task(serve())
+@contextlib.asynccontextmanager
+async def served_by_nginx(
+    settings: Settings, *, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[tuple[NginxEngine, web.Application]]:
+    """Reverse-proxy mode with nginx as its engine (``resolver/nginx.py``), for the block:
+    the resolver's check on a private Unix socket, nginx on ``listen``. Leaving kills
+    nginx at once; stop it gracefully first (``NginxEngine.stop``) to drain it."""
+    engine = NginxEngine(settings)
+    # The resolver's own part is check mode's; the upstream is nginx's.
+    own = settings.model_copy(update={"upstream": None, "proxy_engine": "resolver"})
+    app = create_app(own, clock=clock)
+    runner = ResolverRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds
+    )
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, str(engine.check_socket)).start()
+        await engine.start()
+        yield engine, app
+    finally:
+        await engine.stop(0)
+        await runner.cleanup()
+
+
+async def _serve_with_nginx(settings: Settings) -> None:
+    """Serve with nginx as the engine until SIGTERM/SIGINT, or fail when nginx exits."""
+    gc.freeze()  # (what _freezing_app does at startup; the application is built inside)
+    async with served_by_nginx(settings) as (engine, app):
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        exited = asyncio.ensure_future(engine.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if exited.done():
+            raise EngineExited(
+                f"nginx, the proxy engine, exited with status {exited.result()}: "
+                "stopping, since nothing is relayed without it"
+            )
+        # Not ready from now on; nginx finishes what is in flight, the check still answers.
+        app[SERVICE].shutting_down = True
+        await engine.stop(settings.shutdown_grace_seconds)
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then finish in-flight requests within the grace bound."""
+    loop = _new_loop()
+    asyncio.set_event_loop(loop)
+    log.info(
+        "resolver listening",
+        extra={
+            "listen": settings.listen,
+            "upstream": bool(settings.upstream),
+            "engine": settings.proxy_engine if settings.upstream else None,
+        },
+    )
+    serve = _serve_with_nginx if settings.proxy_engine == "nginx" else _serve
+    main = loop.create_task(serve(settings))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):

@@ -1,7 +1,7 @@
 """The last hop: a real LiteLLM proxy serves each JWT client as its mapped virtual key.
 
 Clients send a JWT; the resolver (reverse-proxy mode, or check mode behind real
-Envoy ext_authz or real nginx auth_request) resolves it to a key and sends a signed assertion upstream;
+Envoy ext_authz or real nginx auth_request; or nginx as its own engine) resolves it to a key and sends a signed assertion upstream;
 jwtkeymap's hook in LiteLLM loads that key with LiteLLM's own validation. So
 LiteLLM's own answers (model access, budget, rate limit) reach the client
 unchanged, and spend lands on the mapped key.
@@ -34,7 +34,7 @@ from jwtkeymap.core.settings import KeyDefaults
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
-from jwtkeymap.resolver.server import ResolverRunner
+from jwtkeymap.resolver.server import ResolverRunner, served_by_nginx
 from support.servers import FRONT_PROXIES, serve
 
 HEADER = "x-jwtkeymap-assertion"
@@ -93,20 +93,26 @@ async def chat(
         return resp.status, json.loads(await resp.read() or b"{}")
 
 
-@pytest.fixture(params=["proxy", "envoy", "nginx"])
+@pytest.fixture(params=["proxy", "proxy-nginx", "envoy", "nginx"])
 async def gateway(
     request, litellm_proxy, litellm_store, litellm_database_url, assertion_keys, make_settings
 ) -> AsyncIterator[Gateway]:
-    """The resolver in reverse-proxy mode, or in check mode behind Envoy or nginx, in front of
-    LiteLLM."""
-    proxy_mode = request.param == "proxy"
+    """The resolver in reverse-proxy mode (its own engine, or nginx as its engine), or in
+    check mode behind Envoy or nginx, in front of LiteLLM."""
+    proxy_mode = request.param.startswith("proxy")
+    port = free_port()
     settings = make_settings(
         database_url=litellm_database_url,
         unregistered_client_behavior="reject",
         upstream=litellm_proxy.url if proxy_mode else None,
+        proxy_engine="nginx" if request.param == "proxy-nginx" else "resolver",
+        listen=f"127.0.0.1:{port}",
         assertion={"signing_key_file": assertion_keys.key_file},
     )
-    port = free_port()
+    if request.param == "proxy-nginx":
+        async with served_by_nginx(settings):
+            yield Gateway(f"http://127.0.0.1:{port}", litellm_store, litellm_proxy)
+        return
     async with serve(create_app(settings), port=port, runner_class=ResolverRunner) as url:
         if proxy_mode:
             yield Gateway(url, litellm_store, litellm_proxy)

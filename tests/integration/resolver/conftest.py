@@ -19,7 +19,7 @@ from jwtkeymap.core.settings import Settings
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port
 from jwtkeymap.resolver.handlers import SERVICE, create_app
-from jwtkeymap.resolver.server import ResolverRunner
+from jwtkeymap.resolver.server import ResolverRunner, served_by_nginx
 from jwtkeymap.resolver.service import Service
 from support.servers import EchoUpstream, serve
 
@@ -55,13 +55,30 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def start_resolver() -> AsyncIterator[StartResolver]:
-    """Start resolvers on free ports; all are stopped at the end of the test."""
+def proxy_engine() -> str:
+    """What carries reverse-proxy mode's bytes; tests of what both engines promise
+    parametrize it (``support.servers.BOTH_ENGINES``)."""
+    return "resolver"
+
+
+@pytest.fixture
+async def start_resolver(proxy_engine: str) -> AsyncIterator[StartResolver]:
+    """Start resolvers on free ports (a reverse proxy with ``proxy_engine``); all are
+    stopped at the end of the test."""
     stack: list[Any] = []
 
     async def start(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> Running:
-        app = create_app(settings, clock=clock)
         port = free_port()
+        if settings.upstream and proxy_engine == "nginx":
+            settings = settings.model_copy(update={"proxy_engine": "nginx"})
+        if settings.proxy_engine == "nginx":
+            # The resolver's check on its socket, nginx on the port (what `run` serves).
+            settings = settings.model_copy(update={"listen": f"127.0.0.1:{port}"})
+            served = served_by_nginx(settings, clock=clock)
+            _, app = await served.__aenter__()
+            stack.append(served)
+            return Running(url=f"http://127.0.0.1:{port}", port=port, service=app[SERVICE])
+        app = create_app(settings, clock=clock)
         cm = serve(app, port=port, runner_class=ResolverRunner)
         url = await cm.__aenter__()
         stack.append(cm)

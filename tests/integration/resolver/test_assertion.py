@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from jwtkeymap.core.assertion import verify, verifying_keys
 from support.assertion_keys import write_signing_keys
+from support.servers import BOTH_ENGINES
 
 HEADER = "x-jwtkeymap-assertion"
 
@@ -63,6 +64,7 @@ async def test_ephemeral_key_without_a_file_and_no_jwks_when_off(
         assert resp.status == 404
 
 
+@BOTH_ENGINES
 async def test_proxy_mode_replaces_a_client_assertion_and_serves_no_check(
     make_settings, database_url, start_resolver, http, upstream, map_claim, signing_key
 ):

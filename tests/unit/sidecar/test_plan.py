@@ -21,6 +21,7 @@ from jwtkeymap.operator.sidecar.plan import (
     LISTEN_PORT_ANNOTATION,
     METRICS_PORT_ANNOTATION,
     MODE_ANNOTATION,
+    PROXY_ENGINE_ANNOTATION,
     STATUS_ANNOTATION,
     UPSTREAM_PORT_ANNOTATION,
     InjectionError,
@@ -205,6 +206,19 @@ def test_assertion_annotation_turns_on_signing_with_an_ephemeral_key(
     assert loaded.assertion.signing_key_file is None
 
 
+def test_proxy_engine_annotation_sets_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = DEFAULTS.model_copy(update={"database": None})
+    assert "JWTKEYMAP_PROXY_ENGINE" not in env_of(sidecar(injected(pod(), defaults)))
+    mutation = plan(pod(annotations={PROXY_ENGINE_ANNOTATION: "nginx"}), defaults)
+    assert mutation.message.endswith("proxying to 127.0.0.1:8080 through nginx")
+    env = env_of(sidecar(apply(pod(annotations={PROXY_ENGINE_ANNOTATION: "nginx"}), mutation)))
+    assert env["JWTKEYMAP_PROXY_ENGINE"] == "nginx"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    loaded = Settings(upstream="http://127.0.0.1:8080")
+    assert loaded.proxy_engine == "nginx"
+
+
 def test_classic_sidecar_is_appended_after_the_app() -> None:
     out = injected(pod(), DEFAULTS.model_copy(update={"native_sidecar": False}))
     assert [c["name"] for c in out["spec"]["containers"]] == ["app", CONTAINER_NAME]
@@ -313,6 +327,13 @@ def test_existing_resolver_container_is_not_duplicated() -> None:
         ({CLAIM_FIELD_ANNOTATION: "a..b"}, (8080,), CLAIM_FIELD_ANNOTATION, "empty segment"),
         ({CONFIG_ANNOTATION: "Not_A_Name"}, (8080,), CONFIG_ANNOTATION, "ConfigMap"),
         ({ASSERTION_ANNOTATION: "yes"}, (8080,), ASSERTION_ANNOTATION, '"true" or "false"'),
+        ({PROXY_ENGINE_ANNOTATION: "envoy"}, (8080,), PROXY_ENGINE_ANNOTATION, "resolver, nginx"),
+        (
+            {MODE_ANNOTATION: "ext-authz", PROXY_ENGINE_ANNOTATION: "nginx"},
+            (8080,),
+            PROXY_ENGINE_ANNOTATION,
+            "only applies",
+        ),
         ({METRICS_PORT_ANNOTATION: "x"}, (8080,), METRICS_PORT_ANNOTATION, "port number"),
         ({METRICS_PORT_ANNOTATION: "8181"}, (8080,), METRICS_PORT_ANNOTATION, "listen port"),
         ({METRICS_PORT_ANNOTATION: "8080"}, (8080,), METRICS_PORT_ANNOTATION, "upstream port"),

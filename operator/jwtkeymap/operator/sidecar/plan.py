@@ -43,6 +43,10 @@ CONFIG_ANNOTATION: Final = f"{PREFIX}/config"
 # "true": the sidecar signs an identity assertion for the workload it fronts (LiteLLM with
 # the jwtkeymap hook), with an ephemeral key that never leaves the pod.
 ASSERTION_ANNOTATION: Final = f"{PREFIX}/assertion"
+# "nginx": in proxy mode, nginx (in the sidecar's image) carries the bytes and asks the
+# resolver's check for each request; "resolver" (the default): the resolver carries them.
+PROXY_ENGINE_ANNOTATION: Final = f"{PREFIX}/proxy-engine"
+PROXY_ENGINES: Final = ("resolver", "nginx")
 INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
@@ -87,6 +91,7 @@ class PodOptions:
     claim_field: str | None
     config_map: str | None
     assertion: bool = False
+    proxy_engine: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +227,19 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
             ASSERTION_ANNOTATION, f'must be "true" or "false", got {raw_assertion!r}'
         )
 
+    raw_engine = annotations.get(PROXY_ENGINE_ANNOTATION)
+    engine = str(raw_engine).strip() if raw_engine is not None else None
+    if engine is not None and engine not in PROXY_ENGINES:
+        raise InjectionError(
+            PROXY_ENGINE_ANNOTATION,
+            f"must be one of {', '.join(PROXY_ENGINES)}, got {raw_engine!r}",
+        )
+    if engine is not None and mode is not Mode.PROXY:
+        raise InjectionError(
+            PROXY_ENGINE_ANNOTATION,
+            f"only applies to {MODE_ANNOTATION}=proxy (ext-authz mode relays nothing)",
+        )
+
     return PodOptions(
         mode=mode,
         listen_port=listen_port,
@@ -231,6 +249,7 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
         claim_field=str(claim_field) if claim_field is not None else None,
         config_map=config_map,
         assertion=raw_assertion == "true",
+        proxy_engine=engine,
     )
 
 
@@ -253,6 +272,8 @@ def _env(options: PodOptions, defaults: InjectionDefaults) -> list[dict[str, Any
         settings["claim_field"] = options.claim_field
     if options.behavior is not None:
         settings["unregistered_client_behavior"] = options.behavior.value
+    if options.proxy_engine is not None:
+        settings["proxy_engine"] = options.proxy_engine
     env: list[dict[str, Any]] = []
     if defaults.database is not None:
         env.append(
@@ -408,6 +429,8 @@ def plan(pod: Mapping[str, Any], defaults: InjectionDefaults) -> Mutation:
         if options.upstream_port is not None
         else "serving /check (ext-authz)"
     )
+    if options.proxy_engine == "nginx":
+        target += " through nginx"
     message = f"{CONTAINER_NAME} injected on port {options.listen_port}, {target}"
     return Mutation(injected=True, reason=INJECTED, message=message, patch=tuple(ops))
 
