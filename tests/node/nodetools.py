@@ -332,6 +332,17 @@ def remove_mapping(url: str, mapping_id: str) -> None:
     run(_with_store(url, lambda store: store.remove_mapping(mapping_id)))
 
 
+@contextlib.contextmanager
+def mapped_client(url: str, issuer: str, sub: str, *, team_id: str) -> Iterator[Key]:
+    """A new key of ``team_id`` and ``sub`` mapped to it, for the block."""
+    key = create_key(url, team_id=team_id)
+    mapping_id = add_mapping(url, issuer, sub, key)
+    try:
+        yield key
+    finally:
+        remove_mapping(url, mapping_id)
+
+
 def owned_rows(url: str) -> dict[str, dict[str, Any]]:
     """Every mapping row with an owner, by owner (``k8s:<uid>`` …)."""
 

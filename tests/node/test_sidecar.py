@@ -17,20 +17,18 @@ from nodetools import (
     INJECT_LABEL,
     RESOLVER,
     Reply,
-    add_mapping,
     apply,
     attempt,
     cluster_ip,
     condition,
     container_status,
-    create_key,
     echo_workload,
     endpoint_ready,
     events,
     get,
     logs,
+    mapped_client,
     only_pod,
-    remove_mapping,
     request,
     rollout,
     routed,
@@ -72,10 +70,8 @@ def test_labelled_deployment_gets_the_resolver_and_only_allowed_requests_pass(
     timings: dict[str, str],
 ) -> None:
     ns = workload_namespace
-    key = create_key(node_postgres.url, team_id="team-node")
     alice = f"alice-{ns}"
-    mapping_id = add_mapping(node_postgres.url, idp.issuer, alice, key)
-    try:
+    with mapped_client(node_postgres.url, idp.issuer, alice, team_id="team-node") as key:
         started = time.monotonic()
         name = deploy_echo(kube, ns, release.image)
         rollout(kube, ns, name)
@@ -172,8 +168,6 @@ def test_labelled_deployment_gets_the_resolver_and_only_allowed_requests_pass(
         assert b'jwtkeymap_decisions_total{decision="mapped",reason=""}' in metrics.body
         public = attempt(pod_ip, 8181, "/metrics", timeout=3)
         assert isinstance(public, Reply) and public.status == 401, public
-    finally:
-        remove_mapping(node_postgres.url, mapping_id)
 
 
 def test_a_resolver_that_is_not_ready_keeps_its_pod_out_of_the_service(
@@ -258,10 +252,8 @@ def test_a_sidecar_with_nginx_as_its_engine_serves_the_same_contract(
     # jwtkeymap.io/proxy-engine: nginx: the image's nginx, run by the resolver as uid 10001 on
     # a read-only root (its files in the sidecar's /tmp), carries the bytes.
     ns = workload_namespace
-    key = create_key(node_postgres.url, team_id="team-nginx")
     alice = f"alice-nginx-{ns}"
-    mapping_id = add_mapping(node_postgres.url, idp.issuer, alice, key)
-    try:
+    with mapped_client(node_postgres.url, idp.issuer, alice, team_id="team-nginx") as key:
         name = deploy_echo(
             kube, ns, release.image, name="echo-nginx",
             annotations={"jwtkeymap.io/proxy-engine": "nginx"},
@@ -296,5 +288,3 @@ def test_a_sidecar_with_nginx_as_its_engine_serves_the_same_contract(
         assert check.status == 404, check
         paths = request(service, 80, "/__seen", token=token).json()["paths"]
         assert "/v1/models" in paths and not [p for p in paths if marker in p or "check" in p]
-    finally:
-        remove_mapping(node_postgres.url, mapping_id)

@@ -219,6 +219,16 @@ def test_proxy_engine_annotation_sets_the_engine(monkeypatch: pytest.MonkeyPatch
     assert loaded.proxy_engine == "nginx"
 
 
+def test_the_charts_proxy_engine_applies_to_proxy_mode_pods_only() -> None:
+    defaults = InjectionDefaults.model_validate({"proxyEngine": "nginx", "database": None})
+    assert env_of(sidecar(injected(pod(), defaults)))["JWTKEYMAP_PROXY_ENGINE"] == "nginx"
+    ext_authz = injected(pod(annotations={MODE_ANNOTATION: "ext-authz"}), defaults)
+    assert "JWTKEYMAP_PROXY_ENGINE" not in env_of(sidecar(ext_authz))
+    # A pod's annotation overrides the chart's choice.
+    own = injected(pod(annotations={PROXY_ENGINE_ANNOTATION: "resolver"}), defaults)
+    assert "JWTKEYMAP_PROXY_ENGINE" not in env_of(sidecar(own))
+
+
 def test_classic_sidecar_is_appended_after_the_app() -> None:
     out = injected(pod(), DEFAULTS.model_copy(update={"native_sidecar": False}))
     assert [c["name"] for c in out["spec"]["containers"]] == ["app", CONTAINER_NAME]
@@ -413,6 +423,8 @@ def test_defaults_take_the_charts_camel_case_values() -> None:
         ({"settings": {"claim_feild": "x"}}, "claim_feild"),
         ({"settings": {"database_url": "postgresql://u:p@h/db"}}, "resolver.database"),
         ({"settings": {"metrics_listen": "0.0.0.0:1"}}, "set by the injection"),
+        ({"settings": {"proxy_engine": "nginx"}}, "resolver.proxyEngine"),
+        ({"proxyEngine": "envoy"}, "proxyEngine"),
         ({"metricsPort": 0}, "metricsPort"),
         ({"typo": 1}, "typo"),
     ],

@@ -25,7 +25,9 @@ from jwtkeymap.operator.names import DNS_SUBDOMAIN
 
 IMAGE_REPOSITORY: Final = "ghcr.io/jwtkeymap/jwtkeymap"
 # Settings the injection itself decides; a default for them would be silently overridden.
-_RESERVED_SETTINGS: Final = frozenset({"database_url", "listen", "metrics_listen", "upstream"})
+_RESERVED_SETTINGS: Final = frozenset(
+    {"database_url", "listen", "metrics_listen", "upstream", "proxy_engine"}
+)
 
 
 class Mode(enum.StrEnum):
@@ -57,6 +59,9 @@ class InjectionDefaults(_Values):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     mode: Mode = Mode.PROXY
     listen_port: int = Field(default=8181, ge=1, le=65535)
+    # What carries a proxy-mode sidecar's bytes: the resolver, or the image's nginx asking
+    # the resolver's check (docs/resolver.md). A pod's jwtkeymap.io/proxy-engine overrides.
+    proxy_engine: Literal["resolver", "nginx"] = "resolver"
     # /metrics, on a port of its own (named jwtkeymap-prom): a reverse proxy's listen
     # port is the app's way in and serves no metrics. None: no metrics port.
     metrics_port: int | None = Field(default=8182, ge=1, le=65535)
@@ -92,7 +97,8 @@ class InjectionDefaults(_Values):
         reserved = sorted(k for k in value if k in _RESERVED_SETTINGS)
         if reserved:
             raise ValueError(
-                f"{reserved} are set by the injection (database: use resolver.database)"
+                f"{reserved} are set by the injection (database: use resolver.database; "
+                "proxy_engine: resolver.proxyEngine)"
             )
         return value
 

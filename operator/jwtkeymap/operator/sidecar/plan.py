@@ -239,6 +239,8 @@ def read_options(pod: Mapping[str, Any], defaults: InjectionDefaults) -> PodOpti
             PROXY_ENGINE_ANNOTATION,
             f"only applies to {MODE_ANNOTATION}=proxy (ext-authz mode relays nothing)",
         )
+    if mode is Mode.PROXY and engine is None:
+        engine = defaults.proxy_engine
 
     return PodOptions(
         mode=mode,
@@ -272,7 +274,7 @@ def _env(options: PodOptions, defaults: InjectionDefaults) -> list[dict[str, Any
         settings["claim_field"] = options.claim_field
     if options.behavior is not None:
         settings["unregistered_client_behavior"] = options.behavior.value
-    if options.proxy_engine is not None:
+    if options.proxy_engine == "nginx":
         settings["proxy_engine"] = options.proxy_engine
     env: list[dict[str, Any]] = []
     if defaults.database is not None:
