@@ -190,6 +190,7 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
 {user}daemon off;
 worker_processes 1;
 pid {run_dir / "nginx.pid"};
+# "error": nginx's "info" lines quote the start of an oversized header line (a token).
 error_log stderr error;
 
 events {{
