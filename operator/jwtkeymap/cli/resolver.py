@@ -27,16 +27,28 @@ from jwtkeymap.core.logs import configure_logging
     envvar="JWTKEYMAP_UPSTREAM",
     help="Reverse-proxy mode: check every request, then proxy it to this URL.",
 )
+@click.option(
+    "--proxy-engine",
+    type=click.Choice(["resolver", "nginx"]),
+    envvar="JWTKEYMAP_PROXY_ENGINE",
+    help="What carries --upstream's bytes: the resolver, or an nginx it runs (default resolver).",
+)
 @pass_ctx
 def resolver(
-    ctx: Context, listen: str | None, metrics_listen: str | None, upstream: str | None
+    ctx: Context,
+    listen: str | None,
+    metrics_listen: str | None,
+    upstream: str | None,
+    proxy_engine: str | None,
 ) -> None:
     """Serve /check for Envoy ext_authz and nginx auth_request (or proxy to --upstream)."""
     # The HTTP server is imported only when it is about to run.
     from jwtkeymap.resolver.handlers import parse_listen
     from jwtkeymap.resolver.server import run
 
-    settings = ctx.load(listen=listen, metrics_listen=metrics_listen, upstream=upstream)
+    settings = ctx.load(
+        listen=listen, metrics_listen=metrics_listen, upstream=upstream, proxy_engine=proxy_engine
+    )
     addresses = [("--listen", settings.listen)]
     if settings.metrics_listen:
         addresses.append(("--metrics-listen", settings.metrics_listen))

@@ -111,6 +111,7 @@ async def test_resolver_process_serves_logs_json_and_drains_on_sigterm(
             ["--listen", "127.0.0.1:9100", "--metrics-listen", "0.0.0.0:9100"],
             "for --metrics-listen: must be another port than --listen 127.0.0.1:9100",
         ),
+        (["--proxy-engine", "envoy"], "Invalid value for '--proxy-engine'"),
     ],
 )
 async def test_bad_listen_address_is_a_usage_error(tmp_path, signing_key, args, message):
@@ -124,6 +125,20 @@ async def test_bad_listen_address_is_a_usage_error(tmp_path, signing_key, args, 
     )
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())
+
+
+async def test_the_nginx_engine_without_an_upstream_is_a_startup_error(tmp_path, signing_key):
+    config = write_config(tmp_path, signing_key)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [JWTKEYMAP, "--config", str(config), "resolver", "--proxy-engine", "nginx"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "proxy_engine: nginx is reverse-proxy mode's: set upstream too" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_unknown_setting_is_a_startup_error(tmp_path, signing_key):
