@@ -257,6 +257,9 @@ http {{
         location = {CHECK_LOCATION} {{
             internal;
             proxy_pass http://jwtkeymap_check/check;
+            # The check reads Authorization alone (nginx refuses a request with two).
+            proxy_pass_request_headers off;
+            proxy_set_header Authorization $http_authorization;
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
             proxy_set_header Connection "";
