@@ -163,12 +163,12 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
     refusals = "\n".join(
         f"            if ($jwtkeymap_status = {status}) {{\n"
         + (
-            f"                add_header {DENIAL_REASON_HEADER} $jwtkeymap_reason always;\n"
+            f"                add_header {DENIAL_REASON_HEADER} $jwtkeymap_why always;\n"
             "                add_header Retry-After 1 always;\n"
             if status == 503
             else ""
         )
-        + f"                return {status} {_error_body(status, '$jwtkeymap_reason', message)};\n"
+        + f"                return {status} {_error_body(status, '$jwtkeymap_why', message)};\n"
         "            }"
         for status, message in _REFUSALS.items()
     )
@@ -178,7 +178,7 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
     )
     user = "user root;\n" if as_root else ""
     reason_variable = "$upstream_http_" + DENIAL_REASON_HEADER.replace("-", "_")
-    failed = _error_body(500, "internal_error", "JWT Key Mapping: authorization failed.")
+    failed = _error_body(500, "$jwtkeymap_why", "JWT Key Mapping: authorization failed.")
     malformed = _error_body(400, "invalid_request", _REFUSALS[400])
     too_large = _error_body(431, "header_too_large", _REFUSALS[431])
     temp = "".join(
@@ -205,6 +205,12 @@ http {{
     large_client_header_buffers {buffers} {field};
     keepalive_timeout {_seconds(keepalive)};
     reset_timedout_connection on;
+
+    # The check's reason for a refusal; none when the check itself failed.
+    map $jwtkeymap_reason $jwtkeymap_why {{
+        "" internal_error;
+        default $jwtkeymap_reason;
+    }}
 
     upstream jwtkeymap_check {{
         server unix:{check_socket};
@@ -277,7 +283,7 @@ http {{
 
         location @jwtkeymap_refused {{
             default_type application/json;
-            add_header {DENIAL_REASON_HEADER} $jwtkeymap_reason always;
+            add_header {DENIAL_REASON_HEADER} $jwtkeymap_why always;
 {refusals}
             return 500 {failed};
         }}

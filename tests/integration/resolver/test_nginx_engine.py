@@ -21,7 +21,7 @@ from jwtkeymap.core.errors import ConfigError
 from jwtkeymap.core.settings import load_settings
 from jwtkeymap.demo.polling import wait_until
 from jwtkeymap.demo.ports import free_port, port_open
-from jwtkeymap.resolver.nginx import render
+from jwtkeymap.resolver.nginx import NginxEngine, render
 from support.servers import trusting_resolver
 
 NGINX = "/usr/sbin/nginx"
@@ -89,6 +89,27 @@ def test_an_https_upstream_named_by_its_address_is_refused(make_settings, tmp_pa
 def test_the_nginx_engine_needs_an_upstream(signing_key):
     with pytest.raises(ConfigError, match="proxy_engine: nginx is reverse-proxy mode's"):
         load_settings(None, proxy_engine="nginx")
+
+
+async def test_without_its_check_nginx_refuses_everything(make_settings, upstream, http):
+    # nginx alone, its check's socket unanswered: fail closed, in the resolver's JSON.
+    echo, port = upstream
+    listen = f"127.0.0.1:{free_port()}"
+    engine = NginxEngine(
+        make_settings(upstream=f"http://127.0.0.1:{port}", proxy_engine="nginx", listen=listen)
+    )
+    await engine.start()
+    try:
+        async with http.get(
+            f"http://{listen}/v1/models", headers={"Authorization": "Bearer x"}
+        ) as resp:
+            assert resp.status == 500
+            assert resp.headers["jwtkeymap-denial-reason"] == "internal_error"
+            error = (await resp.json())["error"]
+            assert (error["code"], error["reason"]) == (500, "internal_error")
+    finally:
+        await engine.stop(0)
+    assert echo.requests == []
 
 
 def _nginx_master(resolver_pid: int) -> int:
