@@ -40,6 +40,7 @@ def test_injected_deployment_fronts_loopback_litellm_with_a_signing_sidecar() ->
     assert resolver["args"][-2:] == ["--upstream", "http://127.0.0.1:4000"]
     env = {e["name"]: e.get("value") for e in resolver["env"]}
     assert env["JWTKEYMAP_ASSERTION__ENABLED"] == "true"
+    assert env["JWTKEYMAP_PROXY_ENGINE"] == "nginx"
     # The hook reads the sidecar's JWKS on the sidecar's own port, over loopback.
     [port] = [p["containerPort"] for p in resolver["ports"] if p["name"] == "jwtkeymap"]
     hook_jwks = {e["name"]: e.get("value") for e in litellm["env"]}["JWTKEYMAP_HOOK_JWKS"]

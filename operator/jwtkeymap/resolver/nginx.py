@@ -11,7 +11,7 @@ answers ``/check`` 404 as the resolver's own engine does.
 Why: in front of an LLM gateway every request meets a process that has been idle for tens
 of milliseconds, and the bytes cost least where the code that carries them is small and
 compiled. The resolver's part is the check alone, answered from its memo on its check
-lane (bench/README.md, "nginx as the sidecar's engine").
+lane (bench/README.md, "Session 13: nginx as the resolver's engine").
 
 The upstream receives what the resolver's own engine sends it: the identity headers and
 the assertion the check set (a client's copies of those names replaced, or removed when

@@ -88,6 +88,17 @@ async def test_proxy_mode_replaces_a_client_assertion_and_serves_no_check(
         assert HEADER not in resp.headers  # never to the client
     sent = echo.identity_of()[HEADER]
     assert len(sent) == 1 and sent[0] != "forged" and sent[0].count(".") == 2
+    # It verifies against the keys the proxy's own listener publishes (what LiteLLM in the
+    # pod reads over loopback), and that path is the resolver's, never forwarded.
+    published = await jwks_of(http, r.url)
+    said = verify(
+        sent[0],
+        verifying_keys(json.dumps(published)),
+        audience="litellm",
+        issuer="jwtkeymap",
+        now=r.service.clock.now().timestamp(),
+    )
+    assert said.decision == "mapped"
     for path in ("/check", "/check/v1/models", "/check?x=1"):
         async with http.get(f"{r.url}{path}", headers={"Authorization": f"Bearer {token}"}) as resp:
             assert resp.status == 404
