@@ -60,6 +60,7 @@ CHECK_LOCATION: Final = "/_jwtkeymap_check"
 # Paths the resolver answers itself on the public listener, as its own engine does.
 OWN_PATHS: Final = ("/.well-known/jwks.json", "/healthz", "/readyz")
 START_TIMEOUT_SECONDS: Final = 10.0
+_SOCKET_PATH_MAX: Final = 107  # sun_path is 108 bytes on Linux, its last a NUL
 
 # The message of each refusal nginx writes for the check, by status (the reason is the
 # check's own, from its denial-reason header).
@@ -331,6 +332,12 @@ class NginxEngine:
         self.binary = _binary(settings.nginx_binary)
         self.run_dir = Path(tempfile.mkdtemp(prefix="jwtkeymap-nginx-"))  # mode 0700
         self.check_socket = self.run_dir / "check.sock"
+        if len(bytes(self.check_socket)) > _SOCKET_PATH_MAX:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise ConfigError(
+                f"proxy_engine nginx: the check's socket path {self.check_socket} is too long "
+                "for a Unix socket: point TMPDIR at a shorter directory"
+            )
         self._process: asyncio.subprocess.Process | None = None
 
     def config(self) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,16 @@ def test_an_https_upstream_named_by_its_address_is_refused(make_settings, tmp_pa
     # nginx matches a certificate by DNS name only: it would refuse every request.
     with pytest.raises(ConfigError, match="by a DNS name"):
         _render(make_settings, tmp_path, upstream="https://127.0.0.1:8443")
+
+
+def test_a_tmpdir_too_long_for_the_checks_socket_is_refused(make_settings, tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    settings = make_settings(upstream="http://127.0.0.1:4000", proxy_engine="nginx")
+    with pytest.raises(ConfigError, match="point TMPDIR at a shorter directory"):
+        NginxEngine(settings)
+    assert list(deep.iterdir()) == []  # nothing left behind
 
 
 def test_the_nginx_engine_needs_an_upstream(signing_key):

@@ -261,6 +261,25 @@ async def test_unreachable_upstream_is_502(
 
 
 @BOTH_ENGINES
+async def test_a_database_outage_is_a_503_to_retry_and_nothing_is_forwarded(
+    make_settings, start_resolver, http, upstream, signing_key
+):
+    echo, port = upstream
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    r = await proxy(
+        make_settings, dead, start_resolver, port,
+        db_timeout_seconds=0.3, unregistered_client_behavior="reject",
+    )  # fmt: skip
+    auth = {"Authorization": f"Bearer {signing_key.sign(sub='alice')}"}
+    async with http.post(f"{r.url}/v1/chat/completions", headers=auth, data=b"{}") as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert resp.headers["jwtkeymap-denial-reason"] == "database_unavailable"
+        assert (await resp.json())["error"]["reason"] == "database_unavailable"
+    assert echo.requests == []
+
+
+@BOTH_ENGINES
 async def test_resolver_endpoints_are_not_proxied(
     make_settings, database_url, start_resolver, http, upstream
 ):
