@@ -6,6 +6,7 @@ import click
 
 from jwtkeymap.cli.context import Command, Context, pass_ctx
 from jwtkeymap.core.logs import configure_logging
+from jwtkeymap.core.settings import PROXY_ENGINES
 
 
 @click.command(cls=Command)
@@ -29,7 +30,7 @@ from jwtkeymap.core.logs import configure_logging
 )
 @click.option(
     "--proxy-engine",
-    type=click.Choice(["resolver", "nginx"]),
+    type=click.Choice(PROXY_ENGINES),
     envvar="JWTKEYMAP_PROXY_ENGINE",
     help="What carries --upstream's bytes: the resolver, or an nginx it runs (default resolver).",
 )

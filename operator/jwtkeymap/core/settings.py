@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -37,6 +37,10 @@ from jwtkeymap.core.errors import ConfigError
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+
+# What carries reverse-proxy mode's bytes (``Settings.proxy_engine``).
+ProxyEngine = Literal["resolver", "nginx"]
+PROXY_ENGINES: Final[tuple[str, ...]] = get_args(ProxyEngine)
 
 _config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "jwtkeymap_config_file", default=None
@@ -231,7 +235,7 @@ class Settings(BaseSettings):
     # runs as its child process, asking the resolver's check over a private Unix socket
     # for every request (docs/resolver.md, "nginx as the proxy engine"). The decision is
     # the resolver's either way.
-    proxy_engine: Literal["resolver", "nginx"] = "resolver"
+    proxy_engine: ProxyEngine = "resolver"
     # The nginx binary of ``proxy_engine: nginx`` (a name on PATH, or a path).
     nginx_binary: str = "nginx"
     strip_authorization: bool = False

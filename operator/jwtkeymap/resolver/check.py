@@ -184,6 +184,12 @@ def refuse(status: int, reason: str, message: str) -> Answer:
     return Answer(status, headers, body, decision="denied", reason=reason, message=message)
 
 
+# A request header field over ``max_header_field_bytes`` (both engines answer it so).
+HEADER_TOO_LARGE: Final = refuse(
+    431, "header_too_large", "JWT Key Mapping: a request header field is too large."
+)
+
+
 def answer(
     decision: Decision,
     *,

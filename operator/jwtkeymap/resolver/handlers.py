@@ -8,8 +8,10 @@ when the application starts (``create_app``'s lifecycle) and is found under
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -39,6 +41,12 @@ METRICS_PATH = "/metrics"
 TWO_AUTHORIZATIONS = check.refuse(
     400, "invalid_request", "JWT Key Mapping: the request has more than one Authorization header."
 )
+
+
+# What a path the resolver does not serve answers (``/check`` in reverse-proxy mode).
+NOT_FOUND_BODY: Final = json.dumps(
+    {"error": {"type": "not_found", "code": 404, "message": "not found"}}
+).encode()
 
 
 def is_check_path(path: str) -> bool:
@@ -124,9 +132,7 @@ async def handle_no_check(request: web.Request) -> web.Response:
     for the upstream only; a client reaching the proxy's listener must never
     obtain them.
     """
-    return web.json_response(
-        {"error": {"type": "not_found", "code": 404, "message": "not found"}}, status=404
-    )
+    return web.Response(status=404, body=NOT_FOUND_BODY, content_type="application/json")
 
 
 async def handle_jwks(request: web.Request) -> web.Response:

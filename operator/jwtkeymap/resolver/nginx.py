@@ -48,9 +48,15 @@ from yarl import URL
 
 from jwtkeymap.core.errors import ConfigError, JwtKeyMapError
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.resolver.check import DENIAL_REASON_HEADER, IDENTITY_HEADERS
-from jwtkeymap.resolver.handlers import parse_listen
+from jwtkeymap.resolver.check import (
+    DENIAL_REASON_HEADER,
+    HEADER_TOO_LARGE,
+    IDENTITY_HEADERS,
+    refuse,
+)
+from jwtkeymap.resolver.handlers import NOT_FOUND_BODY, parse_listen
 from jwtkeymap.resolver.limits import PROXY_KEEPALIVE_SECONDS
+from jwtkeymap.resolver.proxy import UNREACHABLE
 from jwtkeymap.resolver.upstream import CONNECT_TIMEOUT_SECONDS, UPSTREAM_IDLE_SECONDS
 
 log = logging.getLogger("jwtkeymap.resolver.nginx")
@@ -68,9 +74,14 @@ _REFUSALS: Final = {
     400: "JWT Key Mapping: the request is malformed.",
     401: "JWT Key Mapping: the bearer token is missing or not valid.",
     403: "JWT Key Mapping: this client may not use the gateway.",
-    431: "JWT Key Mapping: a request header field is too large.",
+    431: HEADER_TOO_LARGE.message,
     503: "JWT Key Mapping: authorization is unavailable, retry.",
 }
+# The reason of a refusal nginx writes for the check: the check's, or internal_error when
+# the check gave none (it could not be reached).
+_WHY: Final = "$jwtkeymap_why"
+# nginx's temporary files, all in the engine's directory.
+_TEMP_KINDS: Final = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 class EngineExited(JwtKeyMapError):
@@ -82,12 +93,20 @@ def _variable(header: str) -> str:
     return "$jwtkeymap_" + header.removeprefix("x-jwtkeymap-").replace("-", "_")
 
 
-def _error_body(status: int, reason: str, message: str) -> str:
-    body = (
-        f'{{"error": {{"type": "auth_error", "code": {status}, "reason": "{reason}", '
-        f'"message": "{message}"}}}}'
-    )
-    return f"'{body}'"
+def _quoted(body: bytes) -> str:
+    """A JSON body as an nginx string (a ``$name`` in it is an nginx variable)."""
+    text = body.decode()
+    assert "'" not in text and "\\" not in text, text  # the resolver's constant messages
+    return f"'{text}'"
+
+
+def _refusal(status: int, reason: str, message: str) -> str:
+    """``check.refuse``'s body, as an nginx string."""
+    return _quoted(refuse(status, reason, message).body)
+
+
+def _host_port(host: str, port: int | None) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _seconds(value: float) -> str:
@@ -96,8 +115,7 @@ def _seconds(value: float) -> str:
 
 
 def _listen(listen: str) -> str:
-    host, port = parse_listen(listen)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return _host_port(*parse_listen(listen))
 
 
 def _is_address(host: str) -> bool:
@@ -128,7 +146,7 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
     if upstream.scheme not in ("http", "https") or not upstream.raw_host:
         raise ConfigError(f"upstream {settings.upstream!r} is not an http:// or https:// URL")
     host = upstream.raw_host
-    gateway = f"[{host}]:{upstream.port}" if ":" in host else f"{host}:{upstream.port}"
+    gateway = _host_port(host, upstream.port)
     host_header = upstream.host_port_subcomponent or host
     prefix = upstream.raw_path.rstrip("/")
     keepalive = settings.keepalive_timeout_seconds or PROXY_KEEPALIVE_SECONDS
@@ -164,12 +182,12 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
     refusals = "\n".join(
         f"            if ($jwtkeymap_status = {status}) {{\n"
         + (
-            f"                add_header {DENIAL_REASON_HEADER} $jwtkeymap_why always;\n"
+            f"                add_header {DENIAL_REASON_HEADER} {_WHY} always;\n"
             "                add_header Retry-After 1 always;\n"
             if status == 503
             else ""
         )
-        + f"                return {status} {_error_body(status, '$jwtkeymap_why', message)};\n"
+        + f"                return {status} {_refusal(status, _WHY, message)};\n"
         "            }"
         for status, message in _REFUSALS.items()
     )
@@ -179,13 +197,9 @@ def render(settings: Settings, *, run_dir: Path, check_socket: Path, as_root: bo
     )
     user = "user root;\n" if as_root else ""
     reason_variable = "$upstream_http_" + DENIAL_REASON_HEADER.replace("-", "_")
-    failed = _error_body(500, "$jwtkeymap_why", "JWT Key Mapping: authorization failed.")
-    malformed = _error_body(400, "invalid_request", _REFUSALS[400])
-    too_large = _error_body(431, "header_too_large", _REFUSALS[431])
-    temp = "".join(
-        f"    {kind}_temp_path {run_dir / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
+    failed = _refusal(500, _WHY, "JWT Key Mapping: authorization failed.")
+    malformed = _refusal(400, "invalid_request", _REFUSALS[400])
+    temp = "".join(f"    {kind}_temp_path {run_dir / kind};\n" for kind in _TEMP_KINDS)
     return f"""\
 # Rendered by the jwtkeymap resolver (proxy_engine: nginx); rewritten at every start.
 {user}daemon off;
@@ -277,14 +291,14 @@ http {{
         # The check's answer carries the key hash and the assertion: never a client's.
         location ~ ^/check(/|$) {{
             default_type application/json;
-            return 404 '{{"error": {{"type": "not_found", "code": 404, "message": "not found"}}}}';
+            return 404 {_quoted(NOT_FOUND_BODY)};
         }}
 
 {own}
 
         location @jwtkeymap_refused {{
             default_type application/json;
-            add_header {DENIAL_REASON_HEADER} $jwtkeymap_why always;
+            add_header {DENIAL_REASON_HEADER} {_WHY} always;
 {refusals}
             return 500 {failed};
         }}
@@ -297,14 +311,14 @@ http {{
 
         location @jwtkeymap_too_large {{
             default_type application/json;
-            add_header {DENIAL_REASON_HEADER} header_too_large always;
-            return 431 {too_large};
+            add_header {DENIAL_REASON_HEADER} {HEADER_TOO_LARGE.reason} always;
+            return 431 {_quoted(HEADER_TOO_LARGE.body)};
         }}
 
         location @jwtkeymap_unreachable {{
             default_type application/json;
-            add_header {DENIAL_REASON_HEADER} upstream_unavailable always;
-            return 502 {_error_body(502, "upstream_unavailable", "the upstream is unreachable")};
+            add_header {DENIAL_REASON_HEADER} {UNREACHABLE.reason} always;
+            return 502 {_quoted(UNREACHABLE.body)};
         }}
     }}
 }}
@@ -356,7 +370,7 @@ class NginxEngine:
         """
         conf = self.run_dir / "nginx.conf"
         conf.write_text(self.config())
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        for kind in _TEMP_KINDS:
             (self.run_dir / kind).mkdir(exist_ok=True)
         self._process = await asyncio.create_subprocess_exec(
             self.binary, "-p", f"{self.run_dir}/", "-e", "stderr", "-c", str(conf),

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from jwtkeymap.core.clock import SYSTEM_CLOCK, Clock
 from jwtkeymap.core.settings import Settings
-from jwtkeymap.resolver.check import refuse
+from jwtkeymap.resolver.check import HEADER_TOO_LARGE
 from jwtkeymap.resolver.checklane import CHECK_METHODS, CheckLane
 from jwtkeymap.resolver.fastlane import FastLane, ProxyLane
 from jwtkeymap.resolver.handlers import (
@@ -63,16 +63,15 @@ class ResolverRunner(web.AppRunner):
         handle_check = check_handler(service)
         # Reverse-proxy mode serves no check on its listener (handlers.handle_no_check).
         fast_check = not service.settings.upstream
-        too_large = refuse(
-            431, "header_too_large", "JWT Key Mapping: a request header field is too large."
-        )
 
         async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
             protocol = request.protocol
             large = not isinstance(protocol, GuardedRequestHandler) or protocol.large_head
             if large and oversized_field(request.raw_headers, limits):
                 return web.Response(
-                    status=too_large.status, body=too_large.body, headers=too_large.headers
+                    status=HEADER_TOO_LARGE.status,
+                    body=HEADER_TOO_LARGE.body,
+                    headers=HEADER_TOO_LARGE.headers,
                 )
             if fast_check and is_check_path(request.rel_url.raw_path):
                 return await handle_check(request)
@@ -163,8 +162,8 @@ async def served_by_nginx(
 
 async def _serve_with_nginx(settings: Settings) -> None:
     """Serve with nginx as the engine until SIGTERM/SIGINT, or fail when nginx exits."""
-    gc.freeze()  # (what _freezing_app does at startup; the application is built inside)
     async with served_by_nginx(settings) as (engine, app):
+        gc.freeze()  # started: as _freezing_app does for the resolver's own engine
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

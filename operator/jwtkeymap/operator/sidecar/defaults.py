@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 
 from jwtkeymap import __version__
 from jwtkeymap.core.errors import ConfigError
-from jwtkeymap.core.settings import Settings, format_validation_error
+from jwtkeymap.core.settings import ProxyEngine, Settings, format_validation_error
 from jwtkeymap.operator.names import DNS_SUBDOMAIN
 
 IMAGE_REPOSITORY: Final = "ghcr.io/jwtkeymap/jwtkeymap"
@@ -61,7 +61,7 @@ class InjectionDefaults(_Values):
     listen_port: int = Field(default=8181, ge=1, le=65535)
     # What carries a proxy-mode sidecar's bytes: the resolver, or the image's nginx asking
     # the resolver's check (docs/resolver.md). A pod's jwtkeymap.io/proxy-engine overrides.
-    proxy_engine: Literal["resolver", "nginx"] = "resolver"
+    proxy_engine: ProxyEngine = "resolver"
     # /metrics, on a port of its own (named jwtkeymap-prom): a reverse proxy's listen
     # port is the app's way in and serves no metrics. None: no metrics port.
     metrics_port: int | None = Field(default=8182, ge=1, le=65535)

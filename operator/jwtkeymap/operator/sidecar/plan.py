@@ -26,7 +26,7 @@ import jsonpatch
 
 from jwtkeymap.core.claims import split_path
 from jwtkeymap.core.errors import JwtKeyMapError
-from jwtkeymap.core.settings import Behavior
+from jwtkeymap.core.settings import PROXY_ENGINES, Behavior
 from jwtkeymap.operator.names import DNS_SUBDOMAIN_RE
 from jwtkeymap.operator.sidecar.defaults import InjectionDefaults, Mode
 
@@ -46,7 +46,6 @@ ASSERTION_ANNOTATION: Final = f"{PREFIX}/assertion"
 # "nginx": in proxy mode, nginx (in the sidecar's image) carries the bytes and asks the
 # resolver's check for each request; "resolver" (the default): the resolver carries them.
 PROXY_ENGINE_ANNOTATION: Final = f"{PREFIX}/proxy-engine"
-PROXY_ENGINES: Final = ("resolver", "nginx")
 INJECTED: Final = "injected"
 
 CONTAINER_NAME: Final = "jwtkeymap-resolver"
