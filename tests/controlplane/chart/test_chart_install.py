@@ -182,6 +182,17 @@ def installed(
             return got.returncode == 0 and "initContainers" in json.loads(got.stdout)["spec"]
 
         poll(injected_dry_run, timeout=60, message="the apiserver to call the injector")
+
+        # A new CRD is served, and a new validating webhook called, a little after both
+        # exist ("Resource kind … not found … a delay"): probe until the validator answers.
+        def validated_dry_run() -> bool:
+            got = plane.kubectl(
+                "create", "--dry-run=server", "-n", probe_ns, "-f", "-",
+                input=json.dumps(mapping("probe", "sub", "probe", {"hash": "0" * 64})),
+            )  # fmt: skip
+            return 'admission webhook "validate.jwtkeymappings.jwtkeymap.io"' in got.stderr
+
+        poll(validated_dry_run, timeout=60, message="the apiserver to serve and validate mappings")
         yield Installed(plane, namespace, files)
         # Release the mappings while the operator still runs (their finalizers need it).
         plane.kubectl("delete", "jwtkeymappings", "--all", "-A", "--wait", "--timeout=60s")
